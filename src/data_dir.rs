@@ -1,0 +1,242 @@
+//! The data directory: created private (0700), locked against a second
+//! process, and holding `metastore.json`, the facts fixed at creation
+//! (shard count, cluster and member IDs).
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, RandomState};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+const META_FILE: &str = "metastore.json";
+const LOCK_FILE: &str = "LOCK";
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum DataDirError {
+    #[error("data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {0} is in use by another process (lock file is held)")]
+    Locked(PathBuf),
+    #[error(
+        "{path} is corrupt: {reason}; restore the directory from a backup or start with an empty --data-dir"
+    )]
+    CorruptMeta { path: PathBuf, reason: String },
+    #[error(
+        "invalid value '{requested}' for '--shards': data directory {path} was created with {recorded} shards, and the shard count cannot change"
+    )]
+    ShardCountMismatch {
+        path: PathBuf,
+        requested: usize,
+        recorded: usize,
+    },
+}
+
+/// Facts fixed when the directory was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataDirMeta {
+    pub format_version: u32,
+    /// Keys map to shards by `hash % shard_count`; changing it moves keys.
+    pub shard_count: usize,
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+/// An open, locked data directory.
+#[derive(Debug)]
+pub struct DataDir {
+    pub path: PathBuf,
+    pub meta: DataDirMeta,
+    /// Held open for the process's life: the lock is released when it closes.
+    _lock: File,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl DataDir {
+    /// Opens `path`, creating it with `default_shards` (or `requested_shards`)
+    /// if it does not exist.
+    pub fn open(
+        path: &Path,
+        requested_shards: Option<usize>,
+        default_shards: usize,
+    ) -> Result<Self, DataDirError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io_error(path))?;
+        let permissions = fs::metadata(path).map_err(io_error(path))?.permissions();
+        if permissions.mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", permissions.mode() & 0o777), "data directory was readable by others; setting mode 0700");
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_error(path))?;
+        }
+        let lock_path = path.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(DataDirError::Locked(path.to_owned())),
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(DataDirError::Io {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
+        let meta_path = path.join(META_FILE);
+        let meta = match fs::read(&meta_path) {
+            Ok(bytes) => {
+                let meta = parse_meta(&meta_path, &bytes)?;
+                if let Some(requested) =
+                    requested_shards.filter(|requested| *requested != meta.shard_count)
+                {
+                    return Err(DataDirError::ShardCountMismatch {
+                        path: path.to_owned(),
+                        requested,
+                        recorded: meta.shard_count,
+                    });
+                }
+                meta
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let meta = DataDirMeta {
+                    format_version: FORMAT_VERSION,
+                    shard_count: requested_shards.unwrap_or(default_shards),
+                    cluster_id: random_id(),
+                    member_id: random_id(),
+                };
+                write_meta(path, &meta)?;
+                meta
+            }
+            Err(source) => {
+                return Err(DataDirError::Io {
+                    path: meta_path,
+                    source,
+                });
+            }
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            meta,
+            _lock: lock,
+        })
+    }
+}
+
+fn parse_meta(path: &Path, bytes: &[u8]) -> Result<DataDirMeta, DataDirError> {
+    let corrupt = |reason: String| DataDirError::CorruptMeta {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta: DataDirMeta =
+        serde_json::from_slice(bytes).map_err(|error| corrupt(error.to_string()))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "unknown format_version {}",
+            meta.format_version
+        )));
+    }
+    if meta.shard_count == 0 || meta.shard_count > crate::config::MAX_SHARDS {
+        return Err(corrupt(format!(
+            "shard_count {} is out of range",
+            meta.shard_count
+        )));
+    }
+    Ok(meta)
+}
+
+/// Writes the meta file atomically: temp file, fsync, rename, fsync dir.
+fn write_meta(dir: &Path, meta: &DataDirMeta) -> Result<(), DataDirError> {
+    let temp_path = dir.join(format!("{META_FILE}.tmp"));
+    let final_path = dir.join(META_FILE);
+    let bytes = serde_json::to_vec_pretty(meta).map_err(|error| DataDirError::CorruptMeta {
+        path: final_path.clone(),
+        reason: error.to_string(),
+    })?;
+    let mut file = File::create(&temp_path).map_err(io_error(&temp_path))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&temp_path))?;
+    fs::rename(&temp_path, &final_path).map_err(io_error(&final_path))?;
+    File::open(dir)
+        .and_then(|directory| directory.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// A non-zero ID, unpredictable across processes (std's per-process
+/// random hash keys mixed with time and pid).
+fn random_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    RandomState::new()
+        .hash_one((nanos, std::process::id()))
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("metastore-datadir-{name}-{}", random_id()));
+        let _ = fs::remove_dir_all(&path);
+        path
+    }
+
+    #[test]
+    fn created_private_locked_and_stable() {
+        let path = temp_dir("create");
+        let first = DataDir::open(&path, Some(3), 2).expect("create");
+        assert_eq!(
+            fs::metadata(&path).expect("stat").permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(matches!(
+            DataDir::open(&path, None, 2),
+            Err(DataDirError::Locked(_))
+        ));
+        let meta = first.meta.clone();
+        drop(first);
+        let again = DataDir::open(&path, None, 8).expect("reopen");
+        assert_eq!(again.meta, meta, "IDs and shard count survive a restart");
+        assert_eq!(again.meta.shard_count, 3);
+        drop(again);
+        assert!(matches!(
+            DataDir::open(&path, Some(5), 2),
+            Err(DataDirError::ShardCountMismatch { recorded: 3, .. })
+        ));
+        fs::remove_dir_all(&path).expect("cleanup");
+    }
+
+    #[test]
+    fn corrupt_meta_is_refused_with_advice() {
+        let path = temp_dir("corrupt");
+        fs::create_dir_all(&path).expect("mkdir");
+        fs::write(path.join(META_FILE), b"{not json").expect("write");
+        let error = DataDir::open(&path, None, 2).unwrap_err().to_string();
+        assert!(
+            error.contains("corrupt") && error.contains("backup"),
+            "{error}"
+        );
+        fs::remove_dir_all(&path).expect("cleanup");
+    }
+}

@@ -1,0 +1,519 @@
+//! Accepting the `:authority` that etcd 3.4's Go client sends.
+//!
+//! etcd 3.4's clientv3 dials some endpoints (`Maintenance.Status`,
+//! `Snapshot`, `HashKV`, ...) with the whole URL as the gRPC target, so the
+//! request's `:authority` is `http://127.0.0.1:2379`. grpc-go servers (etcd
+//! itself) accept it; the `h2` crate refuses it as malformed (RFC 3986 does
+//! not allow `/` in an authority) and resets the stream, and its maintainers
+//! will not relax that. So before h2 sees the bytes, this layer decodes
+//! every client header block and, where `:authority` carries a scheme or
+//! path, rewrites it to the bare `host:port`.
+//!
+//! HPACK is stateful: once one block is re-encoded, h2's decoding table no
+//! longer mirrors the client's, so from then on every block of the
+//! connection is re-encoded with our own encoder. Until then blocks pass
+//! through untouched (only decoded, to keep our table in step). DATA and
+//! other frames always pass through unbuffered.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// RFC 9113 §3.4: the client connection preface.
+const PREFACE_LEN: usize = 24;
+/// RFC 9113 §4.1: every frame starts with a 9-octet header.
+const FRAME_HEADER_LEN: usize = 9;
+const FRAME_HEADERS: u8 = 0x1;
+const FRAME_CONTINUATION: u8 = 0x9;
+const FLAG_END_STREAM: u8 = 0x1;
+const FLAG_END_HEADERS: u8 = 0x4;
+const FLAG_PADDED: u8 = 0x8;
+const FLAG_PRIORITY: u8 = 0x20;
+/// RFC 9113 §6.2: stream dependency (4 octets) + weight (1 octet).
+const PRIORITY_LEN: usize = 5;
+/// Frames we emit stay within the initial SETTINGS_MAX_FRAME_SIZE, valid
+/// before and after settings are acknowledged.
+const EMIT_MAX_FRAME: usize = 16_384;
+/// The HPACK table size h2 uses (SETTINGS_HEADER_TABLE_SIZE default).
+const HPACK_TABLE_SIZE: usize = 4096;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuthorityError {
+    #[error("header block larger than {0} bytes")]
+    HeaderBlockTooLarge(usize),
+    #[error("malformed HEADERS frame padding")]
+    BadPadding,
+    #[error("frame interleaved inside a header block")]
+    InterleavedHeaderBlock,
+    #[error("HPACK decoding failed: {0}")]
+    Hpack(String),
+}
+
+/// A header block being assembled from HEADERS + CONTINUATION frames.
+struct PartialBlock {
+    stream_id: u32,
+    /// END_STREAM of the HEADERS frame, kept for re-emission.
+    end_stream: bool,
+    priority: Option<[u8; PRIORITY_LEN]>,
+    fragment: BytesMut,
+    /// The frames exactly as received, for pass-through.
+    raw: BytesMut,
+}
+
+/// Pure byte-stream transformer for the client → server direction.
+pub struct AuthorityRewriter {
+    /// Received bytes not yet forming a whole frame header or header frame.
+    pending: BytesMut,
+    preface_done: bool,
+    /// Payload bytes of the current non-header frame still to pass through.
+    passthrough_remaining: usize,
+    decoder: loona_hpack::Decoder<'static>,
+    /// Set by the first rewrite; from then on every block is re-encoded.
+    encoder: Option<loona_hpack::Encoder<'static>>,
+    block: Option<PartialBlock>,
+    /// Upper bound on one header block, compressed.
+    max_block_len: usize,
+}
+
+impl AuthorityRewriter {
+    pub fn new(max_block_len: usize) -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(HPACK_TABLE_SIZE);
+        Self {
+            pending: BytesMut::new(),
+            preface_done: false,
+            passthrough_remaining: 0,
+            decoder,
+            encoder: None,
+            block: None,
+            max_block_len,
+        }
+    }
+
+    /// Consumes `input`, appending the (possibly rewritten) stream to `output`.
+    pub fn feed(&mut self, input: &[u8], output: &mut BytesMut) -> Result<(), AuthorityError> {
+        let mut input = input;
+        if self.passthrough_remaining > 0 {
+            let take = self.passthrough_remaining.min(input.len());
+            output.put_slice(&input[..take]);
+            self.passthrough_remaining -= take;
+            input = &input[take..];
+        }
+        self.pending.extend_from_slice(input);
+        self.drain(output)
+    }
+
+    fn drain(&mut self, output: &mut BytesMut) -> Result<(), AuthorityError> {
+        if !self.preface_done {
+            if self.pending.len() < PREFACE_LEN {
+                return Ok(());
+            }
+            // h2 validates the preface itself.
+            output.put_slice(&self.pending.split_to(PREFACE_LEN));
+            self.preface_done = true;
+        }
+        while self.passthrough_remaining == 0 && self.pending.len() >= FRAME_HEADER_LEN {
+            let header = &self.pending[..FRAME_HEADER_LEN];
+            let length = (usize::from(header[0]) << 16)
+                | (usize::from(header[1]) << 8)
+                | usize::from(header[2]);
+            let frame_type = header[3];
+            if frame_type != FRAME_HEADERS && frame_type != FRAME_CONTINUATION {
+                if self.block.is_some() {
+                    // RFC 9113 §6.10: nothing may come between HEADERS and its CONTINUATIONs.
+                    return Err(AuthorityError::InterleavedHeaderBlock);
+                }
+                output.put_slice(&self.pending.split_to(FRAME_HEADER_LEN));
+                let take = length.min(self.pending.len());
+                output.put_slice(&self.pending.split_to(take));
+                self.passthrough_remaining = length - take;
+                continue;
+            }
+            if length > self.max_block_len {
+                return Err(AuthorityError::HeaderBlockTooLarge(self.max_block_len));
+            }
+            if self.pending.len() < FRAME_HEADER_LEN + length {
+                return Ok(());
+            }
+            let frame = self.pending.split_to(FRAME_HEADER_LEN + length);
+            self.header_frame(&frame, output)?;
+        }
+        Ok(())
+    }
+
+    fn header_frame(&mut self, frame: &[u8], output: &mut BytesMut) -> Result<(), AuthorityError> {
+        let (frame_type, flags) = (frame[3], frame[4]);
+        let stream_id = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+        let payload = &frame[FRAME_HEADER_LEN..];
+        match (frame_type, self.block.as_mut()) {
+            (FRAME_HEADERS, None) => {
+                let (priority, fragment) = split_headers_payload(flags, payload)?;
+                self.block = Some(PartialBlock {
+                    stream_id,
+                    end_stream: flags & FLAG_END_STREAM != 0,
+                    priority,
+                    fragment: BytesMut::from(fragment),
+                    raw: BytesMut::from(frame),
+                });
+            }
+            (FRAME_CONTINUATION, Some(block)) if block.stream_id == stream_id => {
+                if block.fragment.len() + payload.len() > self.max_block_len {
+                    return Err(AuthorityError::HeaderBlockTooLarge(self.max_block_len));
+                }
+                block.fragment.extend_from_slice(payload);
+                block.raw.extend_from_slice(frame);
+            }
+            _ => return Err(AuthorityError::InterleavedHeaderBlock),
+        }
+        if flags & FLAG_END_HEADERS != 0 {
+            let block = self.block.take().expect("a block is being assembled");
+            self.finish_block(block, output)?;
+        }
+        Ok(())
+    }
+
+    fn finish_block(
+        &mut self,
+        block: PartialBlock,
+        output: &mut BytesMut,
+    ) -> Result<(), AuthorityError> {
+        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        self.decoder
+            .decode_with_cb(&block.fragment, |name, value| {
+                fields.push((name.into_owned(), value.into_owned()))
+            })
+            .map_err(|error| AuthorityError::Hpack(error.to_string()))?;
+        let mut rewrote = false;
+        for (name, value) in &mut fields {
+            if name == b":authority"
+                && let Some(bare) = bare_authority(value)
+            {
+                *value = bare;
+                rewrote = true;
+            }
+        }
+        if !rewrote && self.encoder.is_none() {
+            output.put_slice(&block.raw);
+            return Ok(());
+        }
+        let encoder = self.encoder.get_or_insert_with(|| {
+            let mut encoder = loona_hpack::Encoder::new();
+            encoder.set_max_table_size(HPACK_TABLE_SIZE);
+            encoder
+        });
+        let mut encoded = Vec::new();
+        encoder
+            .encode_into(
+                fields.iter().map(|(name, value)| (&name[..], &value[..])),
+                &mut encoded,
+            )
+            .map_err(|error| AuthorityError::Hpack(error.to_string()))?;
+        emit_header_block(
+            block.stream_id,
+            block.end_stream,
+            block.priority,
+            &encoded,
+            output,
+        );
+        Ok(())
+    }
+}
+
+/// RFC 9113 §6.2: [Pad Length] [Priority] Fragment [Padding].
+fn split_headers_payload(
+    flags: u8,
+    payload: &[u8],
+) -> Result<(Option<[u8; PRIORITY_LEN]>, &[u8]), AuthorityError> {
+    let mut body = payload;
+    let mut padding = 0usize;
+    if flags & FLAG_PADDED != 0 {
+        let (&pad_len, rest) = body.split_first().ok_or(AuthorityError::BadPadding)?;
+        padding = usize::from(pad_len);
+        body = rest;
+    }
+    let mut priority = None;
+    if flags & FLAG_PRIORITY != 0 {
+        if body.len() < PRIORITY_LEN {
+            return Err(AuthorityError::BadPadding);
+        }
+        let mut bytes = [0u8; PRIORITY_LEN];
+        bytes.copy_from_slice(&body[..PRIORITY_LEN]);
+        priority = Some(bytes);
+        body = &body[PRIORITY_LEN..];
+    }
+    // "If the length of the padding is the length of the frame payload or
+    // greater, the recipient MUST treat this as a connection error."
+    if padding > body.len() {
+        return Err(AuthorityError::BadPadding);
+    }
+    Ok((priority, &body[..body.len() - padding]))
+}
+
+/// The bare `host:port` of an authority that carries a scheme and/or path
+/// (`http://host:port/`), or `None` if it is already bare.
+fn bare_authority(value: &[u8]) -> Option<Vec<u8>> {
+    let without_scheme = value
+        .windows(3)
+        .position(|window| window == b"://")
+        .map(|position| &value[position + 3..]);
+    let rest = without_scheme.unwrap_or(value);
+    let bare = rest.split(|byte| *byte == b'/').next().unwrap_or_default();
+    (bare.len() != value.len()).then(|| bare.to_vec())
+}
+
+fn emit_header_block(
+    stream_id: u32,
+    end_stream: bool,
+    priority: Option<[u8; PRIORITY_LEN]>,
+    block: &[u8],
+    output: &mut BytesMut,
+) {
+    let mut payload = Vec::with_capacity(block.len() + PRIORITY_LEN);
+    if let Some(priority) = priority {
+        payload.extend_from_slice(&priority);
+    }
+    payload.extend_from_slice(block);
+    let mut chunks = payload.chunks(EMIT_MAX_FRAME).peekable();
+    let mut frame_type = FRAME_HEADERS;
+    let mut first = true;
+    // An empty block still needs one HEADERS frame.
+    let empty: &[u8] = &[];
+    let mut next = chunks.next().or(Some(empty));
+    while let Some(chunk) = next {
+        next = chunks.next();
+        let mut flags = 0u8;
+        if first {
+            flags |= if end_stream { FLAG_END_STREAM } else { 0 }
+                | if priority.is_some() { FLAG_PRIORITY } else { 0 };
+        }
+        if next.is_none() {
+            flags |= FLAG_END_HEADERS;
+        }
+        output.put_uint(chunk.len() as u64, 3);
+        output.put_u8(frame_type);
+        output.put_u8(flags);
+        output.put_u32(stream_id);
+        output.put_slice(chunk);
+        frame_type = FRAME_CONTINUATION;
+        first = false;
+    }
+}
+
+/// The IO adapter: reads through an [`AuthorityRewriter`], writes untouched.
+pub struct AuthorityRewritingIo<T> {
+    inner: T,
+    rewriter: AuthorityRewriter,
+    /// Raw bytes read from the socket, reused.
+    read_buffer: Box<[u8]>,
+    /// Rewritten bytes not yet handed to h2.
+    ready: BytesMut,
+}
+
+impl<T> AuthorityRewritingIo<T> {
+    pub fn new(inner: T, max_block_len: usize) -> Self {
+        Self {
+            inner,
+            rewriter: AuthorityRewriter::new(max_block_len),
+            read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
+            ready: BytesMut::new(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for AuthorityRewritingIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.ready.is_empty() {
+                let take = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..take]);
+                this.ready.advance(take);
+                return Poll::Ready(Ok(()));
+            }
+            let mut raw = ReadBuf::new(&mut this.read_buffer);
+            ready!(Pin::new(&mut this.inner).poll_read(context, &mut raw))?;
+            if raw.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            this.rewriter
+                .feed(raw.filled(), &mut this.ready)
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for AuthorityRewritingIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(context, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(context)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(context, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFACE: &[u8; PREFACE_LEN] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    fn headers_frame(stream_id: u32, flags: u8, block: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        out.put_uint(block.len() as u64, 3);
+        out.put_u8(FRAME_HEADERS);
+        out.put_u8(flags);
+        out.put_u32(stream_id);
+        out.put_slice(block);
+        out.to_vec()
+    }
+
+    fn decode_all(bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        // Parse our own output: preface, then frames; decode header blocks.
+        let mut decoder = loona_hpack::Decoder::new();
+        let mut blocks = Vec::new();
+        let mut rest = &bytes[PREFACE_LEN..];
+        let mut fragment = Vec::new();
+        while rest.len() >= FRAME_HEADER_LEN {
+            let length =
+                (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+            let (frame_type, flags) = (rest[3], rest[4]);
+            let payload = &rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + length];
+            if frame_type == FRAME_HEADERS || frame_type == FRAME_CONTINUATION {
+                fragment.extend_from_slice(payload);
+                if flags & FLAG_END_HEADERS != 0 {
+                    blocks.push(decoder.decode(&fragment).expect("valid hpack"));
+                    fragment.clear();
+                }
+            }
+            rest = &rest[FRAME_HEADER_LEN + length..];
+        }
+        blocks
+    }
+
+    fn run(input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut rewriter = AuthorityRewriter::new(64 * 1024);
+        let mut output = BytesMut::new();
+        for piece in input.chunks(chunk.max(1)) {
+            rewriter.feed(piece, &mut output).expect("feed");
+        }
+        output.to_vec()
+    }
+
+    #[test]
+    fn scheme_prefixed_authority_is_rewritten_and_later_blocks_stay_decodable() {
+        let mut client = loona_hpack::Encoder::new();
+        let first = client.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":authority", b"http://127.0.0.1:2379"),
+            (b":path", b"/etcdserverpb.Maintenance/Status"),
+        ]);
+        // The client's second block refers to its dynamic table.
+        let second = client.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":authority", b"http://127.0.0.1:2379"),
+            (b":path", b"/etcdserverpb.KV/Range"),
+        ]);
+        let data_frame = [0u8, 0, 2, 0x0, 0x1, 0, 0, 0, 1, 0xAA, 0xBB];
+        let mut input = PREFACE.to_vec();
+        input.extend(headers_frame(1, FLAG_END_HEADERS, &first));
+        input.extend(data_frame);
+        input.extend(headers_frame(
+            3,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            &second,
+        ));
+        for chunk in [1, 2, 7, 1000] {
+            let output = run(&input, chunk);
+            let blocks = decode_all(&output);
+            assert_eq!(blocks.len(), 2);
+            for block in &blocks {
+                let authority = block
+                    .iter()
+                    .find(|(name, _)| name == b":authority")
+                    .map(|(_, value)| value.clone());
+                assert_eq!(authority, Some(b"127.0.0.1:2379".to_vec()), "chunk {chunk}");
+            }
+            assert!(
+                output.windows(2).any(|window| window == [0xAA, 0xBB]),
+                "DATA passes through"
+            );
+        }
+    }
+
+    #[test]
+    fn bare_authority_passes_through_byte_for_byte() {
+        let mut client = loona_hpack::Encoder::new();
+        let block = client.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":authority", b"127.0.0.1:2379"),
+        ]);
+        let mut input = PREFACE.to_vec();
+        input.extend(headers_frame(1, FLAG_END_HEADERS, &block));
+        assert_eq!(run(&input, 3), input);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for seed in 0..500u64 {
+            state ^= seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let mut input = PREFACE.to_vec();
+            for _ in 0..200 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                input.push((state & 0xff) as u8);
+            }
+            let mut rewriter = AuthorityRewriter::new(1024);
+            let mut output = BytesMut::new();
+            let _ = rewriter.feed(&input, &mut output);
+            assert!(
+                output.len() <= input.len() + 2 * FRAME_HEADER_LEN + 1024,
+                "seed {seed}: output bounded"
+            );
+        }
+    }
+
+    #[test]
+    fn bare_authority_forms() {
+        assert_eq!(
+            bare_authority(b"http://127.0.0.1:2379"),
+            Some(b"127.0.0.1:2379".to_vec())
+        );
+        assert_eq!(
+            bare_authority(b"http://127.0.0.1:2379/"),
+            Some(b"127.0.0.1:2379".to_vec())
+        );
+        assert_eq!(bare_authority(b"127.0.0.1:2379"), None);
+        assert_eq!(bare_authority(b"localhost:2379"), None);
+    }
+}

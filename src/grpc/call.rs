@@ -1,0 +1,162 @@
+//! One gRPC call over one HTTP/2 stream: the messages coming in and the
+//! messages and final status going out.
+
+use std::future::poll_fn;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Response, StatusCode};
+
+use super::codec::{MessageDecoder, encode_message};
+use super::status::Status;
+
+pub const GRPC_CONTENT_TYPE: &str = "application/grpc";
+
+/// Request messages of one call, decoded as they arrive.
+pub struct RequestStream {
+    body: h2::RecvStream,
+    /// Holds at most one partial message: we pull DATA only when no whole
+    /// message is buffered, and the decoder refuses oversize lengths up front.
+    decoder: MessageDecoder,
+}
+
+impl RequestStream {
+    pub fn new(body: h2::RecvStream, max_message_len: usize) -> Self {
+        Self {
+            body,
+            decoder: MessageDecoder::new(max_message_len),
+        }
+    }
+
+    /// The next message's bytes, or `None` once the client half-closed.
+    pub async fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            if let Some(message) = self.decoder.decode().map_err(|error| error.to_status())? {
+                return Ok(Some(message));
+            }
+            match self.body.data().await {
+                Some(Ok(chunk)) => {
+                    // Capacity goes back to the peer as soon as the bytes
+                    // are ours; the decoder bounds what we keep.
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.decoder.push(chunk);
+                }
+                Some(Err(error)) => {
+                    return Err(Status::cancelled(format!(
+                        "grpc: request stream failed: {error}"
+                    )));
+                }
+                None => {
+                    self.decoder.finish().map_err(|error| error.to_status())?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// The next message decoded as `M`, or `None` at end of stream.
+    pub async fn next<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        match self.next_message().await? {
+            Some(bytes) => M::decode(bytes).map(Some).map_err(|error| {
+                Status::internal(format!("grpc: error unmarshalling request: {error}"))
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// The one request message of a unary or server-streaming call.
+    pub async fn unary<M: prost::Message + Default>(&mut self) -> Result<M, Status> {
+        self.next()
+            .await?
+            .ok_or_else(|| Status::internal("grpc: the client sent no request message"))
+    }
+}
+
+/// Response side of one call. Headers go out with the first message; the
+/// status goes out last, as trailers (or alone, "trailers-only").
+pub struct ResponseSink {
+    respond: h2::server::SendResponse<Bytes>,
+    /// Present once response headers were sent.
+    stream: Option<h2::SendStream<Bytes>>,
+    /// Reused encode buffer.
+    buffer: BytesMut,
+}
+
+impl ResponseSink {
+    pub fn new(respond: h2::server::SendResponse<Bytes>) -> Self {
+        Self {
+            respond,
+            stream: None,
+            buffer: BytesMut::new(),
+        }
+    }
+
+    fn response_headers(status: StatusCode) -> Response<()> {
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(GRPC_CONTENT_TYPE),
+        );
+        // We decode no compressed messages; tell the client so.
+        headers.insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
+        response
+    }
+
+    /// Sends one message, waiting for HTTP/2 flow-control capacity so a slow
+    /// reader pushes back instead of growing our buffers.
+    pub async fn send<M: prost::Message>(&mut self, message: &M) -> Result<(), Status> {
+        self.buffer.clear();
+        encode_message(message, &mut self.buffer).map_err(|error| error.to_status())?;
+        let mut data = self.buffer.split().freeze();
+        if self.stream.is_none() {
+            let stream = self
+                .respond
+                .send_response(Self::response_headers(StatusCode::OK), false)
+                .map_err(stream_gone)?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("headers were just sent");
+        while !data.is_empty() {
+            stream.reserve_capacity(data.len());
+            let available = match poll_fn(|context| stream.poll_capacity(context)).await {
+                Some(Ok(available)) => available,
+                Some(Err(error)) => return Err(stream_gone(error)),
+                None => return Err(Status::cancelled("grpc: stream closed by the client")),
+            };
+            if available == 0 {
+                continue;
+            }
+            let chunk = data.split_to(available.min(data.len()));
+            stream.send_data(chunk, false).map_err(stream_gone)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the call with `status`.
+    pub fn finish(mut self, status: &Status) {
+        // Errors here mean the client already went away; nothing to tell it.
+        match self.stream.as_mut() {
+            Some(stream) => {
+                let _ = stream.send_trailers(status.to_header_map());
+            }
+            None => {
+                let mut response = Self::response_headers(StatusCode::OK);
+                status.write_to_header_map(response.headers_mut());
+                let _ = self.respond.send_response(response, true);
+            }
+        }
+    }
+
+    /// Rejects a request that is not gRPC at all with a plain HTTP status,
+    /// plus a grpc-status for clients that look only at that.
+    pub fn reject_http(mut self, http_status: StatusCode, status: &Status) {
+        let mut response = Self::response_headers(http_status);
+        status.write_to_header_map(response.headers_mut());
+        let _ = self.respond.send_response(response, true);
+    }
+}
+
+fn stream_gone(error: h2::Error) -> Status {
+    Status::cancelled(format!("grpc: stream closed: {error}"))
+}

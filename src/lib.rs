@@ -1,0 +1,23 @@
+//! MetaStore: an etcd v3 compatible key-value server, thread-per-core.
+//!
+//! Table of contents, from the wire inwards:
+//!
+//! - [`config`]: the command line (etcd's flag names) and its validation.
+//! - [`data_dir`]: the data directory: private, locked, facts fixed at creation.
+//! - [`runtime`]: one pinned `monoio` executor per core, listeners, startup.
+//! - [`grpc`]: our gRPC layer over `h2`: framing, status, deadlines, calls.
+//! - [`proto`]: etcd's protobuf messages, generated from `proto/`.
+//! - [`service`]: the etcd services (KV, Maintenance, Cluster) on top of the store.
+//! - [`status_map`]: every internal error to gRPC code + etcd's exact message.
+//! - [`shard`]: shard workers (the only writers) and the write path across shards.
+//! - [`store`]: the MVCC key space: memtables, global revision, etcd's KV semantics.
+
+pub mod config;
+pub mod data_dir;
+pub mod grpc;
+pub mod proto;
+pub mod runtime;
+pub mod service;
+pub mod shard;
+pub mod status_map;
+pub mod store;

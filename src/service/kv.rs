@@ -1,0 +1,171 @@
+//! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
+
+use prost::Message;
+
+use super::{ServiceContext, unary, unknown_method};
+use crate::grpc::{RequestStream, ResponseSink, Status};
+use crate::proto::etcdserverpb::request_op::Request;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::store::error::KvError;
+use crate::store::request_check;
+use crate::store::write::{self, WriteRequest, WriteResponse};
+
+pub async fn call(
+    context: &ServiceContext,
+    method: &str,
+    requests: &mut RequestStream,
+    responses: &mut ResponseSink,
+) -> Result<(), Status> {
+    match method {
+        "Range" => {
+            unary(requests, responses, async |request| {
+                range(context, request).await
+            })
+            .await
+        }
+        "Put" => {
+            unary(requests, responses, async |request| {
+                put(context, request).await
+            })
+            .await
+        }
+        "DeleteRange" => {
+            unary(requests, responses, async |request| {
+                delete_range(context, request).await
+            })
+            .await
+        }
+        "Txn" => {
+            unary(requests, responses, async |request| {
+                txn(context, request).await
+            })
+            .await
+        }
+        "Compact" => {
+            unary(requests, responses, async |request| {
+                compact(context, request).await
+            })
+            .await
+        }
+        other => Err(unknown_method("etcdserverpb.KV", other)),
+    }
+}
+
+/// The revision a read runs at. Serializable: whatever is applied now.
+/// Linearizable: everything taken before the request arrived, which
+/// includes every write acknowledged before it (read-your-writes).
+async fn read_revision(context: &ServiceContext, serializable: bool) -> i64 {
+    let clock = context.write_path.space().clock();
+    if serializable {
+        clock.watermark()
+    } else {
+        clock.wait_applied(clock.current()).await
+    }
+}
+
+/// etcd refuses a write whose raft entry would exceed `--max-request-bytes`.
+fn check_request_size(context: &ServiceContext, request: &impl Message) -> Result<(), KvError> {
+    if request.encoded_len() > context.max_request_bytes {
+        return Err(KvError::RequestTooLarge);
+    }
+    Ok(())
+}
+
+async fn range(context: &ServiceContext, request: RangeRequest) -> Result<RangeResponse, Status> {
+    request_check::check_range(&request)?;
+    let at = read_revision(context, request.serializable).await;
+    let mut response = write::read_range(context.write_path.space(), &request, at)?;
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+async fn put(context: &ServiceContext, request: PutRequest) -> Result<PutResponse, Status> {
+    request_check::check_put(&request)?;
+    check_request_size(context, &request)?;
+    match context
+        .write_path
+        .write(WriteRequest::Put(request))
+        .await?
+        .response
+    {
+        WriteResponse::Put(mut response) => {
+            context.fill_header(&mut response.header);
+            Ok(response)
+        }
+        other => Err(mismatched_response("Put", &other)),
+    }
+}
+
+async fn delete_range(
+    context: &ServiceContext,
+    request: DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, Status> {
+    request_check::check_delete(&request)?;
+    check_request_size(context, &request)?;
+    match context
+        .write_path
+        .write(WriteRequest::DeleteRange(request))
+        .await?
+        .response
+    {
+        WriteResponse::DeleteRange(mut response) => {
+            context.fill_header(&mut response.header);
+            Ok(response)
+        }
+        other => Err(mismatched_response("DeleteRange", &other)),
+    }
+}
+
+async fn txn(context: &ServiceContext, request: TxnRequest) -> Result<TxnResponse, Status> {
+    request_check::check_txn(&request, context.max_txn_ops)?;
+    let mut response = if write::is_read_only(&request) {
+        let at = read_revision(context, is_serializable(&request)).await;
+        write::read_only_txn(context.write_path.space(), &request, at)?
+    } else {
+        check_request_size(context, &request)?;
+        match context
+            .write_path
+            .write(WriteRequest::Txn(request))
+            .await?
+            .response
+        {
+            WriteResponse::Txn(response) => response,
+            other => return Err(mismatched_response("Txn", &other)),
+        }
+    };
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+/// etcd serves a read-only txn without a linearizable barrier only when
+/// every range in it (at any depth) asked to be serializable.
+fn is_serializable(request: &TxnRequest) -> bool {
+    request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(range)) => range.serializable,
+            Some(Request::RequestTxn(nested)) => is_serializable(nested),
+            _ => true,
+        })
+}
+
+async fn compact(
+    context: &ServiceContext,
+    request: CompactionRequest,
+) -> Result<CompactionResponse, Status> {
+    context.write_path.compact(request.revision).await?;
+    let mut response = CompactionResponse::default();
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+fn mismatched_response(method: &str, response: &WriteResponse) -> Status {
+    Status::internal(format!(
+        "{method} produced a mismatched response: {response:?}"
+    ))
+}

@@ -1,0 +1,116 @@
+//! The etcd gRPC services, dispatched by method path.
+//!
+//! Each core has one [`EtcdServices`]; connections accepted on that core
+//! share it. Services translate between protobuf and the store and fill
+//! response headers; they hold no state of their own.
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
+
+use std::rc::Rc;
+
+use crate::grpc::server::{GrpcService, MethodPath};
+use crate::grpc::{RequestStream, ResponseSink, Status};
+use crate::proto::etcdserverpb::ResponseHeader;
+use crate::shard::write_path::WritePath;
+
+/// Who this member is, for response headers and membership answers.
+#[derive(Debug, Clone)]
+pub struct MemberIdentity {
+    pub name: String,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub client_urls: Vec<String>,
+}
+
+/// What every service on a core needs.
+pub struct ServiceContext {
+    pub identity: MemberIdentity,
+    pub write_path: Rc<WritePath>,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+}
+
+impl ServiceContext {
+    /// etcd's `header.fill`: the member's identity and term, and the
+    /// current revision if the response did not set one.
+    pub fn fill_header(&self, header: &mut Option<ResponseHeader>) {
+        let header = header.get_or_insert_with(ResponseHeader::default);
+        header.cluster_id = self.identity.cluster_id;
+        header.member_id = self.identity.member_id;
+        // Single member, no elections yet: the term never changes.
+        header.raft_term = RAFT_TERM;
+        if header.revision == 0 {
+            header.revision = self.write_path.space().clock().watermark();
+        }
+    }
+}
+
+/// The term reported while MetaStore runs as one member.
+pub const RAFT_TERM: u64 = 1;
+
+/// etcd's services that MetaStore does not serve yet (they answer
+/// UNIMPLEMENTED naming the method, like a generated gRPC stub).
+const NOT_YET_SERVED: &[&str] = &[
+    "etcdserverpb.Watch",
+    "etcdserverpb.Lease",
+    "etcdserverpb.Auth",
+    "v3lockpb.Lock",
+    "v3electionpb.Election",
+];
+
+pub struct EtcdServices {
+    context: Rc<ServiceContext>,
+}
+
+impl EtcdServices {
+    pub fn new(context: Rc<ServiceContext>) -> Self {
+        Self { context }
+    }
+}
+
+impl GrpcService for EtcdServices {
+    async fn call(
+        &self,
+        method: &MethodPath,
+        requests: &mut RequestStream,
+        responses: &mut ResponseSink,
+    ) -> Result<(), Status> {
+        let context = &*self.context;
+        match (method.service.as_str(), method.method.as_str()) {
+            ("etcdserverpb.KV", name) => kv::call(context, name, requests, responses).await,
+            ("etcdserverpb.Maintenance", name) => {
+                maintenance::call(context, name, requests, responses).await
+            }
+            ("etcdserverpb.Cluster", name) => {
+                cluster::call(context, name, requests, responses).await
+            }
+            (service, name) if NOT_YET_SERVED.contains(&service) => Err(Status::unimplemented(
+                format!("method {name} not implemented"),
+            )),
+            (service, _) => Err(Status::unimplemented(format!("unknown service {service}"))),
+        }
+    }
+}
+
+/// Runs a unary method: one request in, one response out.
+pub async fn unary<Request, Response, Handler>(
+    requests: &mut RequestStream,
+    responses: &mut ResponseSink,
+    handler: Handler,
+) -> Result<(), Status>
+where
+    Request: prost::Message + Default,
+    Response: prost::Message,
+    Handler: AsyncFnOnce(Request) -> Result<Response, Status>,
+{
+    let request = requests.unary::<Request>().await?;
+    let response = handler(request).await?;
+    responses.send(&response).await
+}
+
+/// The answer for a method name a known service does not have.
+pub fn unknown_method(service: &str, method: &str) -> Status {
+    Status::unimplemented(format!("unknown method {method} for service {service}"))
+}

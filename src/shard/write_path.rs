@@ -1,0 +1,163 @@
+//! Routing a write to its shards: the single-shard fast path, and the
+//! coordinator for writes that span shards (design §4).
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_channel::oneshot;
+
+use super::{HeldCommand, ShardCommand, WriteOutcome, run_write};
+use crate::store::error::KvError;
+use crate::store::key_space::KeySpace;
+use crate::store::revision::RevisionSlot;
+use crate::store::shard_map::ShardId;
+use crate::store::write::{WriteRequest, touched_ranges};
+
+/// A core's handle for submitting writes to any shard.
+#[derive(Clone)]
+pub struct WritePath {
+    space: Arc<KeySpace>,
+    /// One sender per shard, indexed by shard id.
+    senders: Arc<[flume::Sender<ShardCommand>]>,
+    /// This core's revision slot, for writes this core coordinates.
+    slot: RevisionSlot,
+}
+
+impl WritePath {
+    pub fn new(
+        space: Arc<KeySpace>,
+        senders: Arc<[flume::Sender<ShardCommand>]>,
+        slot: RevisionSlot,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            space,
+            senders,
+            slot,
+        })
+    }
+
+    pub fn space(&self) -> &Arc<KeySpace> {
+        &self.space
+    }
+
+    /// Runs `request` and returns once its effects are visible to every
+    /// reader (the watermark has reached its revision), so a client that
+    /// reads after the reply sees its write.
+    pub async fn write(self: &Rc<Self>, request: WriteRequest) -> Result<WriteOutcome, KvError> {
+        let participants: BTreeSet<ShardId> = touched_ranges(&request)
+            .iter()
+            .flat_map(|range| self.space.shards_for(range))
+            .collect();
+        let outcome = match participants.len() {
+            0 => {
+                // Nothing can change (e.g. an empty range); no shard to hold.
+                let (outcome, _, _) = run_write(&self.space, &self.slot, request)?;
+                outcome
+            }
+            1 => {
+                let shard = *participants.first().expect("one participant");
+                let (reply, response) = oneshot::channel();
+                self.send(shard, ShardCommand::Write { request, reply })
+                    .await?;
+                response
+                    .await
+                    .map_err(|_| KvError::ShardUnavailable(shard))??
+            }
+            _ => {
+                // Spawned so that a client going away cannot cancel a
+                // multi-shard write half way: the task runs to completion.
+                let this = self.clone();
+                monoio::spawn(async move { this.coordinate(request, participants).await }).await?
+            }
+        };
+        if let Some(revision) = outcome.revision {
+            self.space.clock().wait_applied(revision).await;
+        }
+        Ok(outcome)
+    }
+
+    async fn send(&self, shard: ShardId, command: ShardCommand) -> Result<(), KvError> {
+        self.senders[shard]
+            .send_async(command)
+            .await
+            .map_err(|_| KvError::ShardUnavailable(shard))
+    }
+
+    /// Holds every participant (ascending: no two coordinators can wait on
+    /// each other), evaluates the write against the held state, and has each
+    /// participant apply its part before the revision is released.
+    async fn coordinate(
+        &self,
+        request: WriteRequest,
+        participants: BTreeSet<ShardId>,
+    ) -> Result<WriteOutcome, KvError> {
+        let mut holds: Vec<(ShardId, flume::Sender<HeldCommand>)> =
+            Vec::with_capacity(participants.len());
+        for shard in participants {
+            let (commands, held_commands) = flume::bounded(1);
+            let (held, granted) = oneshot::channel();
+            self.send(
+                shard,
+                ShardCommand::Hold {
+                    held,
+                    commands: held_commands,
+                },
+            )
+            .await?;
+            granted
+                .await
+                .map_err(|_| KvError::ShardUnavailable(shard))?;
+            holds.push((shard, commands));
+        }
+        let (outcome, changes, pending) = run_write(&self.space, &self.slot, request)?;
+        let shard_map = self.space.shard_map();
+        let mut waits = Vec::new();
+        for (shard, commands) in &holds {
+            let part: Vec<_> = changes
+                .changes
+                .iter()
+                .filter(|(key, _)| shard_map.shard_of(key) == *shard)
+                .map(|(key, version)| (key.clone(), version.clone()))
+                .collect();
+            if part.is_empty() {
+                continue;
+            }
+            let (applied, done) = oneshot::channel();
+            commands
+                .send_async(HeldCommand::Apply {
+                    changes: part,
+                    revision: changes.revision,
+                    applied,
+                })
+                .await
+                .map_err(|_| KvError::ShardUnavailable(*shard))?;
+            waits.push((*shard, done));
+        }
+        for (shard, done) in waits {
+            done.await.map_err(|_| KvError::ShardUnavailable(shard))?;
+        }
+        // Only now may readers see the revision; then release the shards.
+        drop(pending);
+        drop(holds);
+        Ok(outcome)
+    }
+
+    /// Compacts every shard at `revision` after etcd's checks.
+    pub async fn compact(&self, revision: i64) -> Result<(), KvError> {
+        self.space.begin_compaction(revision)?;
+        let mut waits = Vec::new();
+        for shard in self.space.shard_map().all_shards() {
+            let (done, finished) = oneshot::channel();
+            self.send(shard, ShardCommand::Compact { revision, done })
+                .await?;
+            waits.push((shard, finished));
+        }
+        for (shard, finished) in waits {
+            finished
+                .await
+                .map_err(|_| KvError::ShardUnavailable(shard))?;
+        }
+        Ok(())
+    }
+}

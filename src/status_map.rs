@@ -1,0 +1,66 @@
+//! The one place where internal errors become gRPC statuses, with etcd's
+//! exact codes and messages (etcd 3.4 `api/v3rpc/rpctypes/error.go`).
+//! Clients match on these strings, so they must never drift.
+
+use crate::grpc::{Code, Status};
+use crate::store::error::KvError;
+
+pub fn kv_error_status(error: &KvError) -> Status {
+    let (code, message) = match error {
+        KvError::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
+        KvError::KeyNotFound | KvError::EmptyRequestOp => {
+            (Code::InvalidArgument, "etcdserver: key not found")
+        }
+        KvError::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
+        KvError::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+        KvError::TooManyOps => (
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        ),
+        KvError::DuplicateKey => (
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        ),
+        KvError::Compacted => (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        ),
+        KvError::FutureRevision => (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
+        KvError::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
+        KvError::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
+        // etcd's nearest equivalent: the server cannot serve right now.
+        KvError::ShardUnavailable(_) => (Code::Unavailable, "etcdserver: server stopped"),
+    };
+    Status::new(code, message)
+}
+
+impl From<KvError> for Status {
+    fn from(error: KvError) -> Self {
+        kv_error_status(&error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_clients_match_on() {
+        let status = kv_error_status(&KvError::Compacted);
+        assert_eq!(
+            (status.code(), status.message()),
+            (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted"
+            )
+        );
+        let status = kv_error_status(&KvError::LeaseNotFound);
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::NotFound, "etcdserver: requested lease not found")
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! Errors of the storage layer. Their gRPC codes and etcd's exact strings
+//! live in one place: `crate::status_map`.
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KvError {
+    #[error("key is not provided")]
+    EmptyKey,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("value is provided")]
+    ValueProvided,
+    #[error("lease is provided")]
+    LeaseProvided,
+    #[error("too many operations in txn request")]
+    TooManyOps,
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("required revision has been compacted")]
+    Compacted,
+    #[error("required revision is a future revision")]
+    FutureRevision,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("request is too large")]
+    RequestTooLarge,
+    /// A request op with no operation set (etcd answers "key not found").
+    #[error("empty request op")]
+    EmptyRequestOp,
+    /// The shard that owns a key is not running (the server is stopping).
+    #[error("shard {0} is unavailable")]
+    ShardUnavailable(usize),
+}

@@ -1,0 +1,302 @@
+//! One shard's MVCC memtable: every revision of every key, in a lock-free
+//! skip list.
+//!
+//! Entries are ordered by key ascending, then revision *descending*, so a
+//! seek to `(key, R)` lands on the newest version of `key` at or below R.
+//!
+//! Invariants:
+//! - Only the core that owns the shard inserts or removes entries (single
+//!   writer); any core may read concurrently (the skip list is lock-free).
+//! - A reader at revision R only relies on entries with revision `<= R`, and
+//!   compaction at C only removes entries that no read at a revision `>= C`
+//!   can see. Readers check the compacted revision before and after reading.
+//! - A key has at most one entry per revision: a revision is one write, and
+//!   one write changes a key at most once.
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering as AtomicOrdering};
+
+use bytes::Bytes;
+use crossbeam_skiplist::SkipMap;
+
+use super::key_range::KeyRange;
+use crate::proto::mvccpb::KeyValue;
+
+/// Position of one version in the memtable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionKey {
+    pub key: Bytes,
+    /// The `mod_revision` of this version.
+    pub revision: i64,
+}
+
+impl Ord for VersionKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key
+            .cmp(&other.key)
+            .then_with(|| other.revision.cmp(&self.revision))
+    }
+}
+
+impl PartialOrd for VersionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// One version of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub value: Bytes,
+    /// Revision of the put that created the key's current generation.
+    pub create_revision: i64,
+    /// Number of puts since creation; 0 marks a tombstone (the key was
+    /// deleted at this revision), exactly as etcd's index does.
+    pub version: i64,
+    pub lease: i64,
+}
+
+impl Version {
+    pub fn tombstone() -> Self {
+        Self {
+            value: Bytes::new(),
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+        }
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+
+    pub fn to_key_value(&self, key: &Bytes, mod_revision: i64) -> KeyValue {
+        KeyValue {
+            key: key.clone(),
+            create_revision: self.create_revision,
+            mod_revision,
+            version: self.version,
+            value: self.value.clone(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// Revision sentinel that sorts after every real revision of a key (real
+/// revisions are >= 1 and sort descending).
+const AFTER_ALL_REVISIONS: i64 = 0;
+
+/// A shard's memtable.
+#[derive(Default)]
+pub struct Memtable {
+    versions: SkipMap<VersionKey, Version>,
+    /// Keys whose newest version is live; maintained by the single writer so
+    /// `etcd_debugging_mvcc_keys_total`-style counts need no scan.
+    live_keys: AtomicUsize,
+    /// Approximate bytes held (keys + values), for status and quota.
+    approximate_bytes: AtomicI64,
+}
+
+impl Memtable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn live_keys(&self) -> usize {
+        self.live_keys.load(AtomicOrdering::Relaxed)
+    }
+
+    pub fn approximate_bytes(&self) -> i64 {
+        self.approximate_bytes.load(AtomicOrdering::Relaxed)
+    }
+
+    pub fn version_count(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// The newest version of `key` at or below `at`, if the key is live there.
+    pub fn get(&self, key: &[u8], at: i64) -> Option<KeyValue> {
+        let probe = VersionKey {
+            key: Bytes::copy_from_slice(key),
+            revision: at,
+        };
+        let entry = self.versions.lower_bound(Bound::Included(&probe))?;
+        let found = entry.key();
+        if found.key != key || entry.value().is_tombstone() {
+            return None;
+        }
+        Some(entry.value().to_key_value(&found.key, found.revision))
+    }
+
+    /// The newest version of `key` regardless of revision, tombstones
+    /// included. Only meaningful on the owning core (the single writer).
+    pub fn newest(&self, key: &[u8]) -> Option<(i64, Version)> {
+        let probe = VersionKey {
+            key: Bytes::copy_from_slice(key),
+            revision: i64::MAX,
+        };
+        let entry = self.versions.lower_bound(Bound::Included(&probe))?;
+        (entry.key().key == key).then(|| (entry.key().revision, entry.value().clone()))
+    }
+
+    /// Calls `visit` for each key live at revision `at` within `range`, in
+    /// ascending key order, until `visit` returns false.
+    pub fn scan(&self, range: &KeyRange, at: i64, mut visit: impl FnMut(KeyValue) -> bool) {
+        if let KeyRange::Single(key) = range {
+            if let Some(key_value) = self.get(key, at) {
+                visit(key_value);
+            }
+            return;
+        }
+        let mut probe = VersionKey {
+            key: range.start().clone(),
+            revision: at,
+        };
+        while let Some(entry) = self.versions.lower_bound(Bound::Included(&probe)) {
+            let found = entry.key();
+            if !range.contains(&found.key) {
+                return;
+            }
+            if found.revision > at {
+                // Landed on a newer version of this key; jump to its newest
+                // version at or below `at`.
+                probe = VersionKey {
+                    key: found.key.clone(),
+                    revision: at,
+                };
+                continue;
+            }
+            let version = entry.value();
+            if !version.is_tombstone() && !visit(version.to_key_value(&found.key, found.revision)) {
+                return;
+            }
+            probe = VersionKey {
+                key: found.key.clone(),
+                revision: AFTER_ALL_REVISIONS,
+            };
+        }
+    }
+
+    /// Inserts `version` of `key` at `revision`. Owning core only.
+    pub fn insert(&self, key: Bytes, revision: i64, version: Version) {
+        let was_live = self
+            .newest(&key)
+            .is_some_and(|(_, newest)| !newest.is_tombstone());
+        let is_live = !version.is_tombstone();
+        let bytes = (key.len() + version.value.len()) as i64;
+        match (was_live, is_live) {
+            (false, true) => {
+                self.live_keys.fetch_add(1, AtomicOrdering::Relaxed);
+            }
+            (true, false) => {
+                self.live_keys.fetch_sub(1, AtomicOrdering::Relaxed);
+            }
+            _ => {}
+        }
+        self.approximate_bytes
+            .fetch_add(bytes, AtomicOrdering::Relaxed);
+        self.versions.insert(VersionKey { key, revision }, version);
+    }
+
+    /// Frees history below `compact_revision`: for every key, the newest
+    /// version at or below it is kept (unless it is a tombstone) and every
+    /// older version is removed. Owning core only.
+    pub fn compact(&self, compact_revision: i64) {
+        let mut current_key: Option<Bytes> = None;
+        let mut kept_one = false;
+        for entry in self.versions.iter() {
+            let found = entry.key();
+            if current_key.as_ref() != Some(&found.key) {
+                current_key = Some(found.key.clone());
+                kept_one = false;
+            }
+            if found.revision > compact_revision {
+                continue;
+            }
+            if kept_one {
+                self.remove_entry(&entry);
+            } else {
+                kept_one = true;
+                if entry.value().is_tombstone() {
+                    self.remove_entry(&entry);
+                }
+            }
+        }
+    }
+
+    fn remove_entry(&self, entry: &crossbeam_skiplist::map::Entry<'_, VersionKey, Version>) {
+        let bytes = (entry.key().key.len() + entry.value().value.len()) as i64;
+        self.approximate_bytes
+            .fetch_sub(bytes, AtomicOrdering::Relaxed);
+        entry.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(value: &str, create_revision: i64, version: i64) -> Version {
+        Version {
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            create_revision,
+            version,
+            lease: 0,
+        }
+    }
+
+    fn keys_at(memtable: &Memtable, range: &KeyRange, at: i64) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        memtable.scan(range, at, |kv| {
+            out.push((
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                kv.mod_revision,
+            ));
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn reads_see_the_newest_version_at_or_below_the_revision() {
+        let memtable = Memtable::new();
+        memtable.insert(Bytes::from_static(b"a"), 2, live("1", 2, 1));
+        memtable.insert(Bytes::from_static(b"a"), 4, live("2", 2, 2));
+        memtable.insert(Bytes::from_static(b"b"), 3, live("x", 3, 1));
+        memtable.insert(Bytes::from_static(b"b"), 5, Version::tombstone());
+        assert_eq!(memtable.get(b"a", 1), None);
+        assert_eq!(
+            memtable.get(b"a", 3).map(|kv| kv.value),
+            Some(Bytes::from_static(b"1"))
+        );
+        assert_eq!(memtable.get(b"a", 9).map(|kv| kv.version), Some(2));
+        assert_eq!(memtable.get(b"b", 5), None);
+        let all = KeyRange::from_request(b"\0", b"\0");
+        assert_eq!(
+            keys_at(&memtable, &all, 4),
+            vec![("a".into(), 4), ("b".into(), 3)]
+        );
+        assert_eq!(keys_at(&memtable, &all, 5), vec![("a".into(), 4)]);
+        assert_eq!(memtable.live_keys(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_newest_visible_version_and_drops_tombstones() {
+        let memtable = Memtable::new();
+        memtable.insert(Bytes::from_static(b"a"), 2, live("1", 2, 1));
+        memtable.insert(Bytes::from_static(b"a"), 3, live("2", 2, 2));
+        memtable.insert(Bytes::from_static(b"b"), 4, live("x", 4, 1));
+        memtable.insert(Bytes::from_static(b"b"), 5, Version::tombstone());
+        memtable.insert(Bytes::from_static(b"a"), 6, live("3", 2, 3));
+        memtable.compact(5);
+        assert_eq!(memtable.version_count(), 2, "a@3 and a@6 remain");
+        assert_eq!(memtable.get(b"a", 5).map(|kv| kv.mod_revision), Some(3));
+        assert_eq!(memtable.get(b"a", 6).map(|kv| kv.mod_revision), Some(6));
+        assert_eq!(
+            memtable.get(b"b", 4),
+            None,
+            "history below the compaction point is gone"
+        );
+    }
+}

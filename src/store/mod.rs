@@ -1,0 +1,21 @@
+//! The MVCC key space (pure: no I/O, no tasks).
+//!
+//! - [`shard_map`]: key → shard (stable hash) and shard → core.
+//! - [`revision`]: the global revision sequencer and the applied watermark.
+//! - [`memtable`]: one shard's lock-free multi-version skip list.
+//! - [`key_range`]: etcd's `key`/`range_end` forms.
+//! - [`key_space`]: all shards together, consistent reads at a revision.
+//! - [`request_check`]: etcd's request validation, same order, same errors.
+//! - [`range`]: Range semantics (filters, sort, limit, count).
+//! - [`write`]: Put/DeleteRange/Txn evaluation into a change set.
+//! - [`error`]: the layer's error enum.
+
+pub mod error;
+pub mod key_range;
+pub mod key_space;
+pub mod memtable;
+pub mod range;
+pub mod request_check;
+pub mod revision;
+pub mod shard_map;
+pub mod write;

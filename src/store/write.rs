@@ -1,0 +1,618 @@
+//! Evaluation of write requests (Put, DeleteRange, Txn), pure: reads come
+//! from the key space, effects come out as a [`ChangeSet`] that the caller
+//! applies to the owning shards.
+//!
+//! A write runs in two steps so that it takes a revision only if it changes
+//! something (etcd: "every write that changes the store takes exactly one
+//! revision"):
+//! 1. [`prepare`] evaluates compares and etcd's apply-time checks against the
+//!    state before the write and decides whether anything will change;
+//! 2. [`execute`] produces the response and the changes at the revision
+//!    taken (or none).
+//!
+//! Both steps must see the same state: the caller holds every participant
+//! shard still between them (see `crate::shard`).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::error::KvError;
+use super::key_range::KeyRange;
+use super::key_space::{KeySpace, RangeResult};
+use super::memtable::Version;
+use super::range;
+use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    request_op::Request, response_op::Response,
+};
+use crate::proto::mvccpb::KeyValue;
+
+/// Reads with this revision see the newest version of every key.
+pub const LATEST: i64 = i64::MAX;
+
+/// A write request as the store sees it.
+#[derive(Debug, Clone)]
+pub enum WriteRequest {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteResponse {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+/// The keys a write changes, all at one revision.
+#[derive(Debug, Default, Clone)]
+pub struct ChangeSet {
+    pub revision: i64,
+    /// Key order; a key appears at most once (its final version).
+    pub changes: BTreeMap<Bytes, Version>,
+}
+
+/// Which branch each txn (and each nested txn on the taken path) takes,
+/// decided against the state before the write, as etcd does.
+#[derive(Debug, Clone)]
+pub struct TxnPath {
+    pub succeeded: bool,
+    /// One entry per nested txn in the taken branch, in op order.
+    pub nested: Vec<TxnPath>,
+}
+
+/// Outcome of [`prepare`].
+#[derive(Debug, Clone)]
+pub struct PreparedWrite {
+    pub request: WriteRequest,
+    pub txn_path: Option<TxnPath>,
+    /// True when the write changes at least one key and so takes a revision.
+    pub changes_something: bool,
+}
+
+/// Where a write reads from and which revisions it reports.
+pub struct WriteContext<'a> {
+    pub space: &'a KeySpace,
+    /// etcd's `beginRev`: the store revision before this write.
+    pub begin_revision: i64,
+    /// Looks up a lease by ID.
+    pub lease_exists: &'a dyn Fn(i64) -> bool,
+}
+
+/// Every key a write request may read or change, as ranges; the caller
+/// derives the participant shards from them.
+pub fn touched_ranges(request: &WriteRequest) -> Vec<KeyRange> {
+    let mut ranges = Vec::new();
+    match request {
+        WriteRequest::Put(put) => ranges.push(KeyRange::Single(put.key.clone())),
+        WriteRequest::DeleteRange(delete) => {
+            ranges.push(KeyRange::from_bytes(&delete.key, &delete.range_end))
+        }
+        WriteRequest::Txn(txn) => collect_txn_ranges(txn, &mut ranges),
+    }
+    ranges
+}
+
+fn collect_txn_ranges(txn: &TxnRequest, ranges: &mut Vec<KeyRange>) {
+    ranges.extend(
+        txn.compare
+            .iter()
+            .map(|compare| KeyRange::from_bytes(&compare.key, &compare.range_end)),
+    );
+    for op in txn.success.iter().chain(&txn.failure) {
+        match &op.request {
+            Some(Request::RequestRange(range)) => {
+                ranges.push(KeyRange::from_bytes(&range.key, &range.range_end))
+            }
+            Some(Request::RequestPut(put)) => ranges.push(KeyRange::Single(put.key.clone())),
+            Some(Request::RequestDeleteRange(delete)) => {
+                ranges.push(KeyRange::from_bytes(&delete.key, &delete.range_end))
+            }
+            Some(Request::RequestTxn(nested)) => collect_txn_ranges(nested, ranges),
+            None => {}
+        }
+    }
+}
+
+/// True when every op in both branches (recursively) is a Range.
+pub fn is_read_only(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) | None => true,
+            Some(Request::RequestTxn(nested)) => is_read_only(nested),
+            _ => false,
+        })
+}
+
+/// Step 1: evaluate against the state before the write.
+pub fn prepare(
+    context: &WriteContext<'_>,
+    request: WriteRequest,
+) -> Result<PreparedWrite, KvError> {
+    let space = context.space;
+    match &request {
+        WriteRequest::Put(put) => {
+            check_put_preconditions(context, put)?;
+            Ok(PreparedWrite {
+                request,
+                txn_path: None,
+                changes_something: true,
+            })
+        }
+        WriteRequest::DeleteRange(delete) => {
+            let changes_something = space.any_live(
+                &KeyRange::from_bytes(&delete.key, &delete.range_end),
+                LATEST,
+            );
+            Ok(PreparedWrite {
+                request,
+                txn_path: None,
+                changes_something,
+            })
+        }
+        WriteRequest::Txn(txn) => {
+            let path = compare_to_path(space, txn, LATEST);
+            if !is_read_only(txn) {
+                for_each_op_on_path(txn, &path, &mut |op| match op {
+                    Request::RequestPut(put) => check_put_preconditions(context, put),
+                    _ => Ok(()),
+                })?;
+            }
+            check_txn_range_revisions(context, txn, &path)?;
+            let mut changes_something = false;
+            for_each_op_on_path(txn, &path, &mut |op| {
+                changes_something |= match op {
+                    Request::RequestPut(_) => true,
+                    // A delete changes something iff its range holds a live
+                    // key before the txn: checkIntervals forbids puts inside
+                    // deleted ranges, so earlier ops cannot create one.
+                    Request::RequestDeleteRange(delete) => space.any_live(
+                        &KeyRange::from_bytes(&delete.key, &delete.range_end),
+                        LATEST,
+                    ),
+                    _ => false,
+                };
+                Ok(())
+            })?;
+            Ok(PreparedWrite {
+                request,
+                txn_path: Some(path),
+                changes_something,
+            })
+        }
+    }
+}
+
+/// etcd's `checkRequestRange`, run over the taken path before any write.
+pub fn check_txn_range_revisions(
+    context: &WriteContext<'_>,
+    txn: &TxnRequest,
+    path: &TxnPath,
+) -> Result<(), KvError> {
+    for_each_op_on_path(txn, path, &mut |op| match op {
+        Request::RequestRange(range) if range.revision > context.begin_revision => {
+            Err(KvError::FutureRevision)
+        }
+        Request::RequestRange(range)
+            if range.revision != 0 && range.revision < context.space.compacted_revision() =>
+        {
+            Err(KvError::Compacted)
+        }
+        _ => Ok(()),
+    })
+}
+
+fn check_put_preconditions(context: &WriteContext<'_>, put: &PutRequest) -> Result<(), KvError> {
+    if (put.ignore_value || put.ignore_lease) && read_one(context.space, &put.key, LATEST).is_none()
+    {
+        return Err(KvError::KeyNotFound);
+    }
+    if put.lease != 0 && !(context.lease_exists)(put.lease) {
+        return Err(KvError::LeaseNotFound);
+    }
+    Ok(())
+}
+
+fn read_one(space: &KeySpace, key: &Bytes, at: i64) -> Option<KeyValue> {
+    space.memtable(space.shard_map().shard_of(key)).get(key, at)
+}
+
+/// Visits every non-txn op on the taken path, depth first, in op order.
+fn for_each_op_on_path(
+    txn: &TxnRequest,
+    path: &TxnPath,
+    visit: &mut dyn FnMut(&Request) -> Result<(), KvError>,
+) -> Result<(), KvError> {
+    let ops = if path.succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    };
+    let mut nested_paths = path.nested.iter();
+    for op in ops {
+        match &op.request {
+            Some(Request::RequestTxn(nested)) => {
+                let nested_path = nested_paths
+                    .next()
+                    .expect("txn path has one entry per nested txn");
+                for_each_op_on_path(nested, nested_path, visit)?;
+            }
+            Some(other) => visit(other)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates the compares of `txn` and of every nested txn on the taken
+/// path, all against the same state (etcd's `compareToPath`).
+pub fn compare_to_path(space: &KeySpace, txn: &TxnRequest, at: i64) -> TxnPath {
+    let succeeded = txn
+        .compare
+        .iter()
+        .all(|compare| evaluate_compare(space, compare, at));
+    let ops = if succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    };
+    let nested = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestTxn(nested)) => Some(compare_to_path(space, nested, at)),
+            _ => None,
+        })
+        .collect();
+    TxnPath { succeeded, nested }
+}
+
+/// etcd's `applyCompare`: every key in the range must satisfy the compare;
+/// an empty range compares against a zero KeyValue, except for VALUE,
+/// which always fails (a missing value cannot be told from an empty one).
+fn evaluate_compare(space: &KeySpace, compare: &Compare, at: i64) -> bool {
+    let range = KeyRange::from_bytes(&compare.key, &compare.range_end);
+    let found = match space.range(&range, at, 0, false) {
+        Ok(found) => found.key_values,
+        Err(_) => return false,
+    };
+    if found.is_empty() {
+        if compare.target == CompareTarget::Value as i32 {
+            return false;
+        }
+        return compare_key_value(compare, &KeyValue::default());
+    }
+    found
+        .iter()
+        .all(|key_value| compare_key_value(compare, key_value))
+}
+
+fn compare_key_value(compare: &Compare, key_value: &KeyValue) -> bool {
+    let target = CompareTarget::try_from(compare.target).unwrap_or(CompareTarget::Version);
+    let union = compare.target_union.as_ref();
+    // A target union of another kind counts as the zero value, as in etcd.
+    let ordering = match target {
+        CompareTarget::Value => {
+            let wanted = match union {
+                Some(TargetUnion::Value(value)) => &value[..],
+                _ => &[],
+            };
+            key_value.value[..].cmp(wanted)
+        }
+        CompareTarget::Create => key_value.create_revision.cmp(&union_integer(union, |u| {
+            matches!(u, TargetUnion::CreateRevision(_))
+        })),
+        CompareTarget::Mod => key_value.mod_revision.cmp(&union_integer(union, |u| {
+            matches!(u, TargetUnion::ModRevision(_))
+        })),
+        CompareTarget::Version => key_value.version.cmp(&union_integer(union, |u| {
+            matches!(u, TargetUnion::Version(_))
+        })),
+        CompareTarget::Lease => key_value.lease.cmp(&union_integer(union, |u| {
+            matches!(u, TargetUnion::Lease(_))
+        })),
+    };
+    match CompareResult::try_from(compare.result) {
+        Ok(CompareResult::Equal) => ordering.is_eq(),
+        Ok(CompareResult::NotEqual) => !ordering.is_eq(),
+        Ok(CompareResult::Greater) => ordering.is_gt(),
+        Ok(CompareResult::Less) => ordering.is_lt(),
+        Err(_) => true,
+    }
+}
+
+fn union_integer(
+    union: Option<&TargetUnion>,
+    is_wanted_kind: impl Fn(&TargetUnion) -> bool,
+) -> i64 {
+    match union {
+        Some(union) if is_wanted_kind(union) => match union {
+            TargetUnion::Version(value)
+            | TargetUnion::CreateRevision(value)
+            | TargetUnion::ModRevision(value)
+            | TargetUnion::Lease(value) => *value,
+            TargetUnion::Value(_) => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// Step 2: run the write at `revision` (`None` when nothing changes).
+pub fn execute(
+    context: &WriteContext<'_>,
+    prepared: &PreparedWrite,
+    revision: Option<i64>,
+) -> (WriteResponse, ChangeSet) {
+    let mut execution = Execution {
+        context,
+        revision,
+        changes: BTreeMap::new(),
+    };
+    let response = match &prepared.request {
+        WriteRequest::Put(put) => WriteResponse::Put(execution.put(put)),
+        WriteRequest::DeleteRange(delete) => {
+            WriteResponse::DeleteRange(execution.delete_range(delete))
+        }
+        WriteRequest::Txn(txn) => {
+            let path = prepared
+                .txn_path
+                .as_ref()
+                .expect("prepare always sets a txn path");
+            let mut response = execution.txn(txn, path);
+            response.header = Some(header(execution.current_revision()));
+            WriteResponse::Txn(response)
+        }
+    };
+    debug_assert_eq!(
+        execution.changes.is_empty(),
+        revision.is_none(),
+        "prepare and execute disagree on whether the write changes something"
+    );
+    let changes = ChangeSet {
+        revision: revision.unwrap_or(0),
+        changes: execution.changes,
+    };
+    (response, changes)
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..Default::default()
+    }
+}
+
+/// One write in progress: earlier ops' changes are visible to later ops.
+struct Execution<'a, 'b> {
+    context: &'a WriteContext<'b>,
+    revision: Option<i64>,
+    changes: BTreeMap<Bytes, Version>,
+}
+
+impl Execution<'_, '_> {
+    /// etcd's write-txn `Rev()`: begin revision, plus one once it changed something.
+    fn current_revision(&self) -> i64 {
+        self.context.begin_revision + i64::from(!self.changes.is_empty())
+    }
+
+    fn write_revision(&self) -> i64 {
+        self.revision
+            .expect("a write that changes a key was prepared with a revision")
+    }
+
+    fn newest(&self, key: &Bytes) -> Option<KeyValue> {
+        match self.changes.get(key) {
+            Some(version) if version.is_tombstone() => None,
+            Some(version) => Some(version.to_key_value(key, self.write_revision())),
+            None => read_one(self.context.space, key, LATEST),
+        }
+    }
+
+    /// Live keys of `range` including this write's own changes.
+    fn range_with_changes(&self, range: &KeyRange) -> RangeResult {
+        let stored = self
+            .context
+            .space
+            .range(range, LATEST, 0, false)
+            .unwrap_or_default();
+        if self.changes.is_empty() {
+            return stored;
+        }
+        let mut merged: BTreeMap<Bytes, KeyValue> = stored
+            .key_values
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
+        for (key, version) in self.changes.iter().filter(|(key, _)| range.contains(key)) {
+            if version.is_tombstone() {
+                merged.remove(key);
+            } else {
+                merged.insert(
+                    key.clone(),
+                    version.to_key_value(key, self.write_revision()),
+                );
+            }
+        }
+        let key_values: Vec<KeyValue> = merged.into_values().collect();
+        RangeResult {
+            count: key_values.len(),
+            key_values,
+        }
+    }
+
+    fn put(&mut self, put: &PutRequest) -> PutResponse {
+        let revision = self.write_revision();
+        let previous = self.newest(&put.key);
+        let value = match (&previous, put.ignore_value) {
+            (Some(previous), true) => previous.value.clone(),
+            _ => put.value.clone(),
+        };
+        let lease = match (&previous, put.ignore_lease) {
+            (Some(previous), true) => previous.lease,
+            _ => put.lease,
+        };
+        let (create_revision, version) = match &previous {
+            Some(previous) => (previous.create_revision, previous.version + 1),
+            None => (revision, 1),
+        };
+        self.changes.insert(
+            put.key.clone(),
+            Version {
+                value,
+                create_revision,
+                version,
+                lease,
+            },
+        );
+        PutResponse {
+            header: Some(header(revision)),
+            prev_kv: if put.prev_kv { previous } else { None },
+        }
+    }
+
+    fn delete_range(&mut self, delete: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let doomed = self
+            .range_with_changes(&KeyRange::from_bytes(&delete.key, &delete.range_end))
+            .key_values;
+        for key_value in &doomed {
+            self.changes
+                .insert(key_value.key.clone(), Version::tombstone());
+        }
+        DeleteRangeResponse {
+            header: Some(header(self.current_revision())),
+            deleted: doomed.len() as i64,
+            prev_kvs: if delete.prev_kv { doomed } else { Vec::new() },
+        }
+    }
+
+    fn range(&self, request: &RangeRequest) -> RangeResponse {
+        let current = self.current_revision();
+        let result = if request.revision == 0 {
+            let mut result =
+                self.range_with_changes(&KeyRange::from_bytes(&request.key, &request.range_end));
+            if request.count_only {
+                result.key_values.clear();
+            }
+            result
+        } else {
+            // Revisions were validated in `prepare`; a historical read sees
+            // nothing of this write.
+            let range = KeyRange::from_bytes(&request.key, &request.range_end);
+            self.context
+                .space
+                .range(
+                    &range,
+                    request.revision,
+                    range::fetch_limit(request),
+                    request.count_only,
+                )
+                .unwrap_or_default()
+        };
+        range::build_response(request, result, current)
+    }
+
+    fn txn(&mut self, txn: &TxnRequest, path: &TxnPath) -> TxnResponse {
+        let ops: &[RequestOp] = if path.succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        let mut nested_paths = path.nested.iter();
+        let responses = ops
+            .iter()
+            .map(|op| {
+                let response = match &op.request {
+                    Some(Request::RequestRange(range)) => {
+                        Some(Response::ResponseRange(self.range(range)))
+                    }
+                    Some(Request::RequestPut(put)) => Some(Response::ResponsePut(self.put(put))),
+                    Some(Request::RequestDeleteRange(delete)) => {
+                        Some(Response::ResponseDeleteRange(self.delete_range(delete)))
+                    }
+                    Some(Request::RequestTxn(nested)) => {
+                        let nested_path = nested_paths
+                            .next()
+                            .expect("txn path has one entry per nested txn");
+                        // etcd leaves nested txn headers empty.
+                        let mut nested_response = self.txn(nested, nested_path);
+                        nested_response.header = Some(ResponseHeader::default());
+                        Some(Response::ResponseTxn(nested_response))
+                    }
+                    None => None,
+                };
+                ResponseOp { response }
+            })
+            .collect();
+        TxnResponse {
+            header: None,
+            succeeded: path.succeeded,
+            responses,
+        }
+    }
+}
+
+/// A read-only txn at revision `at` (no locks, no revision taken).
+pub fn read_only_txn(space: &KeySpace, txn: &TxnRequest, at: i64) -> Result<TxnResponse, KvError> {
+    let path = compare_to_path(space, txn, at);
+    let lease_exists = |_: i64| false;
+    let context = WriteContext {
+        space,
+        begin_revision: at,
+        lease_exists: &lease_exists,
+    };
+    check_txn_range_revisions(&context, txn, &path)?;
+    let mut response = read_txn_at(space, txn, &path, at);
+    response.header = Some(header(at));
+    Ok(response)
+}
+
+fn read_txn_at(space: &KeySpace, txn: &TxnRequest, path: &TxnPath, at: i64) -> TxnResponse {
+    let ops: &[RequestOp] = if path.succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    };
+    let mut nested_paths = path.nested.iter();
+    let responses = ops
+        .iter()
+        .map(|op| {
+            let response = match &op.request {
+                Some(Request::RequestRange(range)) => Some(Response::ResponseRange(
+                    read_range(space, range, at).unwrap_or_default(),
+                )),
+                Some(Request::RequestTxn(nested)) => {
+                    let nested_path = nested_paths
+                        .next()
+                        .expect("txn path has one entry per nested txn");
+                    let mut nested_response = read_txn_at(space, nested, nested_path, at);
+                    nested_response.header = Some(ResponseHeader::default());
+                    Some(Response::ResponseTxn(nested_response))
+                }
+                _ => None,
+            };
+            ResponseOp { response }
+        })
+        .collect();
+    TxnResponse {
+        header: None,
+        succeeded: path.succeeded,
+        responses,
+    }
+}
+
+/// A standalone Range at read revision `current`.
+pub fn read_range(
+    space: &KeySpace,
+    request: &RangeRequest,
+    current: i64,
+) -> Result<RangeResponse, KvError> {
+    let at = space.resolve_read_revision(request.revision, current)?;
+    let range = KeyRange::from_bytes(&request.key, &request.range_end);
+    let result = space.range(&range, at, range::fetch_limit(request), request.count_only)?;
+    Ok(range::build_response(request, result, current))
+}
