@@ -18,3 +18,6 @@ pub mod timeout;
 
 pub use call::{RequestStream, ResponseSink};
 pub use status::{Code, Status};
+
+#[cfg(test)]
+mod server_tests;
