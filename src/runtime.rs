@@ -121,24 +121,32 @@ fn bind_listeners(config: &ServerConfig) -> Result<Vec<Vec<StdTcpListener>>, Sta
         let address = url.address;
         let listen_error = |source| StartError::Listen { address, source };
         // SO_REUSEPORT would let us share a port with another process of
-        // the same user without noticing; a plain bind first refuses that.
-        drop(StdTcpListener::bind(address).map_err(listen_error)?);
+        // the same user without noticing. A bind without it first refuses
+        // that: Linux lets SO_REUSEADDR bind over TIME_WAIT leftovers of a
+        // previous run, but not over another listener.
+        drop(reuse_socket(address, false).map_err(listen_error)?);
         for listeners in &mut per_core {
-            let socket = Socket::new(
-                Domain::for_address(address),
-                Type::STREAM,
-                Some(Protocol::TCP),
-            )
-            .map_err(listen_error)?;
-            socket.set_reuse_address(true).map_err(listen_error)?;
-            socket.set_reuse_port(true).map_err(listen_error)?;
-            socket.set_nonblocking(true).map_err(listen_error)?;
-            socket.bind(&address.into()).map_err(listen_error)?;
+            let socket = reuse_socket(address, true).map_err(listen_error)?;
             socket.listen(1024).map_err(listen_error)?;
             listeners.push(socket.into());
         }
     }
     Ok(per_core)
+}
+
+/// A non-blocking TCP socket bound to `address` with SO_REUSEADDR, and
+/// SO_REUSEPORT if `share_port`.
+fn reuse_socket(address: SocketAddr, share_port: bool) -> std::io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(share_port)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket)
 }
 
 /// Everything one core thread starts with.

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
 
 use super::codec::{MessageDecoder, encode_message};
-use super::status::Status;
+use super::status::{Code, Status};
 
 pub const GRPC_CONTENT_TYPE: &str = "application/grpc";
 
@@ -65,9 +65,11 @@ impl RequestStream {
 
     /// The one request message of a unary or server-streaming call.
     pub async fn unary<M: prost::Message + Default>(&mut self) -> Result<M, Status> {
+        // grpc-go (etcd) answers a unary call without a message with
+        // UNKNOWN "EOF"; clients see the same from us.
         self.next()
             .await?
-            .ok_or_else(|| Status::internal("grpc: the client sent no request message"))
+            .ok_or_else(|| Status::new(Code::Unknown, "EOF"))
     }
 }
 

@@ -29,9 +29,10 @@ const FLAG_COMPRESSED: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
-    /// The peer set the compressed flag, but we never accept a
-    /// `grpc-encoding`, so there is no algorithm to undo it with.
-    #[error("grpc: compressed messages are not supported (no grpc-encoding is accepted)")]
+    /// The peer set the compressed flag. The server refuses any
+    /// `grpc-encoding` other than identity before reading messages, so a
+    /// compressed message here names no algorithm. Text is grpc-go's.
+    #[error("grpc: compressed flag set with identity or empty encoding")]
     Compressed,
     /// The flag byte was neither 0 nor 1: the framing itself is broken.
     #[error("grpc: received unexpected payload format {0}")]
@@ -42,7 +43,8 @@ pub enum CodecError {
     MessageTooLarge { length: usize, max: usize },
     /// The stream ended part-way through a message. `expected` and `got`
     /// count the bytes of that message, header included.
-    #[error("grpc: stream ended in the middle of a message ({got} of {expected} bytes received)")]
+    /// Text is grpc-go's (Go's `io.ErrUnexpectedEOF`).
+    #[error("unexpected EOF")]
     Truncated { expected: usize, got: usize },
     /// An outgoing message cannot be framed because its length does not fit
     /// the 4-byte length prefix. Text mirrors grpc-go's send-side check.
@@ -55,17 +57,18 @@ impl CodecError {
     pub fn to_status(&self) -> Status {
         let message = self.to_string();
         match self {
-            // compression.md: a message compressed with an algorithm the
-            // server does not support ends the call with UNIMPLEMENTED.
-            CodecError::Compressed => Status::unimplemented(message),
+            // grpc-go (what etcd runs) answers a compressed flag without
+            // an encoding with INTERNAL.
+            CodecError::Compressed => Status::internal(message),
             // grpc-go answers oversize messages, in either direction, with
             // RESOURCE_EXHAUSTED.
             CodecError::MessageTooLarge { .. } | CodecError::EncodeTooLarge { .. } => {
                 Status::resource_exhausted(message)
             }
-            // grpc-go reports malformed framing (bad payload format,
-            // unexpected EOF inside a message) as INTERNAL.
-            CodecError::InvalidFlag(_) | CodecError::Truncated { .. } => Status::internal(message),
+            // grpc-go: a bad payload format is INTERNAL; a stream that ends
+            // inside a message surfaces as UNKNOWN "unexpected EOF".
+            CodecError::InvalidFlag(_) => Status::internal(message),
+            CodecError::Truncated { .. } => Status::new(super::status::Code::Unknown, message),
         }
     }
 }
@@ -524,17 +527,17 @@ mod tests {
     }
 
     #[test]
-    fn compressed_flag_is_unimplemented() {
+    fn compressed_flag_is_internal_like_grpc_go() {
         let mut decoder = MessageDecoder::new(64);
         decoder.push(Bytes::from(frame(1, b"gzipped?")));
         let error = decoder.decode().expect_err("compressed");
         assert_eq!(error, CodecError::Compressed);
         let status = error.to_status();
-        assert_eq!(status.code(), Code::Unimplemented);
+        assert_eq!(status.code(), Code::Internal);
         assert!(
             status
                 .message()
-                .contains("compressed messages are not supported")
+                .contains("compressed flag set with identity or empty encoding")
         );
     }
 
@@ -580,7 +583,10 @@ mod tests {
             })
         );
         let status = decoder.finish().expect_err("truncated").to_status();
-        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unknown, "unexpected EOF")
+        );
 
         // Header complete but decode not called since the push.
         let mut decoder = MessageDecoder::new(64);

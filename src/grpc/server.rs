@@ -170,6 +170,17 @@ async fn serve_stream<Service: GrpcService>(
             )));
         }
     };
+    // compression.md: a message compressed with an algorithm the server
+    // does not support ends the call with UNIMPLEMENTED; we support none.
+    if let Some(encoding) = headers
+        .get("grpc-encoding")
+        .filter(|encoding| encoding.as_bytes() != b"identity")
+    {
+        let shown = String::from_utf8_lossy(encoding.as_bytes());
+        return sink.finish(&Status::unimplemented(format!(
+            "grpc: Decompressor is not installed for grpc-encoding {shown:?}"
+        )));
+    }
     let Some(method) = MethodPath::parse(request.uri().path()) else {
         return sink.finish(&Status::unimplemented(format!(
             "malformed method name: {:?}",

@@ -300,7 +300,7 @@ fn unary_streaming_and_error_paths_over_h2() {
             Some(Code::Internal)
         );
 
-        // Truncated: the stream ends inside a message.
+        // Truncated: the stream ends inside a message (grpc-go: UNKNOWN).
         let framed = frame(&hello);
         let result = call(
             &mut client,
@@ -311,7 +311,22 @@ fn unary_streaming_and_error_paths_over_h2() {
         .await;
         assert_eq!(
             result.status.map(|status| status.code()),
-            Some(Code::Internal)
+            Some(Code::Unknown)
+        );
+
+        let mut compressed = BytesMut::from(&frame(&hello)[..]);
+        compressed[0] = 1;
+        let result = call(
+            &mut client,
+            "/test.Echo/Unary",
+            &[GRPC],
+            vec![compressed.freeze()],
+        )
+        .await;
+        assert_eq!(
+            result.status.map(|status| status.code()),
+            Some(Code::Internal),
+            "compressed flag without an encoding"
         );
     });
 }
