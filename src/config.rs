@@ -51,19 +51,23 @@ pub struct Flags {
     #[arg(long, value_delimiter = ',', value_parser = parse_client_url)]
     pub advertise_client_urls: Vec<ClientUrl>,
     /// Maximum number of operations permitted in a transaction.
-    #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS, allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u32).range(1..))]
     pub max_txn_ops: u32,
     /// Maximum client request size in bytes the server will accept.
-    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES, allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u32).range(1..))]
     pub max_request_bytes: u32,
     /// Log level.
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: LogLevel,
     /// Number of cores (executor threads) to run; default: all available.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub cores: Option<u32>,
     /// Number of key-space shards, fixed when the data directory is created (default: one per core).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_SHARDS as i64))]
+    #[arg(long, allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_SHARDS as i64))]
     pub shards: Option<u32>,
 }
 
