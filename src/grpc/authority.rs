@@ -9,11 +9,14 @@
 //! every client header block and, where `:authority` carries a scheme or
 //! path, rewrites it to the bare `host:port`.
 //!
-//! HPACK is stateful: once one block is re-encoded, h2's decoding table no
-//! longer mirrors the client's, so from then on every block of the
-//! connection is re-encoded with our own encoder. Until then blocks pass
-//! through untouched (only decoded, to keep our table in step). DATA and
-//! other frames always pass through unbuffered.
+//! A gRPC client's `:authority` is fixed per connection (grpc-go sets it per
+//! `ClientConn`), so the first header block decides: if it needs no
+//! rewrite, the connection switches to pure pass-through and this layer
+//! costs nothing more (the IO adapter then reads straight into h2's
+//! buffer). If it does, the connection stays in rewrite mode: HPACK is
+//! stateful, and once one block is re-encoded h2's decoding table no longer
+//! mirrors the client's, so every later block is re-encoded with our own
+//! encoder. DATA and other frames always pass through unbuffered.
 
 use std::io;
 use std::pin::Pin;
@@ -74,6 +77,9 @@ pub struct AuthorityRewriter {
     decoder: loona_hpack::Decoder<'static>,
     /// Set by the first rewrite; from then on every block is re-encoded.
     encoder: Option<loona_hpack::Encoder<'static>>,
+    /// The first header block needed no rewrite: every byte after it passes
+    /// through untouched.
+    passthrough: bool,
     block: Option<PartialBlock>,
     /// Upper bound on one header block, compressed.
     max_block_len: usize,
@@ -87,6 +93,7 @@ impl AuthorityRewriter {
             pending: BytesMut::new(),
             preface_done: false,
             passthrough_remaining: 0,
+            passthrough: false,
             decoder,
             encoder: None,
             block: None,
@@ -96,6 +103,10 @@ impl AuthorityRewriter {
 
     /// Consumes `input`, appending the (possibly rewritten) stream to `output`.
     pub fn feed(&mut self, input: &[u8], output: &mut BytesMut) -> Result<(), AuthorityError> {
+        if self.passthrough {
+            output.put_slice(input);
+            return Ok(());
+        }
         let mut input = input;
         if self.passthrough_remaining > 0 {
             let take = self.passthrough_remaining.min(input.len());
@@ -198,6 +209,10 @@ impl AuthorityRewriter {
         }
         if !rewrote && self.encoder.is_none() {
             output.put_slice(&block.raw);
+            // The connection's authority is fine: stop parsing. Whatever
+            // was received after this block goes out as it came.
+            self.passthrough = true;
+            output.put_slice(&self.pending.split());
             return Ok(());
         }
         let encoder = self.encoder.get_or_insert_with(|| {
@@ -337,6 +352,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityRewritingIo<T> {
                 buf.put_slice(&this.ready[..take]);
                 this.ready.advance(take);
                 return Poll::Ready(Ok(()));
+            }
+            if this.rewriter.passthrough {
+                // Nothing left to inspect: read straight into h2's buffer.
+                return Pin::new(&mut this.inner).poll_read(context, buf);
             }
             let mut raw = ReadBuf::new(&mut this.read_buffer);
             ready!(Pin::new(&mut this.inner).poll_read(context, &mut raw))?;
@@ -479,6 +498,27 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(headers_frame(1, FLAG_END_HEADERS, &block));
         assert_eq!(run(&input, 3), input);
+    }
+
+    #[test]
+    fn a_fine_first_block_switches_the_connection_to_pass_through() {
+        let mut client = loona_hpack::Encoder::new();
+        let first = client.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":authority", b"127.0.0.1:2379"),
+        ]);
+        let second = client.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":authority", b"not even / valid"),
+        ]);
+        let mut input = PREFACE.to_vec();
+        input.extend(headers_frame(1, FLAG_END_HEADERS, &first));
+        input.extend(headers_frame(3, FLAG_END_HEADERS, &second));
+        let mut rewriter = AuthorityRewriter::new(64 * 1024);
+        let mut output = BytesMut::new();
+        rewriter.feed(&input, &mut output).expect("feed");
+        assert!(rewriter.passthrough);
+        assert_eq!(output.to_vec(), input, "later blocks are not inspected");
     }
 
     #[test]
