@@ -1,6 +1,6 @@
 //! `etcdserverpb.Cluster`: MemberList for a single member.
 
-use super::{ServiceContext, unary, unknown_method};
+use super::{ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::{Member, MemberListRequest, MemberListResponse};
 
@@ -19,10 +19,11 @@ pub async fn call(
             })
             .await
         }
-        name if NOT_YET_SERVED.contains(&name) => Err(Status::unimplemented(format!(
-            "method {name} not implemented"
-        ))),
-        other => Err(unknown_method("etcdserverpb.Cluster", other)),
+        other => Err(missing_method(
+            "etcdserverpb.Cluster",
+            other,
+            NOT_YET_SERVED,
+        )),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use prost::Message;
 
-use super::{ServiceContext, unary, unknown_method};
+use super::{ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::request_op::Request;
 use crate::proto::etcdserverpb::{
@@ -50,7 +50,7 @@ pub async fn call(
             })
             .await
         }
-        other => Err(unknown_method("etcdserverpb.KV", other)),
+        other => Err(missing_method("etcdserverpb.KV", other, &[])),
     }
 }
 

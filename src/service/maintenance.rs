@@ -1,7 +1,7 @@
 //! `etcdserverpb.Maintenance`: Status, enough for `etcdctl endpoint status`
 //! and `endpoint health`. The rest arrives with the operations issue.
 
-use super::{RAFT_TERM, ServiceContext, unary, unknown_method};
+use super::{RAFT_TERM, ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::{StatusRequest, StatusResponse};
 
@@ -30,10 +30,11 @@ pub async fn call(
             })
             .await
         }
-        name if NOT_YET_SERVED.contains(&name) => Err(Status::unimplemented(format!(
-            "method {name} not implemented"
-        ))),
-        other => Err(unknown_method("etcdserverpb.Maintenance", other)),
+        other => Err(missing_method(
+            "etcdserverpb.Maintenance",
+            other,
+            NOT_YET_SERVED,
+        )),
     }
 }
 

@@ -110,7 +110,13 @@ where
     responses.send(&response).await
 }
 
-/// The answer for a method name a known service does not have.
-pub fn unknown_method(service: &str, method: &str) -> Status {
-    Status::unimplemented(format!("unknown method {method} for service {service}"))
+/// The answer for a method a known service does not serve: etcd's methods
+/// that MetaStore does not serve yet (`not_yet_served`) answer like a
+/// generated gRPC stub; any other name is unknown, as grpc-go says.
+pub fn missing_method(service: &str, method: &str, not_yet_served: &[&str]) -> Status {
+    if not_yet_served.contains(&method) {
+        Status::unimplemented(format!("method {method} not implemented"))
+    } else {
+        Status::unimplemented(format!("unknown method {method} for service {service}"))
+    }
 }

@@ -144,6 +144,8 @@ pub fn run_write(
     let mut context = WriteContext {
         space,
         begin_revision: space.clock().watermark(),
+        // The shards this write touches are held still: read their newest state.
+        read_revision: write::LATEST,
         lease_exists: &lease_exists,
     };
     let prepared = write::prepare(&context, request)?;

@@ -79,6 +79,10 @@ pub struct WriteContext<'a> {
     pub space: &'a KeySpace,
     /// etcd's `beginRev`: the store revision before this write.
     pub begin_revision: i64,
+    /// The revision reads without an explicit revision see: [`LATEST`] for
+    /// writes (their shards are held still), the read revision for a
+    /// read-only txn.
+    pub read_revision: i64,
     /// Looks up a lease by ID.
     pub lease_exists: &'a dyn Fn(i64) -> bool,
 }
@@ -148,7 +152,7 @@ pub fn prepare(
         WriteRequest::DeleteRange(delete) => {
             let changes_something = space.any_live(
                 &KeyRange::from_bytes(&delete.key, &delete.range_end),
-                LATEST,
+                context.read_revision,
             );
             Ok(PreparedWrite {
                 request,
@@ -157,7 +161,7 @@ pub fn prepare(
             })
         }
         WriteRequest::Txn(txn) => {
-            let path = compare_to_path(space, txn, LATEST);
+            let path = compare_to_path(space, txn, context.read_revision);
             if !is_read_only(txn) {
                 for_each_op_on_path(txn, &path, &mut |op| match op {
                     Request::RequestPut(put) => check_put_preconditions(context, put),
@@ -174,7 +178,7 @@ pub fn prepare(
                     // deleted ranges, so earlier ops cannot create one.
                     Request::RequestDeleteRange(delete) => space.any_live(
                         &KeyRange::from_bytes(&delete.key, &delete.range_end),
-                        LATEST,
+                        context.read_revision,
                     ),
                     _ => false,
                 };
@@ -209,7 +213,8 @@ pub fn check_txn_range_revisions(
 }
 
 fn check_put_preconditions(context: &WriteContext<'_>, put: &PutRequest) -> Result<(), KvError> {
-    if (put.ignore_value || put.ignore_lease) && read_one(context.space, &put.key, LATEST).is_none()
+    if (put.ignore_value || put.ignore_lease)
+        && read_one(context.space, &put.key, context.read_revision).is_none()
     {
         return Err(KvError::KeyNotFound);
     }
@@ -409,7 +414,7 @@ impl Execution<'_, '_> {
         match self.changes.get(key) {
             Some(version) if version.is_tombstone() => None,
             Some(version) => Some(version.to_key_value(key, self.write_revision())),
-            None => read_one(self.context.space, key, LATEST),
+            None => read_one(self.context.space, key, self.context.read_revision),
         }
     }
 
@@ -418,7 +423,7 @@ impl Execution<'_, '_> {
         let stored = self
             .context
             .space
-            .range(range, LATEST, 0, false)
+            .range(range, self.context.read_revision, 0, false)
             .unwrap_or_default();
         if self.changes.is_empty() {
             return stored;
@@ -492,9 +497,9 @@ impl Execution<'_, '_> {
 
     fn range(&self, request: &RangeRequest) -> RangeResponse {
         let current = self.current_revision();
-        let result = if request.revision == 0 {
-            let mut result =
-                self.range_with_changes(&KeyRange::from_bytes(&request.key, &request.range_end));
+        let range = KeyRange::from_bytes(&request.key, &request.range_end);
+        let result = if request.revision == 0 && !self.changes.is_empty() {
+            let mut result = self.range_with_changes(&range);
             if request.count_only {
                 result.key_values.clear();
             }
@@ -502,15 +507,14 @@ impl Execution<'_, '_> {
         } else {
             // Revisions were validated in `prepare`; a historical read sees
             // nothing of this write.
-            let range = KeyRange::from_bytes(&request.key, &request.range_end);
+            let at = if request.revision == 0 {
+                self.context.read_revision
+            } else {
+                request.revision
+            };
             self.context
                 .space
-                .range(
-                    &range,
-                    request.revision,
-                    range::fetch_limit(request),
-                    request.count_only,
-                )
+                .range(&range, at, range::fetch_limit(request), request.count_only)
                 .unwrap_or_default()
         };
         range::build_response(request, result, current)
@@ -558,51 +562,23 @@ impl Execution<'_, '_> {
 
 /// A read-only txn at revision `at` (no locks, no revision taken).
 pub fn read_only_txn(space: &KeySpace, txn: &TxnRequest, at: i64) -> Result<TxnResponse, KvError> {
-    let path = compare_to_path(space, txn, at);
-    let lease_exists = |_: i64| false;
+    let no_leases = |_: i64| false;
     let context = WriteContext {
         space,
         begin_revision: at,
-        lease_exists: &lease_exists,
+        read_revision: at,
+        lease_exists: &no_leases,
     };
+    let path = compare_to_path(space, txn, at);
     check_txn_range_revisions(&context, txn, &path)?;
-    let mut response = read_txn_at(space, txn, &path, at);
+    let mut execution = Execution {
+        context: &context,
+        revision: None,
+        changes: BTreeMap::new(),
+    };
+    let mut response = execution.txn(txn, &path);
     response.header = Some(header(at));
     Ok(response)
-}
-
-fn read_txn_at(space: &KeySpace, txn: &TxnRequest, path: &TxnPath, at: i64) -> TxnResponse {
-    let ops: &[RequestOp] = if path.succeeded {
-        &txn.success
-    } else {
-        &txn.failure
-    };
-    let mut nested_paths = path.nested.iter();
-    let responses = ops
-        .iter()
-        .map(|op| {
-            let response = match &op.request {
-                Some(Request::RequestRange(range)) => Some(Response::ResponseRange(
-                    read_range(space, range, at).unwrap_or_default(),
-                )),
-                Some(Request::RequestTxn(nested)) => {
-                    let nested_path = nested_paths
-                        .next()
-                        .expect("txn path has one entry per nested txn");
-                    let mut nested_response = read_txn_at(space, nested, nested_path, at);
-                    nested_response.header = Some(ResponseHeader::default());
-                    Some(Response::ResponseTxn(nested_response))
-                }
-                _ => None,
-            };
-            ResponseOp { response }
-        })
-        .collect();
-    TxnResponse {
-        header: None,
-        succeeded: path.succeeded,
-        responses,
-    }
 }
 
 /// A standalone Range at read revision `current`.
