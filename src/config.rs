@@ -14,6 +14,13 @@ pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 1536 * 1024;
 pub const DEFAULT_MAX_TXN_OPS: u32 = 128;
 /// Upper bound on `--shards`: each shard has a worker and a channel.
 pub const MAX_SHARDS: usize = 4096;
+/// WAL segment size bounds; segments are preallocated, so not too large,
+/// and a frame must fit (the largest request plus overhead).
+pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// etcd's default `--snapshot-count`.
+pub const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
+pub const MIN_WAL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+pub const MAX_WAL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -65,6 +72,12 @@ pub struct Flags {
     #[arg(long, allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub cores: Option<u32>,
+    /// Size of each write-ahead-log segment file, preallocated; a full segment is rotated.
+    #[arg(long, default_value_t = DEFAULT_WAL_SEGMENT_BYTES, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(MIN_WAL_SEGMENT_BYTES..=MAX_WAL_SEGMENT_BYTES))]
+    pub wal_segment_bytes: u64,
+    /// Number of log entries per shard that trigger a snapshot (and release the WAL before it).
+    #[arg(long, default_value_t = DEFAULT_SNAPSHOT_COUNT, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_count: u64,
     /// Number of key-space shards, fixed when the data directory is created (default: one per core).
     #[arg(long, allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..=MAX_SHARDS as i64))]
@@ -128,6 +141,8 @@ pub struct ServerConfig {
     pub cores: usize,
     /// `None`: use the data directory's count, or one per core for a new one.
     pub shards: Option<usize>,
+    pub wal_options: crate::wal::WalOptions,
+    pub snapshot_count: u64,
 }
 
 impl ServerConfig {
@@ -163,6 +178,12 @@ impl ServerConfig {
             log_level: flags.log_level,
             cores,
             shards: flags.shards.map(|shards| shards as usize),
+            snapshot_count: flags.snapshot_count,
+            wal_options: crate::wal::WalOptions {
+                segment_bytes: flags
+                    .wal_segment_bytes
+                    .next_multiple_of(crate::wal::BLOCK_SIZE as u64),
+            },
         })
     }
 }
@@ -174,7 +195,9 @@ mod tests {
     #[test]
     fn client_urls() {
         let url = parse_client_url("http://127.0.0.1:2379").expect("valid");
-        assert_eq!(url.address, "127.0.0.1:2379".parse().expect("address"));
+        // Annotated: rkyv adds `PartialEq<ArchivedSocketAddr> for SocketAddr`.
+        let address: SocketAddr = "127.0.0.1:2379".parse().expect("address");
+        assert_eq!(url.address, address);
         assert!(parse_client_url("http://[::1]:2379/").is_ok());
         assert!(
             parse_client_url("https://127.0.0.1:2379")

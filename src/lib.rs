@@ -10,7 +10,9 @@
 //! - [`service`]: the etcd services (KV, Maintenance, Cluster) on top of the store.
 //! - [`status_map`]: every internal error to gRPC code + etcd's exact message.
 //! - [`shard`]: shard workers (the only writers) and the write path across shards.
+//! - [`snapshot`]: the shard snapshot file format (rkyv archive, checksummed).
 //! - [`store`]: the MVCC key space: memtables, global revision, etcd's KV semantics.
+//! - [`wal`]: the per-shard write-ahead log on O_DIRECT files, and its in-memory twin.
 
 pub mod config;
 pub mod data_dir;
@@ -19,5 +21,7 @@ pub mod proto;
 pub mod runtime;
 pub mod service;
 pub mod shard;
+pub mod snapshot;
 pub mod status_map;
 pub mod store;
+pub mod wal;

@@ -23,12 +23,16 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::new(config.log_level.as_filter()))
         .with_writer(std::io::stderr)
         .init();
-    if let Err(error) = metastore::runtime::start(&config) {
-        eprintln!("error: {error}");
-        return ExitCode::from(1);
-    }
+    let node = match metastore::runtime::start(&config) {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(1);
+        }
+    };
     wait_for_shutdown_signal();
     tracing::info!("received shutdown signal, exiting");
+    node.log_summary();
     ExitCode::SUCCESS
 }
 

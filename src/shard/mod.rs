@@ -8,6 +8,10 @@
 //! order so two coordinators never deadlock, then sends each participant
 //! its part to apply.
 
+pub mod log_entry;
+pub mod raft_group;
+pub mod recovery;
+pub mod snapshotting;
 pub mod write_path;
 
 use bytes::Bytes;
@@ -19,6 +23,9 @@ use crate::store::memtable::Version;
 use crate::store::revision::{PendingRevision, RevisionSlot};
 use crate::store::shard_map::ShardId;
 use crate::store::write::{self, ChangeSet, WriteContext, WriteRequest, WriteResponse};
+use crate::wal::StorageDevice;
+use log_entry::ShardCommandRecord;
+use raft_group::RaftGroup;
 
 /// Capacity of each shard's command channel. Senders wait when it is full,
 /// which pushes back on the connections producing the load.
@@ -51,73 +58,263 @@ pub enum ShardCommand {
         revision: i64,
         done: oneshot::Sender<()>,
     },
+    /// The worker's snapshot thread finished writing a snapshot through
+    /// `raft_index` (or failed).
+    SnapshotWritten {
+        raft_index: u64,
+        result: Result<std::path::PathBuf, String>,
+    },
 }
 
 /// What a coordinator may ask of a shard it holds.
 pub enum HeldCommand {
+    /// Log and apply this shard's part of a multi-shard write at
+    /// `revision`; answer on `durable` once it is on stable storage.
     Apply {
         changes: Vec<(Bytes, Version)>,
         revision: i64,
-        applied: oneshot::Sender<()>,
+        participants: Vec<u32>,
+        durable: oneshot::Sender<()>,
     },
 }
 
-/// A shard's worker: owns the right to write `shard`'s memtable.
-pub struct ShardWorker {
+/// Most commands taken from the channel in one turn; they share one fsync.
+const MAX_COMMANDS_PER_TURN: usize = 1024;
+
+/// An answer that may be given only once its entry is durable.
+enum DeferredReply {
+    Write {
+        reply: WriteReply,
+        outcome: WriteOutcome,
+        pending: PendingRevision,
+    },
+    Compacted(oneshot::Sender<()>),
+}
+
+/// A shard's worker: the only code that writes the shard's memtable, and
+/// the owner of its Raft group and WAL.
+///
+/// Each turn of its loop takes every command already queued (up to
+/// [`MAX_COMMANDS_PER_TURN`]), evaluates each against the newest state,
+/// applies it to the memtable at once (so the next command sees it) and
+/// proposes it to Raft; then one persist makes the whole turn durable with
+/// one write and one fdatasync, and only then are revisions completed and
+/// replies sent. Readers cannot see a change before that: its revision is
+/// pending until then, and readers stop below the watermark.
+pub struct ShardWorker<D: StorageDevice> {
     shard: ShardId,
     space: std::sync::Arc<KeySpace>,
     /// The owning core's revision slot, shared with the core's other tasks.
     slot: RevisionSlot,
+    group: RaftGroup<D>,
+    snapshots: SnapshotSchedule,
 }
 
-impl ShardWorker {
-    pub fn new(shard: ShardId, space: std::sync::Arc<KeySpace>, slot: RevisionSlot) -> Self {
-        Self { shard, space, slot }
+/// When and where a shard snapshots (see `snapshotting`).
+pub struct SnapshotSchedule {
+    /// Entries logged between snapshots (etcd's `--snapshot-count`).
+    pub every_entries: u64,
+    pub directory: std::path::PathBuf,
+    /// The shard's own command channel, for the snapshot thread's report.
+    pub report_to: flume::Sender<ShardCommand>,
+    /// `(raft index, revision)` of each command logged since the last
+    /// snapshot (revision 0 for entries without one); the log is in
+    /// revision order.
+    logged: std::collections::VecDeque<(u64, i64)>,
+    entries_since_snapshot: u64,
+    in_flight: bool,
+}
+
+impl SnapshotSchedule {
+    pub fn new(
+        every_entries: u64,
+        directory: std::path::PathBuf,
+        report_to: flume::Sender<ShardCommand>,
+    ) -> Self {
+        Self {
+            every_entries,
+            directory,
+            report_to,
+            logged: Default::default(),
+            entries_since_snapshot: 0,
+            in_flight: false,
+        }
+    }
+}
+
+impl<D: StorageDevice> ShardWorker<D> {
+    pub fn new(
+        shard: ShardId,
+        space: std::sync::Arc<KeySpace>,
+        slot: RevisionSlot,
+        group: RaftGroup<D>,
+        snapshots: SnapshotSchedule,
+    ) -> Self {
+        Self {
+            shard,
+            space,
+            slot,
+            group,
+            snapshots,
+        }
     }
 
     /// The worker loop. Returns when every sender is gone (shutdown).
-    pub async fn run(self, commands: flume::Receiver<ShardCommand>) {
-        while let Ok(command) = commands.recv_async().await {
-            match command {
-                ShardCommand::Write { request, reply } => {
-                    let outcome = run_write(&self.space, &self.slot, request).map(
-                        |(outcome, changes, pending)| {
-                            self.apply(
-                                &changes.changes.into_iter().collect::<Vec<_>>(),
-                                changes.revision,
-                            );
-                            drop(pending);
-                            outcome
-                        },
-                    );
-                    // The requester may have gone away; the write stands.
-                    let _ = reply.send(outcome);
+    pub async fn run(mut self, commands: flume::Receiver<ShardCommand>) {
+        let mut deferred = Vec::new();
+        while let Ok(first) = commands.recv_async().await {
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(command) = next.take() {
+                self.handle(command, &mut deferred).await;
+                taken += 1;
+                if taken < MAX_COMMANDS_PER_TURN {
+                    next = commands.try_recv().ok();
                 }
-                ShardCommand::Hold {
-                    held,
-                    commands: held_commands,
-                } => {
-                    if held.send(()).is_ok() {
-                        while let Ok(HeldCommand::Apply {
-                            changes,
-                            revision,
-                            applied,
-                        }) = held_commands.recv_async().await
-                        {
-                            self.apply(&changes, revision);
-                            let _ = applied.send(());
-                        }
-                    }
-                }
-                ShardCommand::Compact { revision, done } => {
-                    self.space.memtable(self.shard).compact(revision);
-                    let _ = done.send(());
-                }
+            }
+            self.persist_and_reply(&mut deferred).await;
+            self.maybe_snapshot();
+        }
+    }
+
+    /// Starts a snapshot thread once enough entries were logged: it covers
+    /// the log through the last entry at or below the node's watermark.
+    fn maybe_snapshot(&mut self) {
+        let schedule = &mut self.snapshots;
+        if schedule.in_flight || schedule.entries_since_snapshot < schedule.every_entries {
+            return;
+        }
+        let watermark = self.space.clock().watermark();
+        let covered = schedule
+            .logged
+            .iter()
+            .take_while(|(_, revision)| *revision <= watermark)
+            .last()
+            .map(|(index, _)| *index);
+        let Some(raft_index) = covered else { return };
+        let Some(raft_term) = self.group.term_of(raft_index) else {
+            return;
+        };
+        let point = snapshotting::SnapshotPoint {
+            raft_index,
+            raft_term,
+            revision: watermark,
+        };
+        let (space, shard, directory, report_to) = (
+            self.space.clone(),
+            self.shard,
+            schedule.directory.clone(),
+            schedule.report_to.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("metastore-snapshot-{shard}"))
+            .spawn(move || {
+                let result = snapshotting::write_shard_snapshot(&space, shard, point, &directory);
+                let _ = report_to.send(ShardCommand::SnapshotWritten { raft_index, result });
+            });
+        match spawned {
+            Ok(_) => {
+                schedule.in_flight = true;
+                schedule.entries_since_snapshot = 0;
+            }
+            Err(error) => {
+                tracing::warn!(shard, %error, "cannot start a snapshot thread; will retry")
             }
         }
     }
 
-    fn apply(&self, changes: &[(Bytes, Version)], revision: i64) {
+    async fn snapshot_written(
+        &mut self,
+        raft_index: u64,
+        result: Result<std::path::PathBuf, String>,
+    ) {
+        self.snapshots.in_flight = false;
+        match result {
+            Ok(path) => {
+                if let Err(error) = self.group.compact_through(raft_index).await {
+                    tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed while releasing the log; aborting");
+                    std::process::abort();
+                }
+                self.snapshots
+                    .logged
+                    .retain(|(index, _)| *index > raft_index);
+                snapshotting::remove_older_snapshots(&self.snapshots.directory, &path);
+                tracing::debug!(shard = self.shard, raft_index, file = %path.display(), "snapshot written; log released");
+            }
+            Err(error) => {
+                tracing::warn!(shard = self.shard, %error, "snapshot failed; the log is kept and a later one will be tried")
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: ShardCommand, deferred: &mut Vec<DeferredReply>) {
+        match command {
+            ShardCommand::Write { request, reply } => {
+                match run_write(&self.space, &self.slot, request) {
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                    // Nothing changed: nothing to log, answer now.
+                    Ok((outcome, _, None)) => {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                    Ok((outcome, changes, Some(pending))) => {
+                        self.apply(changes.changes.iter(), changes.revision);
+                        self.propose(&ShardCommandRecord::for_change_set(&changes));
+                        deferred.push(DeferredReply::Write {
+                            reply,
+                            outcome,
+                            pending,
+                        });
+                    }
+                }
+            }
+            ShardCommand::Hold { held, commands } => {
+                // What this shard already accepted becomes durable and is
+                // answered before it stops for the coordinator.
+                self.persist_and_reply(deferred).await;
+                if held.send(()).is_err() {
+                    return;
+                }
+                while let Ok(HeldCommand::Apply {
+                    changes,
+                    revision,
+                    participants,
+                    durable,
+                }) = commands.recv_async().await
+                {
+                    self.apply(
+                        changes.iter().map(|(key, version)| (key, version)),
+                        revision,
+                    );
+                    self.propose(&ShardCommandRecord::for_changes(
+                        revision,
+                        participants,
+                        changes.iter().map(|(key, version)| (key, version)),
+                    ));
+                    self.persist().await;
+                    let _ = durable.send(());
+                }
+            }
+            ShardCommand::Compact { revision, done } => {
+                self.propose(&ShardCommandRecord::compaction(revision));
+                self.space.memtable(self.shard).compact(revision);
+                deferred.push(DeferredReply::Compacted(done));
+            }
+            ShardCommand::SnapshotWritten { raft_index, result } => {
+                // Releasing the log re-logs the hard state; answer what is
+                // pending first so those replies do not wait behind it.
+                self.persist_and_reply(deferred).await;
+                self.snapshot_written(raft_index, result).await;
+            }
+        }
+    }
+
+    fn apply<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a Bytes, &'a Version)>,
+        revision: i64,
+    ) {
         let memtable = self.space.memtable(self.shard);
         for (key, version) in changes {
             debug_assert_eq!(
@@ -126,6 +323,54 @@ impl ShardWorker {
                 "change routed to the wrong shard"
             );
             memtable.insert(key.clone(), revision, version.clone());
+        }
+    }
+
+    fn propose(&mut self, record: &ShardCommandRecord) {
+        match self.group.propose(log_entry::encode(record)) {
+            Ok(index) => {
+                self.snapshots.logged.push_back((index, record.revision));
+                self.snapshots.entries_since_snapshot += 1;
+            }
+            Err(error) => {
+                // The change is applied in memory already; without its log
+                // entry the shard would diverge from its log.
+                tracing::error!(shard = self.shard, %error, "cannot append to the shard's Raft log; aborting");
+                std::process::abort();
+            }
+        }
+    }
+
+    /// One write + one fdatasync for everything proposed. A failed write or
+    /// fsync is fatal: the kernel may have dropped the dirty pages, so a
+    /// retry could report success for data that is gone.
+    async fn persist(&mut self) {
+        if let Err(error) = self.group.persist().await {
+            tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed; aborting (an fsync is never retried)");
+            std::process::abort();
+        }
+    }
+
+    async fn persist_and_reply(&mut self, deferred: &mut Vec<DeferredReply>) {
+        if deferred.is_empty() {
+            return;
+        }
+        self.persist().await;
+        for reply in deferred.drain(..) {
+            match reply {
+                DeferredReply::Write {
+                    reply,
+                    outcome,
+                    pending,
+                } => {
+                    pending.complete();
+                    // The requester may have gone away; the write stands.
+                    let _ = reply.send(Ok(outcome));
+                }
+                DeferredReply::Compacted(done) => {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 }

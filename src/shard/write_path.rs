@@ -111,34 +111,54 @@ impl WritePath {
             holds.push((shard, commands));
         }
         let (outcome, changes, pending) = run_write(&self.space, &self.slot, request)?;
+        let Some(pending) = pending else {
+            // Nothing changed: nothing to log; releasing the holds is all.
+            return Ok(outcome);
+        };
         let shard_map = self.space.shard_map();
-        let mut waits = Vec::new();
-        for (shard, commands) in &holds {
+        let mut parts: Vec<(ShardId, Vec<_>)> = Vec::new();
+        for (shard, _) in &holds {
             let part: Vec<_> = changes
                 .changes
                 .iter()
                 .filter(|(key, _)| shard_map.shard_of(key) == *shard)
                 .map(|(key, version)| (key.clone(), version.clone()))
                 .collect();
-            if part.is_empty() {
-                continue;
+            if !part.is_empty() {
+                parts.push((*shard, part));
             }
-            let (applied, done) = oneshot::channel();
+        }
+        // Recovery keeps this revision only if every shard listed here
+        // logged its part (see `recovery`).
+        let participants: Vec<u32> = parts.iter().map(|(shard, _)| *shard as u32).collect();
+        let mut waits = Vec::new();
+        for (shard, part) in parts {
+            let commands = &holds
+                .iter()
+                .find(|(held, _)| *held == shard)
+                .expect("every part belongs to a held shard")
+                .1;
+            let (durable, done) = oneshot::channel();
+            let apply = HeldCommand::Apply {
+                changes: part,
+                revision: changes.revision,
+                participants: participants.clone(),
+                durable,
+            };
+            // A failure from here on drops `pending` uncompleted, which
+            // aborts the process: the revision must not be skipped.
             commands
-                .send_async(HeldCommand::Apply {
-                    changes: part,
-                    revision: changes.revision,
-                    applied,
-                })
+                .send_async(apply)
                 .await
-                .map_err(|_| KvError::ShardUnavailable(*shard))?;
-            waits.push((*shard, done));
+                .map_err(|_| KvError::ShardUnavailable(shard))?;
+            waits.push((shard, done));
         }
         for (shard, done) in waits {
             done.await.map_err(|_| KvError::ShardUnavailable(shard))?;
         }
-        // Only now may readers see the revision; then release the shards.
-        drop(pending);
+        // Every part is durable: readers may see the revision; then release
+        // the shards.
+        pending.complete();
         drop(holds);
         Ok(outcome)
     }

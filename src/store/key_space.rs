@@ -79,6 +79,12 @@ impl KeySpace {
         Ok(())
     }
 
+    /// Restores the compaction point found in the logs at startup.
+    pub fn restore_compaction(&self, revision: i64) {
+        self.compacted_revision
+            .fetch_max(revision, Ordering::SeqCst);
+    }
+
     /// Resolves a request's `revision` field against the read revision
     /// `current`, with etcd's checks: future first, then compacted.
     pub fn resolve_read_revision(&self, requested: i64, current: i64) -> Result<i64, KvError> {

@@ -178,6 +178,22 @@ impl Memtable {
         }
     }
 
+    /// Calls `visit` for every stored version with revision `<= at`, in key
+    /// order. Safe from any thread while the owner writes: versions at or
+    /// below a completed revision never change (compaction may remove some
+    /// below the compaction point meanwhile; reads there are refused).
+    pub fn for_each_version_at_or_below(
+        &self,
+        at: i64,
+        mut visit: impl FnMut(&Bytes, i64, &Version),
+    ) {
+        for entry in self.versions.iter() {
+            if entry.key().revision <= at {
+                visit(&entry.key().key, entry.key().revision, entry.value());
+            }
+        }
+    }
+
     /// Inserts `version` of `key` at `revision`. Owning core only.
     pub fn insert(&self, key: Bytes, revision: i64, version: Version) {
         let was_live = self

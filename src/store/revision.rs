@@ -152,6 +152,7 @@ impl RevisionSlot {
         PendingRevision {
             slot: self.clone(),
             revision,
+            completed: false,
         }
     }
 
@@ -165,22 +166,40 @@ impl RevisionSlot {
     }
 }
 
-/// A revision that has been taken; dropping it marks it applied. Drop it only
-/// after every change at this revision is in the memtables.
+/// A revision that has been taken. [`complete`](Self::complete) it only
+/// after every change at this revision is durable and in the memtables.
+///
+/// Invariant: a taken revision is always completed. Recovery relies on it
+/// (a gap in the logged revisions cuts history there), so dropping one
+/// without completing it means a write was lost half way: the process
+/// aborts rather than let the watermark pass it.
 pub struct PendingRevision {
     slot: RevisionSlot,
     revision: i64,
+    completed: bool,
 }
 
 impl PendingRevision {
     pub fn revision(&self) -> i64 {
         self.revision
     }
+
+    /// Marks the revision applied: readers may now see it.
+    pub fn complete(mut self) {
+        self.completed = true;
+        self.slot.finish(self.revision);
+    }
 }
 
 impl Drop for PendingRevision {
     fn drop(&mut self) {
-        self.slot.finish(self.revision);
+        if !self.completed {
+            tracing::error!(
+                revision = self.revision,
+                "a taken revision was abandoned before it was logged; aborting to keep the log gap-free"
+            );
+            std::process::abort();
+        }
     }
 }
 
@@ -198,9 +217,9 @@ mod tests {
         let second = slot1.take();
         assert_eq!((first.revision(), second.revision()), (2, 3));
         assert_eq!(clock.watermark(), 1);
-        drop(second);
+        second.complete();
         assert_eq!(clock.watermark(), 1, "revision 2 is still pending");
-        drop(first);
+        first.complete();
         assert_eq!(clock.watermark(), 3);
     }
 
@@ -210,9 +229,9 @@ mod tests {
         let slot = clock.slot(0);
         let a = slot.take();
         let b = slot.take();
-        drop(a);
+        a.complete();
         assert_eq!(clock.watermark(), 11);
-        drop(b);
+        b.complete();
         assert_eq!(clock.watermark(), 12);
     }
 
@@ -258,12 +277,13 @@ mod tests {
                         if i % 3 != 0 {
                             for pending in held.drain(..).rev() {
                                 applied[pending.revision() as usize].store(true, Ordering::SeqCst);
-                                drop(pending);
+                                pending.complete();
                             }
                         }
                     }
                     for pending in held {
                         applied[pending.revision() as usize].store(true, Ordering::SeqCst);
+                        pending.complete();
                     }
                 })
             })

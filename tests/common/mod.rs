@@ -178,7 +178,8 @@ pub fn probe(addr: SocketAddr) -> GrpcResult<()> {
 pub struct MetastoreServer {
     proc_: CapturedChild,
     port: u16,
-    _data_dir: tempfile::TempDir,
+    /// The temp data dir this server owns, if the caller did not give one.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl MetastoreServer {
@@ -186,20 +187,40 @@ impl MetastoreServer {
     /// a fresh data dir. `extra_args` are appended (later flags win in clap
     /// only if the server allows overrides, so do not repeat the defaults).
     pub fn start(extra_args: &[&str]) -> MetastoreServer {
+        Self::launch(None, extra_args)
+    }
+
+    /// Like [`start`](Self::start) on an existing data directory that
+    /// outlives the server (restart and crash tests).
+    pub fn start_in(data_dir: &std::path::Path, extra_args: &[&str]) -> MetastoreServer {
+        Self::launch(Some(data_dir), extra_args)
+    }
+
+    fn launch(given_dir: Option<&std::path::Path>, extra_args: &[&str]) -> MetastoreServer {
         let mut last_err = String::new();
         for attempt in 0..3 {
             let port = free_port();
-            let data_dir = tempfile::Builder::new()
-                .prefix("metastore-test-")
-                .tempdir()
-                .expect("create temp data dir");
+            let owned_dir = match given_dir {
+                Some(_) => None,
+                None => Some(
+                    tempfile::Builder::new()
+                        .prefix("metastore-test-")
+                        .tempdir()
+                        .expect("create temp data dir"),
+                ),
+            };
+            let data_dir_path: std::path::PathBuf = match (&owned_dir, given_dir) {
+                (Some(owned), _) => owned.path().to_owned(),
+                (None, Some(given)) => given.to_owned(),
+                (None, None) => unreachable!("one of the two is always set"),
+            };
             let url = format!("http://127.0.0.1:{port}");
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_metastore"));
             let mut args: Vec<String> = vec![
                 "--name".into(),
                 "default".into(),
                 "--data-dir".into(),
-                data_dir.path().to_str().unwrap().into(),
+                data_dir_path.to_str().unwrap().into(),
                 "--listen-client-urls".into(),
                 url.clone(),
                 "--advertise-client-urls".into(),
@@ -225,7 +246,7 @@ impl MetastoreServer {
                     return MetastoreServer {
                         proc_,
                         port,
-                        _data_dir: data_dir,
+                        _data_dir: owned_dir,
                     };
                 }
                 Err(e) => {
@@ -267,6 +288,11 @@ impl MetastoreServer {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.proc_.exited().is_none()
+    }
+
+    /// SIGKILLs the server and waits for it: a crash, not a shutdown.
+    pub fn kill_hard(&mut self) {
+        self.proc_.kill();
     }
 }
 

@@ -8,30 +8,30 @@
 //! - Nothing blocks an executor thread; the main thread only waits for
 //!   signals.
 
+mod core_thread;
+
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::rc::Rc;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::mpsc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
 use crate::config::ServerConfig;
 use crate::data_dir::{DataDir, DataDirError};
-use crate::grpc::authority::AuthorityRewritingIo;
-use crate::grpc::server::{ServerLimits, serve_connection};
-use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
-use crate::shard::write_path::WritePath;
-use crate::shard::{SHARD_QUEUE_CAPACITY, ShardCommand, ShardWorker};
+use crate::grpc::server::ServerLimits;
+use crate::service::MemberIdentity;
+use crate::shard::raft_group::LogStats;
+use crate::shard::recovery;
+use crate::shard::{SHARD_QUEUE_CAPACITY, ShardCommand};
 use crate::store::key_space::KeySpace;
 use crate::store::revision::RevisionClock;
-use crate::store::shard_map::ShardMap;
+use crate::store::shard_map::{ShardId, ShardMap};
+use core_thread::{CoreReport, CoreSetup, ShardDirectories, StartupPlan, run_core};
 
 /// etcd's first revision for an empty store.
 const INITIAL_REVISION: i64 = 1;
-/// Pause after a failed accept (e.g. out of file descriptors) so the loop
-/// does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -44,6 +44,13 @@ pub enum StartError {
     },
     #[error("cannot start core {core}: {source}")]
     Core { core: usize, source: std::io::Error },
+    #[error("cannot create {path}: {source}")]
+    ShardDirectory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("recovery failed: {0}")]
+    Recovery(String),
 }
 
 /// Which I/O driver the executors use.
@@ -55,13 +62,45 @@ pub fn driver_name() -> &'static str {
     }
 }
 
-/// Starts every core and returns once they are serving. The threads run
-/// for the life of the process.
-pub fn start(config: &ServerConfig) -> Result<(), StartError> {
+/// A shard's directories inside the data directory.
+pub fn shard_directories(data_dir: &Path, shard: ShardId) -> ShardDirectories {
+    let root = data_dir.join("shards").join(format!("{shard:04}"));
+    ShardDirectories {
+        wal: root.join("wal"),
+        snapshots: root.join("snap"),
+    }
+}
+
+/// The running node, for reporting at shutdown.
+pub struct Node {
+    /// Per-shard log counters, indexed by shard.
+    pub log_stats: Vec<Arc<LogStats>>,
+}
+
+impl Node {
+    /// Logs entries per fsync for every shard (group commit effectiveness).
+    pub fn log_summary(&self) {
+        for (shard, stats) in self.log_stats.iter().enumerate() {
+            let entries = stats.entries.load(std::sync::atomic::Ordering::Relaxed);
+            let fsyncs = stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                shard,
+                entries,
+                fsyncs,
+                entries_per_fsync = format!("{:.2}", stats.entries_per_fsync()),
+                "WAL group commit"
+            );
+        }
+    }
+}
+
+/// Starts every core, recovers every shard from its log (see
+/// `shard::recovery` for the rule that makes multi-shard writes
+/// all-or-nothing), and returns once all cores serve. The threads run for
+/// the life of the process.
+pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     let data_dir = DataDir::open(&config.data_dir, config.shards, config.cores)?;
     let shard_map = ShardMap::new(data_dir.meta.shard_count, config.cores);
-    let clock = RevisionClock::new(INITIAL_REVISION, config.cores);
-    let space = KeySpace::new(shard_map, clock.clone());
     let identity = MemberIdentity {
         name: config.name.clone(),
         cluster_id: data_dir.meta.cluster_id,
@@ -74,10 +113,24 @@ pub fn start(config: &ServerConfig) -> Result<(), StartError> {
         .map(|(sender, receiver)| (sender, Some(receiver)))
         .unzip();
     let senders: Arc<[flume::Sender<ShardCommand>]> = senders.into();
+    let log_stats: Vec<Arc<LogStats>> = shard_map
+        .all_shards()
+        .map(|_| Arc::new(LogStats::default()))
+        .collect();
+    for shard in shard_map.all_shards() {
+        let directories = shard_directories(&config.data_dir, shard);
+        for path in [directories.wal, directories.snapshots] {
+            std::fs::create_dir_all(&path)
+                .map_err(|source| StartError::ShardDirectory { path, source })?;
+        }
+    }
     let listeners = bind_listeners(config)?;
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     tracing::info!(cores = config.cores, shards = shard_map.shard_count(), driver = driver_name(), data_dir = %config.data_dir.display(), "starting");
     let limits = ServerLimits::for_max_request_bytes(config.max_request_bytes);
+    let (report_sender, reports) = mpsc::channel();
+    let mut plan_senders = Vec::new();
+    let replayed = Arc::new(std::sync::Barrier::new(config.cores));
     for (core, core_listeners) in listeners.into_iter().enumerate() {
         let owned: Vec<_> = shard_map
             .shards_of_core(core)
@@ -88,29 +141,86 @@ pub fn start(config: &ServerConfig) -> Result<(), StartError> {
                 )
             })
             .collect();
+        let (plan_sender, plans) = mpsc::channel();
+        plan_senders.push(plan_sender);
         let core_setup = CoreSetup {
             core,
             pin_to: core_ids.get(core % core_ids.len().max(1)).copied(),
-            space: space.clone(),
             senders: senders.clone(),
+            shard_directories: owned
+                .iter()
+                .map(|(shard, _)| shard_directories(&config.data_dir, *shard))
+                .collect(),
+            snapshot_count: config.snapshot_count,
+            log_stats: owned
+                .iter()
+                .map(|(shard, _)| log_stats[*shard].clone())
+                .collect(),
             owned_shards: owned,
+            wal_options: config.wal_options,
             listeners: core_listeners,
             identity: identity.clone(),
             limits: limits.clone(),
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
+            reports: report_sender.clone(),
+            plans,
+            replayed: replayed.clone(),
         };
         std::thread::Builder::new()
             .name(format!("metastore-core-{core}"))
             .spawn(move || run_core(core_setup))
             .map_err(|source| StartError::Core { core, source })?;
     }
+    let mut inventories = Vec::new();
+    for _ in 0..config.cores {
+        match reports.recv() {
+            Ok(CoreReport::Recovered(shards)) => inventories.extend(shards),
+            Ok(CoreReport::Failed(message)) => return Err(StartError::Recovery(message)),
+            Ok(CoreReport::Serving) | Err(_) => {
+                return Err(StartError::Recovery(
+                    "a core stopped during recovery".to_owned(),
+                ));
+            }
+        }
+    }
+    let plan = recovery::plan(&inventories, INITIAL_REVISION);
+    if let Some((from, to)) = plan.newly_void() {
+        tracing::warn!(
+            from,
+            to,
+            "discarding revisions that never became durable on every shard (none was acknowledged)"
+        );
+    }
+    tracing::info!(revision = plan.keep_through, highest_taken = plan.highest_taken, compacted = plan.compacted, voids = ?plan.voids, "recovered");
+    let clock = RevisionClock::new(plan.highest_taken, config.cores);
+    let space = KeySpace::new(shard_map, clock);
+    space.restore_compaction(plan.compacted);
+    for plan_sender in plan_senders {
+        plan_sender
+            .send(StartupPlan {
+                space: space.clone(),
+                plan: plan.clone(),
+            })
+            .map_err(|_| StartError::Recovery("a core stopped during recovery".to_owned()))?;
+    }
+    for _ in 0..config.cores {
+        match reports.recv() {
+            Ok(CoreReport::Serving) => {}
+            Ok(CoreReport::Failed(message)) => return Err(StartError::Recovery(message)),
+            Ok(CoreReport::Recovered(_)) | Err(_) => {
+                return Err(StartError::Recovery(
+                    "a core stopped during startup".to_owned(),
+                ));
+            }
+        }
+    }
     // The data directory stays locked for the life of the process.
     std::mem::forget(data_dir);
     for url in &config.listen_client_urls {
         tracing::info!(address = %url.address, "ready to serve client requests");
     }
-    Ok(())
+    Ok(Node { log_stats })
 }
 
 /// Binds one `SO_REUSEPORT` listener per core for every client URL, so the
@@ -147,102 +257,4 @@ fn reuse_socket(address: SocketAddr, share_port: bool) -> std::io::Result<Socket
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     Ok(socket)
-}
-
-/// Everything one core thread starts with.
-struct CoreSetup {
-    core: usize,
-    pin_to: Option<core_affinity::CoreId>,
-    space: Arc<KeySpace>,
-    senders: Arc<[flume::Sender<ShardCommand>]>,
-    owned_shards: Vec<(usize, flume::Receiver<ShardCommand>)>,
-    listeners: Vec<StdTcpListener>,
-    identity: MemberIdentity,
-    limits: ServerLimits,
-    max_txn_ops: usize,
-    max_request_bytes: usize,
-}
-
-fn run_core(setup: CoreSetup) {
-    let core = setup.core;
-    // A core that dies takes its shards with it; the process must not keep
-    // serving half a key space.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_core_inner(setup)));
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::error!(core, %error, "core failed to start"),
-        Err(_) => tracing::error!(core, "core panicked"),
-    }
-    std::process::exit(70);
-}
-
-fn run_core_inner(setup: CoreSetup) -> std::io::Result<()> {
-    if let Some(core_id) = setup.pin_to
-        && !core_affinity::set_for_current(core_id)
-    {
-        tracing::warn!(core = setup.core, "could not pin thread to its core");
-    }
-    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()?;
-    runtime.block_on(async move {
-        let slot = setup.space.clock().slot(setup.core);
-        for (shard, receiver) in setup.owned_shards {
-            let worker = ShardWorker::new(shard, setup.space.clone(), slot.clone());
-            monoio::spawn(worker.run(receiver));
-        }
-        let write_path = WritePath::new(setup.space.clone(), setup.senders.clone(), slot);
-        let context = Rc::new(ServiceContext {
-            identity: setup.identity,
-            write_path,
-            max_txn_ops: setup.max_txn_ops,
-            max_request_bytes: setup.max_request_bytes,
-        });
-        let services = Rc::new(EtcdServices::new(context));
-        let limits = Rc::new(setup.limits);
-        let mut accepts = Vec::new();
-        for listener in setup.listeners {
-            let listener = monoio::net::TcpListener::from_std(listener)?;
-            accepts.push(monoio::spawn(accept_loop(
-                listener,
-                services.clone(),
-                limits.clone(),
-            )));
-        }
-        for accept in accepts {
-            accept.await;
-        }
-        Ok(())
-    })
-}
-
-async fn accept_loop(
-    listener: monoio::net::TcpListener,
-    services: Rc<EtcdServices>,
-    limits: Rc<ServerLimits>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                match stream.try_into_poll_io() {
-                    Ok(io) => {
-                        let io =
-                            AuthorityRewritingIo::new(io, limits.max_header_list_size as usize);
-                        let (services, limits) = (services.clone(), limits.clone());
-                        monoio::spawn(async move {
-                            if let Err(error) = serve_connection(io, services, limits).await {
-                                tracing::debug!(%peer, %error, "connection closed with an error");
-                            }
-                        });
-                    }
-                    Err((error, _)) => tracing::warn!(%peer, %error, "cannot drive connection"),
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                monoio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
 }

@@ -1,0 +1,322 @@
+//! One core's life: recover the shards it owns, wait for the node-wide
+//! recovery plan, replay, start the shard workers, then accept connections.
+
+use std::net::TcpListener as StdTcpListener;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
+
+use crate::grpc::authority::AuthorityRewritingIo;
+use crate::grpc::server::{ServerLimits, serve_connection};
+use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
+use crate::shard::SnapshotSchedule;
+use crate::shard::log_entry::{self, ShardCommandRecord};
+use crate::shard::raft_group::{LogStats, RaftGroup, log_mirror};
+use crate::shard::recovery::{RecoveredLog, RecoveryPlan, ShardInventory, read_shard_log};
+use crate::shard::snapshotting::{LoadedShardSnapshot, load_shard_snapshot};
+use crate::shard::write_path::WritePath;
+use crate::shard::{ShardCommand, ShardWorker};
+use crate::store::key_space::KeySpace;
+use crate::store::shard_map::ShardId;
+use crate::wal::{DirectDevice, WalOptions};
+
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop
+/// does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Where a shard keeps its files.
+#[derive(Debug, Clone)]
+pub struct ShardDirectories {
+    pub wal: PathBuf,
+    pub snapshots: PathBuf,
+}
+
+/// What a core tells the main thread during startup.
+pub enum CoreReport {
+    /// The core read its shards' logs.
+    Recovered(Vec<ShardInventory>),
+    /// The core replayed, logged the plan, and serves.
+    Serving,
+    Failed(String),
+}
+
+/// What the main thread sends every core once all logs are read.
+pub struct StartupPlan {
+    pub space: Arc<KeySpace>,
+    pub plan: RecoveryPlan,
+}
+
+/// Everything one core thread starts with.
+pub struct CoreSetup {
+    pub core: usize,
+    pub pin_to: Option<core_affinity::CoreId>,
+    pub senders: Arc<[flume::Sender<ShardCommand>]>,
+    pub owned_shards: Vec<(ShardId, flume::Receiver<ShardCommand>)>,
+    /// Each owned shard's directories.
+    pub shard_directories: Vec<ShardDirectories>,
+    pub wal_options: WalOptions,
+    /// Entries logged between snapshots, per shard.
+    pub snapshot_count: u64,
+    pub log_stats: Vec<Arc<LogStats>>,
+    pub listeners: Vec<StdTcpListener>,
+    pub identity: MemberIdentity,
+    pub limits: ServerLimits,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+    pub reports: Sender<CoreReport>,
+    pub plans: Receiver<StartupPlan>,
+    /// Passed by every core once its shards are replayed. Any core reads
+    /// any shard, so none may serve before all are replayed.
+    pub replayed: Arc<std::sync::Barrier>,
+}
+
+pub fn run_core(setup: CoreSetup) {
+    let core = setup.core;
+    let reports = setup.reports.clone();
+    // A core that dies takes its shards with it; the process must not keep
+    // serving half a key space.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_core_inner(setup)));
+    let message = match outcome {
+        Ok(Ok(())) => "core stopped".to_owned(),
+        Ok(Err(error)) => error,
+        Err(_) => "core panicked".to_owned(),
+    };
+    tracing::error!(core, %message, "core failed");
+    // During startup the main thread reports the failure and exits.
+    let _ = reports.send(CoreReport::Failed(format!("core {core}: {message}")));
+    std::thread::sleep(Duration::from_millis(200));
+    std::process::exit(70);
+}
+
+fn run_core_inner(setup: CoreSetup) -> Result<(), String> {
+    if let Some(core_id) = setup.pin_to
+        && !core_affinity::set_for_current(core_id)
+    {
+        tracing::warn!(core = setup.core, "could not pin thread to its core");
+    }
+    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .map_err(|error| format!("cannot build the executor: {error}"))?;
+    runtime.block_on(serve_core(setup))
+}
+
+/// A shard as read back from disk, before the node-wide plan.
+struct RecoveredShard {
+    shard: ShardId,
+    commands: flume::Receiver<ShardCommand>,
+    snapshot: Option<LoadedShardSnapshot>,
+    log: RecoveredLog<DirectDevice>,
+}
+
+async fn recover_shard(
+    shard: ShardId,
+    commands: flume::Receiver<ShardCommand>,
+    directories: &ShardDirectories,
+    wal_options: WalOptions,
+) -> Result<(RecoveredShard, ShardInventory), String> {
+    let snapshot = load_shard_snapshot(&directories.snapshots, shard)
+        .map_err(|error| format!("shard {shard}: {error}"))?;
+    let snapshot_index = snapshot
+        .as_ref()
+        .map_or(0, |snapshot| snapshot.meta.raft_index);
+    let device = DirectDevice::open(&directories.wal).map_err(|error| {
+        format!(
+            "shard {shard}: cannot open WAL directory {}: {error}",
+            directories.wal.display()
+        )
+    })?;
+    let log = read_shard_log(shard, device, wal_options, snapshot_index)
+        .await
+        .map_err(|error| format!("shard {shard}: {error}"))?;
+    let mut inventory = ShardInventory::from_commands(shard as u32, &log.commands);
+    if let Some(snapshot) = &snapshot {
+        inventory.snapshot_revision = snapshot.meta.revision;
+        inventory.compacted_in_snapshot = snapshot.meta.compacted_revision;
+    }
+    tracing::info!(
+        shard,
+        snapshot_index,
+        snapshot_revision = inventory.snapshot_revision,
+        entries_after_snapshot = log.entries.len(),
+        revisions = inventory.revisions.len(),
+        voids = ?inventory.voids,
+        "read shard state"
+    );
+    Ok((
+        RecoveredShard {
+            shard,
+            commands,
+            snapshot,
+            log,
+        },
+        inventory,
+    ))
+}
+
+async fn serve_core(setup: CoreSetup) -> Result<(), String> {
+    let CoreSetup {
+        core,
+        senders,
+        owned_shards,
+        shard_directories,
+        wal_options,
+        snapshot_count,
+        log_stats,
+        listeners,
+        identity,
+        limits,
+        max_txn_ops,
+        max_request_bytes,
+        reports,
+        plans,
+        replayed,
+        ..
+    } = setup;
+    let mut recovered = Vec::new();
+    let mut inventories = Vec::new();
+    for ((shard, receiver), directories) in owned_shards.into_iter().zip(&shard_directories) {
+        let (shard_state, inventory) =
+            recover_shard(shard, receiver, directories, wal_options).await?;
+        recovered.push(shard_state);
+        inventories.push(inventory);
+    }
+    reports
+        .send(CoreReport::Recovered(inventories))
+        .map_err(|_| "startup was abandoned".to_owned())?;
+    let StartupPlan { space, plan } = plans
+        .recv()
+        .map_err(|_| "startup was abandoned".to_owned())?;
+
+    let slot = space.clock().slot(core);
+    for ((recovered, stats), directories) in
+        recovered.into_iter().zip(log_stats).zip(shard_directories)
+    {
+        let RecoveredShard {
+            shard,
+            commands,
+            snapshot,
+            log,
+        } = recovered;
+        let snapshot_position = snapshot
+            .as_ref()
+            .map(|snapshot| (snapshot.meta.raft_index, snapshot.meta.raft_term));
+        replay(&space, shard, snapshot, &log.commands, &plan);
+        let storage = log_mirror(snapshot_position, &log.entries, log.hard_state.clone())
+            .map_err(|error| format!("shard {shard}: {error}"))?;
+        let entry_records = log
+            .entries
+            .iter()
+            .map(|entry| entry.index)
+            .zip(log.entry_sequences.iter().copied())
+            .collect();
+        let mut group = RaftGroup::start(storage, log.wal, entry_records, stats)
+            .await
+            .map_err(|error| format!("shard {shard}: {error}"))?;
+        if let Some((from, to)) = plan.newly_void() {
+            group
+                .propose(log_entry::encode(&ShardCommandRecord::void(from, to)))
+                .map_err(|error| format!("shard {shard}: {error}"))?;
+            group.persist().await.map_err(|error| {
+                format!("shard {shard}: logging the recovery decision: {error}")
+            })?;
+        }
+        let schedule = SnapshotSchedule::new(
+            snapshot_count,
+            directories.snapshots,
+            senders[shard].clone(),
+        );
+        monoio::spawn(
+            ShardWorker::new(shard, space.clone(), slot.clone(), group, schedule).run(commands),
+        );
+    }
+
+    // Blocking is fine here: this core serves nothing yet, and its shard
+    // workers have no commands until cores accept connections.
+    replayed.wait();
+
+    let write_path = WritePath::new(space.clone(), senders, slot);
+    let context = Rc::new(ServiceContext {
+        identity,
+        write_path,
+        max_txn_ops,
+        max_request_bytes,
+    });
+    let services = Rc::new(EtcdServices::new(context));
+    let limits = Rc::new(limits);
+    let mut accepts = Vec::new();
+    for listener in listeners {
+        let listener = monoio::net::TcpListener::from_std(listener)
+            .map_err(|error| format!("cannot use listener: {error}"))?;
+        accepts.push(monoio::spawn(accept_loop(
+            listener,
+            services.clone(),
+            limits.clone(),
+        )));
+    }
+    let _ = reports.send(CoreReport::Serving);
+    for accept in accepts {
+        accept.await;
+    }
+    Ok(())
+}
+
+/// Rebuilds a shard's memtable: the snapshot's versions, then the logged
+/// changes after it that the plan keeps, then the compaction point. Runs on
+/// the owning core before its worker starts.
+fn replay(
+    space: &KeySpace,
+    shard: ShardId,
+    snapshot: Option<LoadedShardSnapshot>,
+    commands: &[ShardCommandRecord],
+    plan: &RecoveryPlan,
+) {
+    let memtable = space.memtable(shard);
+    for (key, revision, version) in snapshot.into_iter().flat_map(|snapshot| snapshot.versions) {
+        memtable.insert(key, revision, version);
+    }
+    for command in commands
+        .iter()
+        .filter(|command| command.revision != 0 && plan.keeps(command.revision))
+    {
+        for change in &command.changes {
+            memtable.insert(change.key.clone(), command.revision, change.to_version());
+        }
+    }
+    if plan.compacted > 0 {
+        memtable.compact(plan.compacted);
+    }
+}
+
+async fn accept_loop(
+    listener: monoio::net::TcpListener,
+    services: Rc<EtcdServices>,
+    limits: Rc<ServerLimits>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                match stream.try_into_poll_io() {
+                    Ok(io) => {
+                        let io =
+                            AuthorityRewritingIo::new(io, limits.max_header_list_size as usize);
+                        let (services, limits) = (services.clone(), limits.clone());
+                        monoio::spawn(async move {
+                            if let Err(error) = serve_connection(io, services, limits).await {
+                                tracing::debug!(%peer, %error, "connection closed with an error");
+                            }
+                        });
+                    }
+                    Err((error, _)) => tracing::warn!(%peer, %error, "cannot drive connection"),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                monoio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! One shard's Raft group: a raft-rs `RawNode` whose log lives in the
+//! shard's WAL (with an in-memory mirror, raft-rs's `MemStorage`, for the
+//! entries raft reads back).
+//!
+//! The write path is Raft's even with a single member: propose → persist
+//! (one WAL write + one fdatasync for everything proposed since the last
+//! persist) → commit → reply. With one voter an entry is committed the
+//! moment it is durable on this node; adding members later changes the
+//! transport and membership, not this path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole};
+use thiserror::Error;
+
+use super::log_entry::{WalRecord, encode};
+use crate::wal::{StorageDevice, Wal, WalError};
+
+/// This member's Raft ID while MetaStore runs alone.
+pub const LOCAL_MEMBER: u64 = 1;
+
+#[derive(Debug, Error)]
+pub enum GroupError {
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("shard did not become Raft leader after campaigning")]
+    NotLeader,
+}
+
+/// Counters for one shard's log, written only by its core.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Raft entries made durable.
+    pub entries: AtomicU64,
+    /// fdatasync calls on the WAL (one per persisted batch).
+    pub fsyncs: AtomicU64,
+}
+
+impl LogStats {
+    pub fn entries_per_fsync(&self) -> f64 {
+        let fsyncs = self.fsyncs.load(Ordering::Relaxed);
+        if fsyncs == 0 {
+            0.0
+        } else {
+            self.entries.load(Ordering::Relaxed) as f64 / fsyncs as f64
+        }
+    }
+}
+
+pub struct RaftGroup<D: StorageDevice> {
+    node: RawNode<MemStorage>,
+    wal: Wal<D>,
+    stats: std::sync::Arc<LogStats>,
+    /// `(raft index, WAL record sequence)` of each entry written since the
+    /// last snapshot, so a snapshot at an index can release the WAL below it.
+    entry_records: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// The in-memory log mirror for a group recovered from a snapshot covering
+/// `(index, term)` (or none) and the WAL `entries` after it. With a single
+/// voter every durable entry is committed, so the commit index is the last
+/// entry's.
+pub fn log_mirror(
+    snapshot_position: Option<(u64, u64)>,
+    entries: &[Entry],
+    hard_state: Option<HardState>,
+) -> Result<MemStorage, raft::Error> {
+    let conf_state = ConfState::from((vec![LOCAL_MEMBER], vec![]));
+    let storage = MemStorage::new_with_conf_state(conf_state.clone());
+    {
+        let mut writable = storage.wl();
+        if let Some((index, term)) = snapshot_position {
+            let mut snapshot = raft::eraftpb::Snapshot::default();
+            let metadata = snapshot.mut_metadata();
+            metadata.index = index;
+            metadata.term = term;
+            metadata.set_conf_state(conf_state);
+            writable.apply_snapshot(snapshot)?;
+        }
+        writable.append(entries)?;
+        // The last hard-state record may predate the newest snapshot (the
+        // process died after writing the snapshot, before re-logging the
+        // hard state), and Raft requires snapshot index <= commit <= last
+        // index: everything durable is committed with a single voter.
+        let mut hard_state = hard_state.unwrap_or_default();
+        let (last_index, last_term) = entries
+            .last()
+            .map(|last| (last.index, last.term))
+            .or(snapshot_position)
+            .unwrap_or((0, 0));
+        hard_state.commit = hard_state.commit.max(last_index);
+        hard_state.term = hard_state.term.max(last_term);
+        writable.set_hardstate(hard_state);
+    }
+    Ok(storage)
+}
+
+impl<D: StorageDevice> RaftGroup<D> {
+    /// Starts the group on a recovered log (everything in it is applied
+    /// already) and campaigns until this member leads.
+    /// `entry_records` are `(raft index, WAL sequence)` of the recovered
+    /// entries, oldest first.
+    pub async fn start(
+        storage: MemStorage,
+        wal: Wal<D>,
+        entry_records: std::collections::VecDeque<(u64, u64)>,
+        stats: std::sync::Arc<LogStats>,
+    ) -> Result<Self, GroupError> {
+        let applied = storage.rl().hard_state().commit;
+        let config = Config {
+            id: LOCAL_MEMBER,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        config.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RawNode::new(&config, storage, &logger)?;
+        let mut group = Self {
+            node,
+            wal,
+            stats,
+            entry_records,
+        };
+        group.node.campaign()?;
+        group.persist().await?;
+        if group.node.raft.state != StateRole::Leader {
+            return Err(GroupError::NotLeader);
+        }
+        Ok(group)
+    }
+
+    pub fn stats(&self) -> &std::sync::Arc<LogStats> {
+        &self.stats
+    }
+
+    /// Appends a command to the log (not yet durable); returns its index.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, GroupError> {
+        self.node.propose(Vec::new(), data)?;
+        Ok(self.node.raft.raft_log.last_index())
+    }
+
+    /// The term of the entry at `index`, if the log still has it.
+    pub fn term_of(&self, index: u64) -> Option<u64> {
+        self.node.raft.raft_log.term(index).ok()
+    }
+
+    /// Forgets the log through `index`, which a durable snapshot now covers:
+    /// re-logs the hard state (its last record may sit in a segment about to
+    /// go), releases the WAL segments below the first entry after `index`,
+    /// and trims the in-memory mirror.
+    pub async fn compact_through(&mut self, index: u64) -> Result<(), GroupError> {
+        let hard_state = self.node.raft.hard_state();
+        self.wal
+            .append(&encode(&WalRecord::hard_state(&hard_state)));
+        self.wal.sync().await?;
+        while self
+            .entry_records
+            .front()
+            .is_some_and(|(entry_index, _)| *entry_index <= index)
+        {
+            self.entry_records.pop_front();
+        }
+        let keep_from = self
+            .entry_records
+            .front()
+            .map_or(self.wal.durable_sequence() + 1, |(_, sequence)| *sequence);
+        self.wal.release_before(keep_from).await?;
+        // MemStorage drops entries *before* the given index, and answers
+        // `last_index` from stale snapshot metadata once it holds none: keep
+        // the entry at the snapshot point.
+        let applied = self.node.raft.raft_log.applied;
+        self.node.store().wl().compact(index.min(applied))?;
+        Ok(())
+    }
+
+    /// Makes everything proposed so far durable with one WAL write and one
+    /// fdatasync, and lets Raft commit it. Returns the number of entries
+    /// that became durable. An error here is fatal: the caller aborts.
+    pub async fn persist(&mut self) -> Result<usize, GroupError> {
+        let mut persisted = 0;
+        while self.node.has_ready() {
+            let mut ready = self.node.ready();
+            let entries = ready.take_entries();
+            for entry in &entries {
+                let sequence = self.wal.append(&encode(&WalRecord::entry(entry)));
+                self.entry_records.push_back((entry.index, sequence));
+            }
+            if let Some(hard_state) = ready.hs() {
+                self.wal.append(&encode(&WalRecord::hard_state(hard_state)));
+            }
+            if self.wal.unsynced_records() > 0 {
+                self.wal.sync().await?;
+                self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .entries
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            }
+            persisted += entries.len();
+            {
+                let store = self.node.store();
+                let mut writable = store.wl();
+                writable.append(&entries)?;
+                if let Some(hard_state) = ready.hs() {
+                    writable.set_hardstate(hard_state.clone());
+                }
+            }
+            // Single member: nothing to send; committed entries were
+            // applied to the memtable when proposed (see `ShardWorker`).
+            let mut light = self.node.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                self.node.store().wl().mut_hard_state().commit = commit;
+            }
+            light.take_committed_entries();
+            self.node.advance_apply();
+        }
+        Ok(persisted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mirror_commits_through_snapshot_even_with_an_older_hard_state() {
+        let stale = HardState {
+            term: 2,
+            vote: 1,
+            commit: 40,
+            ..Default::default()
+        };
+        let storage = log_mirror(Some((70, 3)), &[], Some(stale.clone())).expect("mirror");
+        let state = storage.initial_state().expect("state");
+        assert_eq!((state.hard_state.commit, state.hard_state.term), (70, 3));
+        let storage =
+            log_mirror(Some((70, 3)), &[entry(71, 3), entry(72, 4)], Some(stale)).expect("mirror");
+        assert_eq!(
+            storage.initial_state().expect("state").hard_state.commit,
+            72
+        );
+        assert_eq!(storage.last_index().expect("last"), 72);
+        assert_eq!(storage.first_index().expect("first"), 71);
+    }
+}

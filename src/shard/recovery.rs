@@ -1,0 +1,397 @@
+//! Restart: read each shard's log back and decide, across all shards, which
+//! revisions survive.
+//!
+//! # The global prefix rule
+//!
+//! Every revision that was ever taken was logged by each shard that holds
+//! part of it, and a write at revision R is acknowledged only once every
+//! revision `<= R` is durable on all its shards (the watermark rule). So
+//! after a crash the acknowledged history is a *prefix* of the revisions:
+//! recovery keeps every revision up to the first one that is incomplete
+//! (some participant lacks its part) and discards everything above it. That
+//! makes multi-shard writes all-or-nothing, and also discards any write
+//! that read state a discarded revision produced (such a write has a higher
+//! revision). The discarded range is logged as a *void* record on every
+//! shard, so later recoveries skip it instead of cutting there again; new
+//! revisions start above everything ever taken, so none is reused.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message;
+use raft::eraftpb::{Entry, EntryType, HardState};
+use thiserror::Error;
+
+use super::log_entry::{ShardCommandRecord, WalRecord, wal_record};
+use crate::store::shard_map::ShardId;
+use crate::wal::{StorageDevice, Wal, WalError, WalOptions};
+
+#[derive(Debug, Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(
+        "shard {shard}: WAL record {sequence} does not decode ({reason}); the log is corrupt: restore the data directory from a backup"
+    )]
+    UndecodableRecord {
+        shard: ShardId,
+        sequence: u64,
+        reason: String,
+    },
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error(
+        "shard {shard}: the newest usable snapshot ends at Raft index {snapshot_index} but the WAL resumes at {first_logged}; history in between is missing (was a snapshot file removed or corrupted?): restore the data directory from a backup"
+    )]
+    MissingHistory {
+        shard: ShardId,
+        snapshot_index: u64,
+        first_logged: u64,
+    },
+}
+
+/// One shard's log, read back.
+pub struct RecoveredLog<D: StorageDevice> {
+    pub wal: Wal<D>,
+    pub entries: Vec<Entry>,
+    /// The WAL record sequence of each entry in `entries`, so a later
+    /// snapshot knows which segments it may release.
+    pub entry_sequences: Vec<u64>,
+    pub hard_state: Option<HardState>,
+    /// The shard commands in log order.
+    pub commands: Vec<ShardCommandRecord>,
+}
+
+/// Reads a shard's WAL: Raft entries after `snapshot_index` (later entries
+/// at an index replace earlier ones, as Raft overwrites an uncommitted
+/// tail), the last hard state, and the shard commands inside the entries.
+/// The log must continue right after the snapshot: a gap means history is
+/// missing, and the shard refuses to start.
+pub async fn read_shard_log<D: StorageDevice>(
+    shard: ShardId,
+    device: D,
+    options: WalOptions,
+    snapshot_index: u64,
+) -> Result<RecoveredLog<D>, RecoveryError> {
+    let (wal, records) = Wal::open(device, options).await?;
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut entry_sequences: Vec<u64> = Vec::new();
+    let mut hard_state = None;
+    for record in records {
+        let undecodable = |reason: String| RecoveryError::UndecodableRecord {
+            shard,
+            sequence: record.sequence,
+            reason,
+        };
+        let decoded = WalRecord::decode(record.payload.clone())
+            .map_err(|error| undecodable(error.to_string()))?;
+        match decoded.kind {
+            Some(wal_record::Kind::Entry(logged)) => {
+                let entry = logged.to_entry();
+                let expected = entries.last().map_or(entry.index, |last| last.index + 1);
+                if entry.index > expected || entry.index == 0 {
+                    return Err(undecodable(format!(
+                        "entry index {} follows index {}",
+                        entry.index,
+                        expected.saturating_sub(1)
+                    )));
+                }
+                let first_index = entries.first().map_or(entry.index, |first| first.index);
+                let keep = entry.index.saturating_sub(first_index) as usize;
+                entries.truncate(keep);
+                entry_sequences.truncate(keep);
+                entries.push(entry);
+                entry_sequences.push(record.sequence);
+            }
+            Some(wal_record::Kind::HardState(logged)) => hard_state = Some(logged.to_hard_state()),
+            None => return Err(undecodable("empty record".to_owned())),
+        }
+    }
+    let covered = entries
+        .iter()
+        .take_while(|entry| entry.index <= snapshot_index)
+        .count();
+    entries.drain(..covered);
+    entry_sequences.drain(..covered);
+    if let Some(first) = entries.first()
+        && first.index != snapshot_index + 1
+    {
+        return Err(RecoveryError::MissingHistory {
+            shard,
+            snapshot_index,
+            first_logged: first.index,
+        });
+    }
+    let mut commands = Vec::new();
+    for entry in entries
+        .iter()
+        .filter(|entry| entry.entry_type == EntryType::EntryNormal && !entry.data.is_empty())
+    {
+        let command = ShardCommandRecord::decode(entry.data.clone()).map_err(|error| {
+            RecoveryError::UndecodableRecord {
+                shard,
+                sequence: entry.index,
+                reason: format!("raft entry {}: {error}", entry.index),
+            }
+        })?;
+        commands.push(command);
+    }
+    Ok(RecoveredLog {
+        wal,
+        entries,
+        entry_sequences,
+        hard_state,
+        commands,
+    })
+}
+
+/// What one shard's log says about revisions, for [`plan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardInventory {
+    pub shard: u32,
+    /// Each logged revision with its participant set (empty: this shard only).
+    pub revisions: Vec<(i64, Vec<u32>)>,
+    /// Revision ranges an earlier recovery discarded.
+    pub voids: Vec<(i64, i64)>,
+    /// Compaction points logged.
+    pub compactions: Vec<i64>,
+    /// The revision the shard's snapshot holds (0: no snapshot). Every
+    /// revision at or below it was complete on every shard when taken.
+    pub snapshot_revision: i64,
+    /// The compaction point the snapshot declares (-1: none).
+    pub compacted_in_snapshot: i64,
+}
+
+impl ShardInventory {
+    pub fn from_commands(shard: u32, commands: &[ShardCommandRecord]) -> Self {
+        let mut inventory = Self {
+            shard,
+            ..Default::default()
+        };
+        for command in commands {
+            if command.revision != 0 {
+                inventory
+                    .revisions
+                    .push((command.revision, command.participants.clone()));
+            }
+            if command.void_from != 0 {
+                inventory.voids.push((command.void_from, command.void_to));
+            }
+            if command.compact_revision != 0 {
+                inventory.compactions.push(command.compact_revision);
+            }
+        }
+        inventory
+    }
+}
+
+/// The decision recovery applies on every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPlan {
+    /// Revisions `<= keep_through` survive (unless voided earlier).
+    pub keep_through: i64,
+    /// The highest revision ever taken; new revisions start above it.
+    pub highest_taken: i64,
+    /// The compaction point to restore (-1: never compacted).
+    pub compacted: i64,
+    /// Ranges earlier recoveries discarded, from every shard's log (a crash
+    /// while logging a void may have left it on only some shards).
+    pub voids: Vec<(i64, i64)>,
+}
+
+impl RecoveryPlan {
+    /// The range this recovery discards, if any.
+    pub fn newly_void(&self) -> Option<(i64, i64)> {
+        (self.highest_taken > self.keep_through)
+            .then_some((self.keep_through + 1, self.highest_taken))
+    }
+
+    /// True when a logged change at `revision` must be applied.
+    pub fn keeps(&self, revision: i64) -> bool {
+        revision <= self.keep_through
+            && !self
+                .voids
+                .iter()
+                .any(|(from, to)| (*from..=*to).contains(&revision))
+    }
+}
+
+/// Applies the global prefix rule (module docs) to every shard's inventory.
+/// `initial_revision` is the revision of an empty store.
+pub fn plan(inventories: &[ShardInventory], initial_revision: i64) -> RecoveryPlan {
+    let mut expected: BTreeMap<i64, BTreeSet<u32>> = BTreeMap::new();
+    let mut present: BTreeMap<i64, BTreeSet<u32>> = BTreeMap::new();
+    let mut voids: Vec<(i64, i64)> = Vec::new();
+    for inventory in inventories {
+        for (revision, participants) in &inventory.revisions {
+            let participants: BTreeSet<u32> = if participants.is_empty() {
+                [inventory.shard].into()
+            } else {
+                participants.iter().copied().collect()
+            };
+            expected.entry(*revision).or_default().extend(participants);
+            present
+                .entry(*revision)
+                .or_default()
+                .insert(inventory.shard);
+        }
+        voids.extend(inventory.voids.iter().copied());
+    }
+    // Snapshots hold only revisions that were complete everywhere.
+    let settled = inventories
+        .iter()
+        .map(|inventory| inventory.snapshot_revision)
+        .max()
+        .unwrap_or(0)
+        .max(initial_revision);
+    let highest_taken = expected
+        .keys()
+        .next_back()
+        .copied()
+        .into_iter()
+        .chain(voids.iter().map(|(_, to)| *to))
+        .max()
+        .unwrap_or(settled)
+        .max(settled);
+    let is_void = |revision: i64| {
+        voids
+            .iter()
+            .any(|(from, to)| (*from..=*to).contains(&revision))
+    };
+    let mut keep_through = highest_taken;
+    for revision in (settled + 1)..=highest_taken {
+        if is_void(revision) {
+            continue;
+        }
+        let complete = match (expected.get(&revision), present.get(&revision)) {
+            (Some(expected), Some(present)) => expected.is_subset(present),
+            _ => false,
+        };
+        if !complete {
+            keep_through = revision - 1;
+            break;
+        }
+    }
+    let compacted = inventories
+        .iter()
+        .flat_map(|inventory| inventory.compactions.iter().copied())
+        .filter(|revision| *revision <= keep_through)
+        .max()
+        .unwrap_or(-1);
+    let compacted = inventories
+        .iter()
+        .filter(|inventory| inventory.snapshot_revision > 0)
+        .map(|inventory| inventory.compacted_in_snapshot)
+        .fold(compacted, i64::max);
+    voids.sort_unstable();
+    voids.dedup();
+    RecoveryPlan {
+        keep_through,
+        highest_taken,
+        compacted,
+        voids,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory(shard: u32, revisions: &[(i64, &[u32])]) -> ShardInventory {
+        ShardInventory {
+            shard,
+            revisions: revisions
+                .iter()
+                .map(|(revision, participants)| (*revision, participants.to_vec()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn complete_history_is_kept() {
+        let shards = [
+            inventory(0, &[(2, &[]), (4, &[0, 1])]),
+            inventory(1, &[(3, &[]), (4, &[0, 1])]),
+        ];
+        assert_eq!(
+            plan(&shards, 1),
+            RecoveryPlan {
+                keep_through: 4,
+                highest_taken: 4,
+                compacted: -1,
+                voids: Vec::new()
+            }
+        );
+        assert_eq!(plan(&shards, 1).newly_void(), None);
+    }
+
+    #[test]
+    fn a_missing_part_cuts_the_prefix_there() {
+        // Revision 3 is a two-shard write whose part on shard 1 was lost;
+        // revision 4 (single shard, durable) depends on nothing but is above the cut.
+        let shards = [
+            inventory(0, &[(2, &[]), (3, &[0, 1]), (4, &[])]),
+            inventory(1, &[]),
+        ];
+        let plan = plan(&shards, 1);
+        assert_eq!((plan.keep_through, plan.highest_taken), (2, 4));
+        assert_eq!(plan.newly_void(), Some((3, 4)));
+        assert!(plan.keeps(2) && !plan.keeps(3) && !plan.keeps(4));
+    }
+
+    #[test]
+    fn a_lost_single_shard_revision_cuts_too() {
+        let shards = [
+            inventory(0, &[(2, &[]), (4, &[])]),
+            inventory(1, &[(5, &[])]),
+        ];
+        assert_eq!(
+            plan(&shards, 1).keep_through,
+            2,
+            "revision 3 was taken but never became durable"
+        );
+    }
+
+    #[test]
+    fn earlier_voids_are_skipped_not_cut_again() {
+        let mut shard0 = inventory(0, &[(2, &[]), (3, &[0, 1]), (6, &[])]);
+        shard0.voids.push((3, 5));
+        let mut shard1 = inventory(1, &[(7, &[])]);
+        shard1.voids.push((3, 5));
+        let plan = plan(&[shard0, shard1], 1);
+        assert_eq!((plan.keep_through, plan.highest_taken), (7, 7));
+        assert!(
+            !plan.keeps(3) && plan.keeps(6),
+            "voided revisions are never applied"
+        );
+    }
+
+    #[test]
+    fn snapshots_settle_everything_below_them() {
+        // Shard 1's log was released below its snapshot at revision 5; the
+        // two-shard revision 4 is no longer in any log but is settled.
+        let mut shard0 = inventory(0, &[(6, &[])]);
+        shard0.snapshot_revision = 3;
+        let mut shard1 = inventory(1, &[(7, &[])]);
+        shard1.snapshot_revision = 5;
+        let plan = plan(&[shard0, shard1], 1);
+        assert_eq!((plan.keep_through, plan.highest_taken), (7, 7));
+    }
+
+    #[test]
+    fn compaction_beyond_the_cut_is_not_restored() {
+        let mut shard0 = inventory(0, &[(2, &[]), (3, &[])]);
+        shard0.compactions = vec![2, 3];
+        let shard1 = inventory(1, &[(5, &[])]);
+        assert_eq!(plan(&[shard0, shard1], 1).compacted, 3);
+        assert_eq!(
+            plan(&[], 1),
+            RecoveryPlan {
+                keep_through: 1,
+                highest_taken: 1,
+                compacted: -1,
+                voids: Vec::new()
+            }
+        );
+    }
+}
