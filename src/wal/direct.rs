@@ -78,16 +78,22 @@ impl StorageDevice for DirectDevice {
         let file = if self.use_direct_io.get() {
             match self.open_with(&path, create, true).await {
                 Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                    // Refused because of O_DIRECT (with `create_new`, the
-                    // failed attempt created nothing: EINVAL comes before
-                    // the file is made on the filesystems that refuse it).
                     self.use_direct_io.set(false);
                     tracing::warn!(
                         directory = %self.directory.display(),
                         "the filesystem refuses O_DIRECT; the WAL falls back to buffered I/O \
                          (every sync is still an fdatasync, so durability is unchanged)"
                     );
-                    self.open_with(&path, create, false).await?
+                    match self.open_with(&path, create, false).await {
+                        // Linux checks O_DIRECT support after O_CREAT made
+                        // the file, so the refused attempt may have created
+                        // it. O_EXCL proved it did not exist before, so this
+                        // is our new, empty file.
+                        Err(error) if create && error.kind() == io::ErrorKind::AlreadyExists => {
+                            self.open_with(&path, false, false).await?
+                        }
+                        other => other?,
+                    }
                 }
                 other => other?,
             }

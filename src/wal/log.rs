@@ -141,7 +141,7 @@ impl<D: StorageDevice> Wal<D> {
     /// allocates based on an unchecked length field.
     pub async fn open(device: D, options: WalOptions) -> Result<(Wal<D>, Vec<Record>), WalError> {
         options.validate()?;
-        let mut recovered = recovery::recover(&device, &options).await?;
+        let mut recovered = recovery::recover(&device).await?;
         // Give a shortened or old-size active segment its full size again,
         // so the next frames do not rotate early. Not synced here: the next
         // `sync_data` of this file makes it durable with the frame.
@@ -340,8 +340,9 @@ impl<D: StorageDevice> Wal<D> {
     /// Creates the next segment, preallocated, and writes its header block
     /// and `frame` with one write and one fdatasync; then syncs the
     /// directory so the new name is durable before the frame is
-    /// acknowledged. A crash part-way leaves a segment whose header or
-    /// frame is invalid and which holds nothing later: recovery removes it.
+    /// acknowledged. A crash part-way leaves either no file, or a segment
+    /// whose header is unreadable (recovery removes it) or whose frame is
+    /// torn (recovery resumes writing in it).
     async fn write_new_segment(
         &mut self,
         frame: AlignedBuffer,

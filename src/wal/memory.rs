@@ -48,8 +48,8 @@ struct State {
 
 #[derive(Default, Clone)]
 struct FileData {
-    current: Vec<u8>,
-    durable: Vec<u8>,
+    current: SparseBytes,
+    durable: SparseBytes,
     /// Byte range written since the last successful `sync_data`, so a sync
     /// copies only that (segments are 64 MiB; copying all of one per sync
     /// would make the benchmark measure memcpy).
@@ -66,13 +66,11 @@ impl FileData {
 
     fn make_durable(&mut self) {
         // Size first (covers `allocate`), then the written bytes.
-        let len = self.current.len();
-        self.durable.truncate(len);
-        grow_zeroed(&mut self.durable, len);
+        self.durable.set_len(self.current.len());
         if let Some((start, end)) = self.dirty.take() {
             let end = end.min(self.current.len());
             let start = start.min(end);
-            self.durable[start..end].copy_from_slice(&self.current[start..end]);
+            self.durable.write(start, &self.current.read(start, end));
         }
     }
 
@@ -82,11 +80,69 @@ impl FileData {
     }
 }
 
+/// File contents with a logical length: bytes past `bytes.len()` (up to
+/// `len`) are zeros that were never materialised. Preallocating a 64 MiB
+/// segment is then free, as `fallocate` is on a real filesystem.
+#[derive(Default, Clone)]
+struct SparseBytes {
+    /// Invariant: `bytes.len() <= len`.
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl SparseBytes {
+    fn from_vec(bytes: Vec<u8>) -> SparseBytes {
+        SparseBytes {
+            len: bytes.len(),
+            bytes,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Grows (with zeros) or shrinks to `len`.
+    fn set_len(&mut self, len: usize) {
+        self.bytes.truncate(len);
+        self.len = len;
+    }
+
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        let end = offset + data.len();
+        grow_zeroed(&mut self.bytes, end);
+        self.bytes[offset..end].copy_from_slice(data);
+        self.len = self.len.max(end);
+    }
+
+    /// Bytes `[start, end)`, clamped to the length.
+    fn read(&self, start: usize, end: usize) -> Vec<u8> {
+        let end = end.min(self.len);
+        let start = start.min(end);
+        let mut out = Vec::with_capacity(end - start);
+        if let Some(materialised) = self.bytes.get(start..end.min(self.bytes.len())) {
+            out.extend_from_slice(materialised);
+        }
+        grow_zeroed(&mut out, end - start);
+        out
+    }
+
+    fn byte_mut(&mut self, offset: usize) -> Option<&mut u8> {
+        if offset >= self.len {
+            return None;
+        }
+        grow_zeroed(&mut self.bytes, offset + 1);
+        self.bytes.get_mut(offset)
+    }
+}
+
+/// Where the most recent write went. Its bytes are still in the file's
+/// current content (no later write happened), so they are not copied.
 #[derive(Clone)]
 struct LastWrite {
     file_id: u64,
     offset: usize,
-    bytes: Vec<u8>,
+    len: usize,
 }
 
 impl MemoryDevice {
@@ -118,10 +174,10 @@ impl MemoryDevice {
             if let Some(write) = state.last_write.take()
                 && let Some(file) = state.files.get_mut(&write.file_id)
             {
-                let kept = &write.bytes[..keep_bytes.min(write.bytes.len())];
-                let end = write.offset + kept.len();
-                grow_zeroed(&mut file.durable, end);
-                file.durable[write.offset..end].copy_from_slice(kept);
+                let kept = file
+                    .current
+                    .read(write.offset, write.offset + keep_bytes.min(write.len));
+                file.durable.write(write.offset, &kept);
             }
         }
         self.crash();
@@ -134,7 +190,7 @@ impl MemoryDevice {
         let id = state.lookup(file)?;
         let data = state.file_mut(id)?;
         for bytes in [&mut data.current, &mut data.durable] {
-            if let Some(byte) = bytes.get_mut(byte_offset) {
+            if let Some(byte) = bytes.byte_mut(byte_offset) {
                 *byte ^= 1 << (bit % 8);
             }
         }
@@ -164,7 +220,7 @@ impl MemoryDevice {
             .borrow()
             .last_write
             .as_ref()
-            .map_or(0, |write| write.bytes.len())
+            .map_or(0, |write| write.len)
     }
 
     /// The next `sync_data` fails and makes nothing durable.
@@ -202,7 +258,10 @@ impl MemoryDevice {
     pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
         let state = self.state.borrow();
         let id = state.names.get(name)?;
-        state.files.get(id).map(|file| file.current.clone())
+        state
+            .files
+            .get(id)
+            .map(|file| file.current.read(0, usize::MAX))
     }
 
     /// Creates or replaces `name` with `bytes`, durable at once (name and
@@ -214,8 +273,8 @@ impl MemoryDevice {
         state.files.insert(
             id,
             FileData {
-                current: bytes.clone(),
-                durable: bytes,
+                current: SparseBytes::from_vec(bytes.clone()),
+                durable: SparseBytes::from_vec(bytes),
                 dirty: None,
             },
         );
@@ -229,8 +288,9 @@ impl MemoryDevice {
         let mut state = self.state.borrow_mut();
         let id = state.lookup(name)?;
         let data = state.file_mut(id)?;
-        data.current.truncate(len);
-        data.durable.truncate(len);
+        let len = len.min(data.current.len());
+        data.current.set_len(len);
+        data.durable.set_len(len.min(data.durable.len()));
         Ok(())
     }
 }
@@ -265,7 +325,7 @@ impl State {
 
 /// Extends `bytes` with zeros to `len` (no-op if already that long).
 /// Appends slices of a zero block: `Vec::resize` fills byte by byte, which
-/// in debug builds made preallocating 1 MiB segments dominate the tests.
+/// is slow in the debug builds the tests run in.
 fn grow_zeroed(bytes: &mut Vec<u8>, len: usize) {
     static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     while bytes.len() < len {
@@ -379,14 +439,13 @@ impl DeviceFile for MemoryFile {
             let offset = usize::try_from(offset).map_err(io::Error::other)?;
             let end = offset + buffer.len();
             let data = state.file_mut(id)?;
-            grow_zeroed(&mut data.current, end);
-            data.current[offset..end].copy_from_slice(buffer.as_slice());
+            data.current.write(offset, buffer.as_slice());
             data.mark_dirty(offset, end);
             state.write_count += 1;
             state.last_write = Some(LastWrite {
                 file_id: id,
                 offset,
-                bytes: buffer.as_slice().to_vec(),
+                len: buffer.len(),
             });
             Ok(())
         });
@@ -397,11 +456,8 @@ impl DeviceFile for MemoryFile {
         self.with_data(|state, id| {
             state.largest_read = state.largest_read.max(len);
             let data = state.file_mut(id)?;
-            let start = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(data.current.len());
-            let end = start.saturating_add(len).min(data.current.len());
-            Ok(data.current[start..end].to_vec())
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            Ok(data.current.read(start, start.saturating_add(len)))
         })
     }
 
@@ -421,7 +477,9 @@ impl DeviceFile for MemoryFile {
         self.with_data(|state, id| {
             let len = usize::try_from(len).map_err(io::Error::other)?;
             let data = state.file_mut(id)?;
-            grow_zeroed(&mut data.current, len);
+            if data.current.len() < len {
+                data.current.set_len(len);
+            }
             Ok(())
         })
     }

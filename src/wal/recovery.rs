@@ -33,7 +33,7 @@ use super::format::{
     decode_frame_header, decode_records, decode_segment_header, frame_len_for_payload, is_zeroed,
     parse_segment_file_name,
 };
-use super::log::{ActiveSegment, Record, Segment, WalOptions, new_log_id};
+use super::log::{ActiveSegment, Record, Segment, new_log_id};
 
 /// Bytes read per device read while scanning a segment.
 const READ_WINDOW: usize = 1 << 20;
@@ -153,11 +153,7 @@ fn describe(stop: &Stop) -> String {
     }
 }
 
-pub(super) async fn recover<D: StorageDevice>(
-    device: &D,
-    options: &WalOptions,
-) -> Result<Recovered<D::File>, WalError> {
-    let _ = options; // segment size only matters when writing
+pub(super) async fn recover<D: StorageDevice>(device: &D) -> Result<Recovered<D::File>, WalError> {
     let listed = device
         .list_files()
         .await
@@ -265,7 +261,7 @@ pub(super) async fn recover<D: StorageDevice>(
                 offset,
                 format!(
                     "{}, but a valid later frame (frame {found_sequence}) follows at byte offset {found_at} of the \
-                     same file, so acknowledged records would be lost",
+                     same file",
                     describe(reason)
                 ),
             ));
@@ -336,7 +332,7 @@ pub(super) async fn recover<D: StorageDevice>(
                                 offset,
                                 format!(
                                     "{}, but a valid later frame (frame {found_sequence}) exists in {} at byte \
-                                     offset {found_at}, so acknowledged records would be lost",
+                                     offset {found_at}",
                                     describe(reason),
                                     later.name
                                 ),
