@@ -2,8 +2,10 @@
 //! 128 bytes per frame (the parameter is entries per fsync), reported by
 //! criterion as records/second ("elements").
 //!
-//! - `wal sync/memory`: `MemoryDevice`, so only framing, checksums and
-//!   copies are measured (the CPU cost per sync).
+//! - `wal sync/discard`: a device that drops every write: the WAL's own CPU
+//!   cost per sync (framing, checksums, copies), nothing else.
+//! - `wal sync/memory`: `MemoryDevice`, which also stores every block twice
+//!   (current and durable copies) in fresh memory: page faults dominate.
 //! - `wal sync/direct`: `DirectDevice` in a temporary directory under
 //!   /var/tmp: a real O_DIRECT write and fdatasync per sync, through io_uring
 //!   when the kernel allows (the epoll driver otherwise).
@@ -14,10 +16,61 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use metastore::wal::{DirectDevice, MemoryDevice, StorageDevice, Wal, WalOptions};
+use metastore::wal::{
+    AlignedBuffer, DeviceFile, DirectDevice, MemoryDevice, StorageDevice, Wal, WalOptions,
+};
 
 const RECORD_BYTES: usize = 128;
 const RECORDS_PER_FRAME: [u64; 3] = [1, 16, 256];
+
+/// A device that accepts and forgets every write; files read as empty.
+struct DiscardDevice;
+
+impl StorageDevice for DiscardDevice {
+    type File = DiscardDevice;
+
+    async fn open_file(&self, _name: &str, _create: bool) -> std::io::Result<DiscardDevice> {
+        Ok(DiscardDevice)
+    }
+
+    async fn list_files(&self) -> std::io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    async fn remove_file(&self, _name: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    async fn sync_directory(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl DeviceFile for DiscardDevice {
+    async fn write_at(
+        &self,
+        _offset: u64,
+        buffer: AlignedBuffer,
+    ) -> (std::io::Result<()>, AlignedBuffer) {
+        (Ok(()), std::hint::black_box(buffer))
+    }
+
+    async fn read_at(&self, _offset: u64, _len: usize) -> std::io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    async fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    async fn allocate(&self, _len: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    async fn len(&self) -> std::io::Result<u64> {
+        Ok(0)
+    }
+}
 
 fn bench_device<D: StorageDevice>(
     criterion: &mut Criterion,
@@ -65,6 +118,7 @@ fn bench_device<D: StorageDevice>(
 }
 
 fn wal_benches(criterion: &mut Criterion) {
+    bench_device(criterion, "discard", || DiscardDevice);
     bench_device(criterion, "memory", MemoryDevice::new);
     let root = tempfile::tempdir_in("/var/tmp")
         .or_else(|_| tempfile::tempdir())

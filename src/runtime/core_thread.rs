@@ -130,7 +130,12 @@ async fn recover_shard(
     })?;
     let log = read_shard_log(shard, device, wal_options, snapshot_index)
         .await
-        .map_err(|error| format!("shard {shard}: {error}"))?;
+        .map_err(|error| {
+            format!(
+                "shard {shard} (WAL in {}): {error}",
+                directories.wal.display()
+            )
+        })?;
     let mut inventory = ShardInventory::from_commands(shard as u32, &log.commands);
     if let Some(snapshot) = &snapshot {
         inventory.snapshot_revision = snapshot.meta.revision;

@@ -102,9 +102,12 @@ impl SparseBytes {
         self.len
     }
 
-    /// Grows (with zeros) or shrinks to `len`.
+    /// Grows (with zeros) or shrinks to `len`. Growing reserves the
+    /// address space (not touched until written), so writes that fill a
+    /// preallocated segment never reallocate and copy it.
     fn set_len(&mut self, len: usize) {
         self.bytes.truncate(len);
+        self.bytes.reserve(len - self.bytes.len());
         self.len = len;
     }
 

@@ -1,7 +1,7 @@
 //! WAL tests on `MemoryDevice`: round trips, the one-write-one-fsync
 //! contract, crashes, torn writes at every byte, bit rot, fsync failure,
-//! garbage input and segment release. `DirectDevice` has its own test in
-//! `direct_tests.rs`.
+//! garbage input and segment release. `DirectDevice` has its own tests in
+//! `direct.rs`.
 
 use std::future::Future;
 
