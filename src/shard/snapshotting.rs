@@ -69,8 +69,10 @@ pub fn write_shard_snapshot(
         .map_err(|error| format!("writing snapshot into {}: {error}", directory.display()))
 }
 
-/// Deletes every snapshot file in `directory` older than `newest`. The WAL
-/// before `newest` is released, so an older snapshot could not be used.
+/// Deletes every snapshot file in `directory` older than `newest` (the WAL
+/// before `newest` is released, so an older snapshot could not be used),
+/// and temp files left by a write the process did not live to finish (only
+/// one snapshot per shard is ever in flight, and this runs after it).
 pub fn remove_older_snapshots(directory: &Path, newest: &Path) {
     let Some(newest_position) = newest
         .file_name()
@@ -84,8 +86,10 @@ pub fn remove_older_snapshots(directory: &Path, newest: &Path) {
     };
     for entry in listing.flatten() {
         let name = entry.file_name();
-        if let Some(position) = name.to_str().and_then(parse_snapshot_file_name)
-            && position < newest_position
+        let Some(name) = name.to_str() else { continue };
+        let older =
+            parse_snapshot_file_name(name).is_some_and(|position| position < newest_position);
+        if (older || name.ends_with(".tmp"))
             && let Err(error) = std::fs::remove_file(entry.path())
         {
             tracing::warn!(file = %entry.path().display(), %error, "cannot remove an old snapshot");
@@ -135,4 +139,48 @@ pub fn load_shard_snapshot(
         })
         .collect();
     Ok(Some(LoadedShardSnapshot { meta, versions }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::snapshot_file_name;
+
+    #[test]
+    fn cleanup_keeps_the_newest_and_unrelated_files_only() {
+        let directory = tempfile_directory();
+        let names = [
+            snapshot_file_name(1, 10),
+            snapshot_file_name(2, 5),
+            snapshot_file_name(2, 40),
+            format!("{}.tmp", snapshot_file_name(2, 60)),
+            "notes.txt".to_owned(),
+        ];
+        for name in &names {
+            std::fs::write(directory.join(name), b"x").expect("write");
+        }
+        remove_older_snapshots(&directory, &directory.join(snapshot_file_name(2, 40)));
+        let mut left: Vec<String> = std::fs::read_dir(&directory)
+            .expect("list")
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["notes.txt".to_owned(), snapshot_file_name(2, 40)]
+        );
+        std::fs::remove_dir_all(&directory).expect("cleanup");
+    }
+
+    fn tempfile_directory() -> std::path::PathBuf {
+        let directory = std::env::temp_dir().join(format!(
+            "metastore-snapshotting-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).expect("mkdir");
+        directory
+    }
 }
