@@ -248,6 +248,34 @@ async fn acknowledged_writes_survive_sigkill_and_txns_stay_atomic() {
         "seed {seed}: the load acknowledged only {acknowledged_total} writes in {rounds} rounds; the test did not exercise much"
     );
     drop(server);
+    // Snapshots release the log below them: with 4 MiB segments and a
+    // snapshot every 64 entries, no shard may keep more than a few segments.
+    let mut released_any = false;
+    for shard in std::fs::read_dir(data_dir.join("shards"))
+        .expect("shards")
+        .flatten()
+    {
+        let segments: Vec<String> = std::fs::read_dir(shard.path().join("wal"))
+            .expect("wal")
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".log"))
+            .collect();
+        eprintln!("{}: WAL segments {segments:?}", shard.path().display());
+        assert!(
+            segments.len() <= 3,
+            "seed {seed}: {} keeps {} WAL segments; snapshots should have released the older ones",
+            shard.path().display(),
+            segments.len()
+        );
+        released_any |= !segments
+            .iter()
+            .any(|name| name == "wal-0000000000000001.log");
+    }
+    assert!(
+        released_any,
+        "seed {seed}: no shard ever released its first segment; the run did not exercise rotation and release"
+    );
     std::fs::remove_dir_all(&data_dir).expect("remove the data directory after a passing run");
     eprintln!(
         "crash loop (seed {seed}): {rounds} crashes, {} writes attempted, {acknowledged_total} acknowledged, final revision {revision}",
