@@ -13,6 +13,7 @@ use crate::grpc::server::{ServerLimits, serve_connection};
 use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
 use crate::shard::SnapshotSchedule;
 use crate::shard::log_entry::{self, ShardCommandRecord};
+use crate::shard::log_storage::ShardLogStorage;
 use crate::shard::raft_group::{LogStats, RaftGroup, log_mirror};
 use crate::shard::recovery::{RecoveredLog, RecoveryPlan, ShardInventory, read_shard_log};
 use crate::shard::snapshotting::{LoadedShardSnapshot, load_shard_snapshot};
@@ -209,8 +210,9 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             .as_ref()
             .map(|snapshot| (snapshot.meta.raft_index, snapshot.meta.raft_term));
         replay(&space, shard, snapshot, &log.commands, &plan);
-        let storage = log_mirror(snapshot_position, &log.entries, log.hard_state.clone())
+        let mirror = log_mirror(snapshot_position, &log.entries, log.hard_state.clone())
             .map_err(|error| format!("shard {shard}: {error}"))?;
+        let storage = ShardLogStorage::new(mirror, directories.snapshots.clone());
         let entry_records = log
             .entries
             .iter()

@@ -9,6 +9,7 @@
 //! its part to apply.
 
 pub mod log_entry;
+pub mod log_storage;
 pub mod raft_group;
 pub mod recovery;
 pub mod snapshotting;

@@ -1,6 +1,5 @@
 //! One shard's Raft group: a raft-rs `RawNode` whose log lives in the
-//! shard's WAL (with an in-memory mirror, raft-rs's `MemStorage`, for the
-//! entries raft reads back).
+//! shard's WAL and snapshot files (read through `ShardLogStorage`).
 //!
 //! The write path is Raft's even with a single member: propose → persist
 //! (one WAL write + one fdatasync for everything proposed since the last
@@ -16,6 +15,7 @@ use raft::{Config, RawNode, StateRole};
 use thiserror::Error;
 
 use super::log_entry::{WalRecord, encode};
+use super::log_storage::ShardLogStorage;
 use crate::wal::{StorageDevice, Wal, WalError};
 
 /// This member's Raft ID while MetaStore runs alone.
@@ -52,7 +52,7 @@ impl LogStats {
 }
 
 pub struct RaftGroup<D: StorageDevice> {
-    node: RawNode<MemStorage>,
+    node: RawNode<ShardLogStorage>,
     wal: Wal<D>,
     stats: std::sync::Arc<LogStats>,
     /// `(raft index, WAL record sequence)` of each entry written since the
@@ -105,12 +105,12 @@ impl<D: StorageDevice> RaftGroup<D> {
     /// `entry_records` are `(raft index, WAL sequence)` of the recovered
     /// entries, oldest first.
     pub async fn start(
-        storage: MemStorage,
+        storage: ShardLogStorage,
         wal: Wal<D>,
         entry_records: std::collections::VecDeque<(u64, u64)>,
         stats: std::sync::Arc<LogStats>,
     ) -> Result<Self, GroupError> {
-        let applied = storage.rl().hard_state().commit;
+        let applied = storage.mirror().rl().hard_state().commit;
         let config = Config {
             id: LOCAL_MEMBER,
             election_tick: 10,
@@ -177,7 +177,11 @@ impl<D: StorageDevice> RaftGroup<D> {
         // `last_index` from stale snapshot metadata once it holds none: keep
         // the entry at the snapshot point.
         let applied = self.node.raft.raft_log.applied;
-        self.node.store().wl().compact(index.min(applied))?;
+        self.node
+            .store()
+            .mirror()
+            .wl()
+            .compact(index.min(applied))?;
         Ok(())
     }
 
@@ -205,8 +209,8 @@ impl<D: StorageDevice> RaftGroup<D> {
             }
             persisted += entries.len();
             {
-                let store = self.node.store();
-                let mut writable = store.wl();
+                let mirror = self.node.store().mirror();
+                let mut writable = mirror.wl();
                 writable.append(&entries)?;
                 if let Some(hard_state) = ready.hs() {
                     writable.set_hardstate(hard_state.clone());
@@ -216,7 +220,7 @@ impl<D: StorageDevice> RaftGroup<D> {
             // applied to the memtable when proposed (see `ShardWorker`).
             let mut light = self.node.advance(ready);
             if let Some(commit) = light.commit_index() {
-                self.node.store().wl().mut_hard_state().commit = commit;
+                self.node.store().mirror().wl().mut_hard_state().commit = commit;
             }
             light.take_committed_entries();
             self.node.advance_apply();
