@@ -46,6 +46,29 @@ async fn load(address: std::net::SocketAddr, keys: u64) {
     }
 }
 
+/// Resident memory of the metastore process serving `data_dir`, from /proc.
+fn server_rss_mib(data_dir: &std::path::Path) -> Option<u64> {
+    let needle = data_dir.to_str()?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(command_line) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let command_line = String::from_utf8_lossy(&command_line);
+        if command_line.contains("metastore") && command_line.contains(needle) {
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let kib: u64 = status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            return Some(kib / 1024);
+        }
+    }
+    None
+}
+
 fn main() {
     let keys: u64 = std::env::var("RESTART_BENCH_KEYS")
         .ok()
@@ -71,6 +94,12 @@ fn main() {
     );
     // Let the last snapshots finish, then crash the server the hard way.
     std::thread::sleep(Duration::from_secs(2));
+    if let Some(rss) = server_rss_mib(data_dir.path()) {
+        println!(
+            "server RSS after load: {rss} MiB ({:.0} bytes per key)",
+            rss as f64 * 1048576.0 / keys as f64
+        );
+    }
     server.kill_hard();
     drop(server);
 

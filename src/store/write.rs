@@ -453,9 +453,12 @@ impl Execution<'_, '_> {
     fn put(&mut self, put: &PutRequest) -> PutResponse {
         let revision = self.write_revision();
         let previous = self.newest(&put.key);
+        // Request bytes are slices of the connection's receive buffer; a
+        // stored version must not pin that whole buffer for its lifetime,
+        // so the key and a new value get allocations of their own.
         let value = match (&previous, put.ignore_value) {
             (Some(previous), true) => previous.value.clone(),
-            _ => put.value.clone(),
+            _ => Bytes::copy_from_slice(&put.value),
         };
         let lease = match (&previous, put.ignore_lease) {
             (Some(previous), true) => previous.lease,
@@ -466,7 +469,7 @@ impl Execution<'_, '_> {
             None => (revision, 1),
         };
         self.changes.insert(
-            put.key.clone(),
+            Bytes::copy_from_slice(&put.key),
             Version {
                 value,
                 create_revision,
