@@ -21,6 +21,12 @@ use crate::wal::{StorageDevice, Wal, WalError};
 /// This member's Raft ID while MetaStore runs alone.
 pub const LOCAL_MEMBER: u64 = 1;
 
+/// Entries the in-memory mirror keeps behind the last one (etcd's
+/// `SnapshotCatchUpEntries`): enough for a follower that is slightly behind;
+/// one further behind gets a snapshot. Older entries stay in the WAL until a
+/// snapshot releases them, so trimming the mirror loses nothing.
+pub const MIRROR_CATCH_UP_ENTRIES: u64 = 5_000;
+
 #[derive(Debug, Error)]
 pub enum GroupError {
     #[error("raft: {0}")]
@@ -225,7 +231,24 @@ impl<D: StorageDevice> RaftGroup<D> {
             light.take_committed_entries();
             self.node.advance_apply();
         }
+        self.trim_mirror()?;
         Ok(persisted)
+    }
+
+    /// Drops mirrored entries older than the catch-up window once it is
+    /// exceeded by a tenth (so trimming is amortized, not per persist).
+    fn trim_mirror(&mut self) -> Result<(), GroupError> {
+        let last = self.node.raft.raft_log.last_index();
+        let first = raft::Storage::first_index(self.node.store().mirror())?;
+        let window = last.saturating_sub(first);
+        if window > MIRROR_CATCH_UP_ENTRIES + MIRROR_CATCH_UP_ENTRIES / 10 {
+            let applied = self.node.raft.raft_log.applied;
+            // Keep the entry at the cut: MemStorage answers `last_index`
+            // from stale snapshot metadata once it holds no entry.
+            let keep_from = (last - MIRROR_CATCH_UP_ENTRIES).min(applied);
+            self.node.store().mirror().wl().compact(keep_from)?;
+        }
+        Ok(())
     }
 }
 
@@ -240,6 +263,55 @@ mod tests {
             term,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn persist_trims_the_mirror_to_the_catch_up_window_and_keeps_working() {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let options = crate::wal::WalOptions {
+                segment_bytes: 4 * 1024 * 1024,
+            };
+            let (wal, _) = crate::wal::Wal::open(crate::wal::MemoryDevice::new(), options)
+                .await
+                .expect("wal");
+            let mirror = log_mirror(None, &[], None).expect("mirror");
+            let storage = ShardLogStorage::new(mirror, std::env::temp_dir());
+            let stats = std::sync::Arc::new(LogStats::default());
+            let mut group = RaftGroup::start(storage, wal, Default::default(), stats.clone())
+                .await
+                .expect("start");
+            let total = MIRROR_CATCH_UP_ENTRIES * 2;
+            for batch in 0..total / 100 {
+                for item in 0..100 {
+                    group
+                        .propose(format!("entry {batch}-{item}").into_bytes())
+                        .expect("propose");
+                }
+                group.persist().await.expect("persist");
+            }
+            let mirror = group.node.store().mirror();
+            let (first, last) = (
+                raft::Storage::first_index(mirror).expect("first"),
+                raft::Storage::last_index(mirror).expect("last"),
+            );
+            assert_eq!(
+                last,
+                total + 1,
+                "the leader's empty entry plus every proposal"
+            );
+            assert!(
+                first > 1 && last - first <= MIRROR_CATCH_UP_ENTRIES + MIRROR_CATCH_UP_ENTRIES / 10,
+                "mirror holds [{first}, {last}]"
+            );
+            assert_eq!(group.term_of(last), Some(1));
+            group.propose(b"after trimming".to_vec()).expect("propose");
+            assert_eq!(group.persist().await.expect("persist"), 1);
+            assert_eq!(stats.entries.load(Ordering::Relaxed), total + 2);
+        });
     }
 
     #[test]
