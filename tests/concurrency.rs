@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{EtcdServer, MetastoreServer, test_seed};
+use common::{start_metastore_or_etcd, test_seed};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -22,25 +22,6 @@ const TASKS: usize = 16;
 const OPS_PER_TASK: usize = 50;
 const SHARED_KEYS: usize = 6;
 const OWN_KEYS: usize = 4;
-
-#[allow(dead_code)]
-enum Server {
-    Meta(MetastoreServer),
-    Etcd(EtcdServer),
-}
-
-fn start_server() -> Option<(Server, String)> {
-    if std::env::var_os("TEST_AGAINST_ETCD").is_some() {
-        let e = EtcdServer::start()?;
-        let ep = e.endpoint();
-        eprintln!("running against real etcd at {ep}");
-        Some((Server::Etcd(e), ep))
-    } else {
-        let m = MetastoreServer::start(&["--cores", "2", "--shards", "4"]);
-        let ep = m.endpoint();
-        Some((Server::Meta(m), ep))
-    }
-}
 
 /// One successful write request: its revision and the (key, value) pairs it wrote.
 #[derive(Debug, Clone)]
@@ -209,10 +190,24 @@ async fn reader(ep: String, stop: Arc<AtomicBool>, id: usize) -> Result<usize, S
     }
 }
 
+/// Awaits `task` for at most `limit`; its error, a panic or a timeout
+/// becomes an error message naming `what`.
+async fn join_within<T>(
+    task: tokio::task::JoinHandle<Result<T, String>>,
+    limit: Duration,
+    what: &str,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(result)) => result.map_err(|error| format!("{what} failed: {error}")),
+        Ok(Err(join)) => Err(format!("{what} panicked: {join}")),
+        Err(_) => Err(format!("{what} timed out after {}s", limit.as_secs())),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_get_unique_contiguous_revisions() {
     let seed = test_seed("concurrent_writes_get_unique_contiguous_revisions");
-    let Some((_server, ep)) = start_server() else {
+    let Some((_server, ep)) = start_metastore_or_etcd(&["--cores", "2", "--shards", "4"]) else {
         return;
     };
 
@@ -226,20 +221,16 @@ async fn concurrent_writes_get_unique_contiguous_revisions() {
     let mut writes: Vec<Write> = Vec::new();
     let mut errors = Vec::new();
     for w in writers {
-        match tokio::time::timeout(Duration::from_secs(60), w).await {
-            Ok(Ok(Ok(ws))) => writes.extend(ws),
-            Ok(Ok(Err(e))) => errors.push(e),
-            Ok(Err(join)) => errors.push(format!("writer panicked: {join}")),
-            Err(_) => errors.push("writer timed out after 60s".to_string()),
+        match join_within(w, Duration::from_secs(60), "writer").await {
+            Ok(ws) => writes.extend(ws),
+            Err(e) => errors.push(e),
         }
     }
     stop.store(true, Ordering::SeqCst);
     for r in readers {
-        match tokio::time::timeout(Duration::from_secs(30), r).await {
-            Ok(Ok(Ok(n))) => eprintln!("reader did {n} consistent reads"),
-            Ok(Ok(Err(e))) => errors.push(e),
-            Ok(Err(e)) => errors.push(format!("reader panicked: {e}")),
-            Err(_) => errors.push("reader did not stop".to_string()),
+        match join_within(r, Duration::from_secs(30), "reader").await {
+            Ok(n) => eprintln!("reader did {n} consistent reads"),
+            Err(e) => errors.push(e),
         }
     }
     assert!(
@@ -390,7 +381,7 @@ async fn concurrent_writes_get_unique_contiguous_revisions() {
 async fn concurrent_compare_and_swap_counter() {
     const CLIENTS: usize = 8;
     const INCREMENTS: usize = 10;
-    let Some((_server, ep)) = start_server() else {
+    let Some((_server, ep)) = start_metastore_or_etcd(&["--cores", "2", "--shards", "4"]) else {
         return;
     };
     let mut c = Client::connect([ep.as_str()], None).await.expect("connect");
@@ -430,11 +421,9 @@ async fn concurrent_compare_and_swap_counter() {
         .collect();
     let mut attempts = 0;
     for t in tasks {
-        attempts += tokio::time::timeout(Duration::from_secs(60), t)
+        attempts += join_within(t, Duration::from_secs(60), "CAS client")
             .await
-            .expect("CAS client timed out")
-            .expect("CAS client panicked")
-            .expect("CAS client failed");
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let r = c.get("counter", None).await.unwrap();
     let kv = &r.kvs()[0];
@@ -468,7 +457,7 @@ async fn multi_shard_txns_are_atomic_for_readers() {
     const TXNS_PER_WRITER: usize = 30;
     const KEYS: usize = 8;
     let seed = test_seed("multi_shard_txns_are_atomic_for_readers");
-    let Some((_server, ep)) = start_server() else {
+    let Some((_server, ep)) = start_metastore_or_etcd(&["--cores", "2", "--shards", "4"]) else {
         return;
     };
     let key = |i: usize| {
@@ -555,20 +544,15 @@ async fn multi_shard_txns_are_atomic_for_readers() {
     }
     let mut errors = Vec::new();
     for w in writers {
-        match tokio::time::timeout(Duration::from_secs(60), w).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => errors.push(e),
-            Ok(Err(e)) => errors.push(format!("writer panicked: {e}")),
-            Err(_) => errors.push("writer timed out".into()),
+        if let Err(e) = join_within(w, Duration::from_secs(60), "writer").await {
+            errors.push(e);
         }
     }
     stop.store(true, Ordering::SeqCst);
     for r in readers {
-        match tokio::time::timeout(Duration::from_secs(30), r).await {
-            Ok(Ok(Ok(n))) => eprintln!("reader did {n} atomic reads"),
-            Ok(Ok(Err(e))) => errors.push(e),
-            Ok(Err(e)) => errors.push(format!("reader panicked: {e}")),
-            Err(_) => errors.push("reader did not stop".into()),
+        match join_within(r, Duration::from_secs(30), "reader").await {
+            Ok(n) => eprintln!("reader did {n} atomic reads"),
+            Err(e) => errors.push(e),
         }
     }
     assert!(errors.is_empty(), "seed {seed}:\n{}", errors.join("\n"));
@@ -592,7 +576,7 @@ async fn multi_shard_txns_are_atomic_for_readers() {
 async fn many_concurrent_streams_on_one_connection() {
     use metastore::proto::etcdserverpb as pb;
     const STREAMS: usize = 300;
-    let Some((_server, ep)) = start_server() else {
+    let Some((_server, ep)) = start_metastore_or_etcd(&["--cores", "2", "--shards", "4"]) else {
         return;
     };
     let addr: std::net::SocketAddr = ep.trim_start_matches("http://").parse().unwrap();

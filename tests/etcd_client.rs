@@ -5,31 +5,11 @@
 
 mod common;
 
-use common::{EtcdServer, MetastoreServer};
+use common::start_metastore_or_etcd;
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions,
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
-
-/// Keeps whichever server we run against alive.
-#[allow(dead_code)]
-enum Server {
-    Meta(MetastoreServer),
-    Etcd(EtcdServer),
-}
-
-fn start_server() -> Option<(Server, String)> {
-    if std::env::var_os("TEST_AGAINST_ETCD").is_some() {
-        let e = EtcdServer::start()?;
-        let ep = e.endpoint();
-        eprintln!("running against real etcd at {ep}");
-        Some((Server::Etcd(e), ep))
-    } else {
-        let m = MetastoreServer::start(&[]);
-        let ep = m.endpoint();
-        Some((Server::Meta(m), ep))
-    }
-}
 
 /// (gRPC code name, message) of a failed call.
 fn grpc_err<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>) -> (String, String) {
@@ -68,7 +48,7 @@ where
 
 #[tokio::test]
 async fn etcd_client_workflow() {
-    let Some((_server, ep)) = start_server() else {
+    let Some((_server, ep)) = start_metastore_or_etcd(&[]) else {
         return;
     };
     let mut c = Client::connect([ep.as_str()], None).await.expect("connect");

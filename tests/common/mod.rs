@@ -314,6 +314,29 @@ impl Drop for MetastoreServer {
     }
 }
 
+/// Whichever server a test runs against; dropping it stops the server.
+pub enum TestServer {
+    Metastore(MetastoreServer),
+    Etcd(EtcdServer),
+}
+
+/// MetaStore started with `metastore_args`, or, when `TEST_AGAINST_ETCD` is
+/// set, a real etcd (to check that a test's expectations are etcd's).
+/// Returns the server and its endpoint; `None` when etcd was asked for but
+/// is not installed.
+pub fn start_metastore_or_etcd(metastore_args: &[&str]) -> Option<(TestServer, String)> {
+    if std::env::var_os("TEST_AGAINST_ETCD").is_some() {
+        let etcd = EtcdServer::start()?;
+        let endpoint = etcd.endpoint();
+        eprintln!("running against real etcd at {endpoint}");
+        Some((TestServer::Etcd(etcd), endpoint))
+    } else {
+        let metastore = MetastoreServer::start(metastore_args);
+        let endpoint = metastore.endpoint();
+        Some((TestServer::Metastore(metastore), endpoint))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Real etcd
 // ---------------------------------------------------------------------------
