@@ -27,6 +27,7 @@ fn memtable_with(keys: u64) -> Memtable {
                 create_revision: revision,
                 version: 1,
                 lease: 0,
+                sub_revision: 0,
             },
         );
     }
@@ -55,6 +56,7 @@ fn memtable_benches(criterion: &mut Criterion) {
                     create_revision: 2,
                     version: 2,
                     lease: 0,
+                    sub_revision: 0,
                 },
             );
         })

@@ -40,6 +40,7 @@ fn entries() -> Vec<SnapshotEntry> {
                 create_revision: revision,
                 version: 1,
                 lease: 0,
+                sub_revision: 0,
             }
         })
         .collect()
@@ -47,7 +48,7 @@ fn entries() -> Vec<SnapshotEntry> {
 
 fn snapshot_benches(criterion: &mut Criterion) {
     let entries = entries();
-    let image = encode_snapshot(&meta(), entries.iter().cloned()).expect("encode");
+    let image = encode_snapshot(&meta(), &[], entries.iter().cloned()).expect("encode");
     eprintln!(
         "snapshot of {ENTRIES} entries: {} bytes ({:.1} MiB)",
         image.len(),
@@ -62,7 +63,7 @@ fn snapshot_benches(criterion: &mut Criterion) {
     // Cloning the entries shares their buffers (reference counts only), as
     // the snapshot writer does when it walks the memtable.
     group.bench_function("encode", |bench| {
-        bench.iter(|| encode_snapshot(&meta(), entries.iter().cloned()).expect("encode"))
+        bench.iter(|| encode_snapshot(&meta(), &[], entries.iter().cloned()).expect("encode"))
     });
     group.bench_function("open (header, crc32c, bytecheck)", |bench| {
         bench.iter(|| SnapshotView::open(black_box(&image)).expect("open").len())
@@ -118,6 +119,7 @@ fn snapshot_benches(criterion: &mut Criterion) {
                         create_revision: entry.create_revision,
                         version: entry.version,
                         lease: entry.lease,
+                        sub_revision: 0,
                     },
                 );
             }

@@ -8,6 +8,8 @@
 //! - [`grpc`]: our gRPC layer over `h2`: framing, status, deadlines, calls.
 //! - [`proto`]: etcd's protobuf messages, generated from `proto/`.
 //! - [`service`]: the etcd services (KV, Maintenance, Cluster) on top of the store.
+//! - [`lease`]: leases: the node's lease table, IDs, where leases are logged.
+//! - [`watch`]: watchers: matching, history catch-up, the per-core event feed.
 //! - [`status_map`]: every internal error to gRPC code + etcd's exact message.
 //! - [`shard`]: shard workers (the only writers) and the write path across shards.
 //! - [`snapshot`]: the shard snapshot file format (rkyv archive, checksummed).
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod data_dir;
 pub mod grpc;
+pub mod lease;
 pub mod proto;
 pub mod runtime;
 pub mod service;

@@ -30,6 +30,8 @@ pub fn kv_error_status(error: &KvError) -> Status {
             "etcdserver: mvcc: required revision is a future revision",
         ),
         KvError::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
+        KvError::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
+        KvError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
         KvError::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
         // etcd's nearest equivalent: the server cannot serve right now.
         KvError::ShardUnavailable(_) => (Code::Unavailable, "etcdserver: server stopped"),

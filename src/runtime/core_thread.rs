@@ -270,9 +270,9 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
     Ok(())
 }
 
-/// Rebuilds a shard's memtable: the snapshot's versions, then the logged
-/// changes after it that the plan keeps, then the compaction point. Runs on
-/// the owning core before its worker starts.
+/// Rebuilds a shard's memtable and its leases: the snapshot's versions and
+/// leases, then the logged changes after it that the plan keeps, then the
+/// compaction point. Runs on the owning core before its worker starts.
 fn replay(
     space: &KeySpace,
     shard: ShardId,
@@ -281,15 +281,31 @@ fn replay(
     plan: &RecoveryPlan,
 ) {
     let memtable = space.memtable(shard);
-    for (key, revision, version) in snapshot.into_iter().flat_map(|snapshot| snapshot.versions) {
-        memtable.insert(key, revision, version);
+    // A restarted server gives every lease its full TTL again (as etcd).
+    let now = std::time::Instant::now();
+    if let Some(snapshot) = snapshot {
+        for lease in &snapshot.leases {
+            space.leases().insert(lease.id, lease.ttl_seconds, now);
+        }
+        for (key, revision, version) in snapshot.versions {
+            memtable.insert(key, revision, version);
+        }
     }
+    // Records without a revision (lease grants, revocations of leases
+    // without keys) are durable on their own; the others count only if the
+    // plan keeps their revision.
     for command in commands
         .iter()
-        .filter(|command| command.revision != 0 && plan.keeps(command.revision))
+        .filter(|command| command.revision == 0 || plan.keeps(command.revision))
     {
         for change in &command.changes {
             memtable.insert(change.key.clone(), command.revision, change.to_version());
+        }
+        if let Some(grant) = &command.lease_grant {
+            space.leases().insert(grant.id, grant.ttl_seconds, now);
+        }
+        if command.lease_revoke != 0 {
+            space.leases().remove(command.lease_revoke);
         }
     }
     if plan.compacted > 0 {

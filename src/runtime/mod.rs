@@ -194,7 +194,8 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     }
     tracing::info!(revision = plan.keep_through, highest_taken = plan.highest_taken, compacted = plan.compacted, voids = ?plan.voids, "recovered");
     let clock = RevisionClock::new(plan.highest_taken, config.cores);
-    let space = KeySpace::new(shard_map, clock);
+    let leases = crate::lease::table::LeaseTable::for_member(data_dir.meta.member_id);
+    let space = KeySpace::new(shard_map, clock, leases);
     space.restore_compaction(plan.compacted);
     for plan_sender in plan_senders {
         plan_sender

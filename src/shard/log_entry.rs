@@ -79,6 +79,23 @@ pub struct ShardCommandRecord {
     pub void_from: i64,
     #[prost(int64, tag = "6")]
     pub void_to: i64,
+    /// A lease granted; logged by its home shard (`crate::lease`).
+    #[prost(message, optional, tag = "7")]
+    pub lease_grant: Option<LoggedLease>,
+    /// Non-zero: this lease was revoked (with this record's changes, the
+    /// deletion of its keys, if any).
+    #[prost(int64, tag = "8")]
+    pub lease_revoke: i64,
+}
+
+/// A granted lease.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LoggedLease {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    /// The TTL granted, after raising it to the minimum.
+    #[prost(int64, tag = "2")]
+    pub ttl_seconds: i64,
 }
 
 /// One key's new version (a tombstone when `version == 0`).
@@ -94,6 +111,8 @@ pub struct LoggedChange {
     pub version: i64,
     #[prost(int64, tag = "5")]
     pub lease: i64,
+    #[prost(uint32, tag = "6")]
+    pub sub_revision: u32,
 }
 
 impl LoggedChange {
@@ -104,6 +123,7 @@ impl LoggedChange {
             create_revision: version.create_revision,
             version: version.version,
             lease: version.lease,
+            sub_revision: version.sub_revision,
         }
     }
 
@@ -113,6 +133,7 @@ impl LoggedChange {
             create_revision: self.create_revision,
             version: self.version,
             lease: self.lease,
+            sub_revision: self.sub_revision,
         }
     }
 }
@@ -135,8 +156,19 @@ impl ShardCommandRecord {
         }
     }
 
+    /// The record of a write that ran entirely on this shard.
     pub fn for_change_set(change_set: &ChangeSet) -> Self {
-        Self::for_changes(change_set.revision, Vec::new(), &change_set.changes)
+        Self {
+            lease_revoke: change_set.revoked_lease.unwrap_or(0),
+            ..Self::for_changes(change_set.revision, Vec::new(), &change_set.changes)
+        }
+    }
+
+    pub fn lease_grant(id: i64, ttl_seconds: i64) -> Self {
+        Self {
+            lease_grant: Some(LoggedLease { id, ttl_seconds }),
+            ..Default::default()
+        }
     }
 
     pub fn compaction(revision: i64) -> Self {
@@ -234,6 +266,7 @@ mod tests {
                     create_revision: 40,
                     version: 3,
                     lease: 0,
+                    sub_revision: 0,
                 },
             )],
         );

@@ -113,7 +113,7 @@ mod tests {
             revision: 90,
             compacted_revision: -1,
         };
-        let bytes = encode_snapshot(&meta, std::iter::empty()).expect("encode");
+        let bytes = encode_snapshot(&meta, &[], std::iter::empty()).expect("encode");
         write_snapshot_file(&directory, &meta, &bytes).expect("write");
         let snapshot = storage.snapshot(30, 2).expect("served");
         assert_eq!(

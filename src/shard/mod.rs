@@ -59,6 +59,13 @@ pub enum ShardCommand {
         revision: i64,
         done: oneshot::Sender<()>,
     },
+    /// Log a lease grant (this is the lease's home shard); the lease joins
+    /// the table, and the reply is sent, once the record is durable.
+    GrantLease {
+        id: i64,
+        ttl_seconds: i64,
+        reply: oneshot::Sender<Result<(), KvError>>,
+    },
     /// The worker's snapshot thread finished writing a snapshot through
     /// `raft_index` (or failed).
     SnapshotWritten {
@@ -70,11 +77,14 @@ pub enum ShardCommand {
 /// What a coordinator may ask of a shard it holds.
 pub enum HeldCommand {
     /// Log and apply this shard's part of a multi-shard write at
-    /// `revision`; answer on `durable` once it is on stable storage.
+    /// `revision` (0 when it changes no key); answer on `durable` once it is
+    /// on stable storage.
     Apply {
         changes: Vec<(Bytes, Version)>,
         revision: i64,
         participants: Vec<u32>,
+        /// Set on the home shard of a lease being revoked.
+        revoked_lease: Option<i64>,
         durable: oneshot::Sender<()>,
     },
 }
@@ -87,9 +97,17 @@ enum DeferredReply {
     Write {
         reply: WriteReply,
         outcome: WriteOutcome,
-        pending: PendingRevision,
+        /// `None` for a write that logs without taking a revision (a lease
+        /// revocation with no keys).
+        pending: Option<PendingRevision>,
+        revoked_lease: Option<i64>,
     },
     Compacted(oneshot::Sender<()>),
+    LeaseGranted {
+        id: i64,
+        ttl_seconds: i64,
+        reply: oneshot::Sender<Result<(), KvError>>,
+    },
 }
 
 /// A shard's worker: the only code that writes the shard's memtable, and
@@ -256,19 +274,39 @@ impl<D: StorageDevice> ShardWorker<D> {
                         let _ = reply.send(Err(error));
                     }
                     // Nothing changed: nothing to log, answer now.
-                    Ok((outcome, _, None)) => {
+                    Ok((outcome, changes, None)) if changes.is_empty() => {
                         let _ = reply.send(Ok(outcome));
                     }
-                    Ok((outcome, changes, Some(pending))) => {
+                    Ok((outcome, changes, pending)) => {
                         self.apply(changes.changes.iter(), changes.revision);
                         self.propose(&ShardCommandRecord::for_change_set(&changes));
                         deferred.push(DeferredReply::Write {
                             reply,
                             outcome,
                             pending,
+                            revoked_lease: changes.revoked_lease,
                         });
                     }
                 }
+            }
+            ShardCommand::GrantLease {
+                id,
+                ttl_seconds,
+                reply,
+            } => {
+                let granting = deferred.iter().any(|deferred| {
+                    matches!(deferred, DeferredReply::LeaseGranted { id: pending, .. } if *pending == id)
+                });
+                if granting || self.space.leases().exists(id) {
+                    let _ = reply.send(Err(KvError::LeaseExists));
+                    return;
+                }
+                self.propose(&ShardCommandRecord::lease_grant(id, ttl_seconds));
+                deferred.push(DeferredReply::LeaseGranted {
+                    id,
+                    ttl_seconds,
+                    reply,
+                });
             }
             ShardCommand::Hold { held, commands } => {
                 // What this shard already accepted becomes durable and is
@@ -281,6 +319,7 @@ impl<D: StorageDevice> ShardWorker<D> {
                     changes,
                     revision,
                     participants,
+                    revoked_lease,
                     durable,
                 }) = commands.recv_async().await
                 {
@@ -288,11 +327,14 @@ impl<D: StorageDevice> ShardWorker<D> {
                         changes.iter().map(|(key, version)| (key, version)),
                         revision,
                     );
-                    self.propose(&ShardCommandRecord::for_changes(
-                        revision,
-                        participants,
-                        changes.iter().map(|(key, version)| (key, version)),
-                    ));
+                    self.propose(&ShardCommandRecord {
+                        lease_revoke: revoked_lease.unwrap_or(0),
+                        ..ShardCommandRecord::for_changes(
+                            revision,
+                            participants,
+                            changes.iter().map(|(key, version)| (key, version)),
+                        )
+                    });
                     self.persist().await;
                     let _ = durable.send(());
                 }
@@ -363,13 +405,29 @@ impl<D: StorageDevice> ShardWorker<D> {
                     reply,
                     outcome,
                     pending,
+                    revoked_lease,
                 } => {
-                    pending.complete();
+                    if let Some(lease) = revoked_lease {
+                        self.space.leases().remove(lease);
+                    }
+                    if let Some(pending) = pending {
+                        pending.complete();
+                    }
                     // The requester may have gone away; the write stands.
                     let _ = reply.send(Ok(outcome));
                 }
                 DeferredReply::Compacted(done) => {
                     let _ = done.send(());
+                }
+                DeferredReply::LeaseGranted {
+                    id,
+                    ttl_seconds,
+                    reply,
+                } => {
+                    self.space
+                        .leases()
+                        .insert(id, ttl_seconds, std::time::Instant::now());
+                    let _ = reply.send(Ok(()));
                 }
             }
         }
@@ -385,8 +443,7 @@ pub fn run_write(
     slot: &RevisionSlot,
     request: WriteRequest,
 ) -> Result<(WriteOutcome, ChangeSet, Option<PendingRevision>), KvError> {
-    // Leases arrive with the lease service; until then no lease exists.
-    let lease_exists = |_: i64| false;
+    let lease_exists = |lease: i64| space.leases().exists(lease);
     let mut context = WriteContext {
         space,
         begin_revision: space.clock().watermark(),

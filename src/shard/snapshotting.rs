@@ -17,8 +17,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::snapshot::{
-    SnapshotEntry, SnapshotMeta, SnapshotView, encode_snapshot, load_newest_snapshot,
-    parse_snapshot_file_name, write_snapshot_file,
+    SnapshotEntry, SnapshotLease, SnapshotMeta, SnapshotView, encode_snapshot,
+    load_newest_snapshot, parse_snapshot_file_name, write_snapshot_file,
 };
 use crate::store::key_space::KeySpace;
 use crate::store::memtable::Version;
@@ -52,6 +52,7 @@ pub fn write_shard_snapshot(
                 create_revision: version.create_revision,
                 version: version.version,
                 lease: version.lease,
+                sub_revision: version.sub_revision,
             });
         });
     let meta = SnapshotMeta {
@@ -64,7 +65,12 @@ pub fn write_shard_snapshot(
         // removed history below its point, which this then declares.
         compacted_revision: space.compacted_revision(),
     };
-    let bytes = encode_snapshot(&meta, entries).map_err(|error| error.to_string())?;
+    // Only durable leases are in the table (grants join it once logged,
+    // revocations leave it once durable), so the snapshot holds no lease a
+    // crash could still take back. Replaying the log after the snapshot
+    // grants or revokes again; both are idempotent.
+    let leases = space.leases().leases_homed_on(space.shard_map(), shard);
+    let bytes = encode_snapshot(&meta, &leases, entries).map_err(|error| error.to_string())?;
     write_snapshot_file(directory, &meta, &bytes)
         .map_err(|error| format!("writing snapshot into {}: {error}", directory.display()))
 }
@@ -100,6 +106,7 @@ pub fn remove_older_snapshots(directory: &Path, newest: &Path) {
 /// A shard snapshot read back at startup.
 pub struct LoadedShardSnapshot {
     pub meta: SnapshotMeta,
+    pub leases: Vec<SnapshotLease>,
     pub versions: Vec<(Bytes, i64, Version)>,
 }
 
@@ -134,11 +141,16 @@ pub fn load_shard_snapshot(
                 create_revision: entry.create_revision,
                 version: entry.version,
                 lease: entry.lease,
+                sub_revision: entry.sub_revision,
             };
             (image.slice_ref(entry.key), entry.revision, version)
         })
         .collect();
-    Ok(Some(LoadedShardSnapshot { meta, versions }))
+    Ok(Some(LoadedShardSnapshot {
+        meta,
+        leases: view.leases(),
+        versions,
+    }))
 }
 
 #[cfg(test)]

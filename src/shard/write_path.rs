@@ -111,11 +111,14 @@ impl WritePath {
             holds.push((shard, commands));
         }
         let (outcome, changes, pending) = run_write(&self.space, &self.slot, request)?;
-        let Some(pending) = pending else {
+        if changes.is_empty() {
             // Nothing changed: nothing to log; releasing the holds is all.
             return Ok(outcome);
-        };
+        }
         let shard_map = self.space.shard_map();
+        let lease_home = changes
+            .revoked_lease
+            .map(|lease| crate::lease::home_shard(shard_map, lease));
         let mut parts: Vec<(ShardId, Vec<_>)> = Vec::new();
         for (shard, _) in &holds {
             let part: Vec<_> = changes
@@ -124,7 +127,7 @@ impl WritePath {
                 .filter(|(key, _)| shard_map.shard_of(key) == *shard)
                 .map(|(key, version)| (key.clone(), version.clone()))
                 .collect();
-            if !part.is_empty() {
+            if !part.is_empty() || lease_home == Some(*shard) {
                 parts.push((*shard, part));
             }
         }
@@ -143,6 +146,7 @@ impl WritePath {
                 changes: part,
                 revision: changes.revision,
                 participants: participants.clone(),
+                revoked_lease: changes.revoked_lease.filter(|_| lease_home == Some(shard)),
                 durable,
             };
             // A failure from here on drops `pending` uncompleted, which
@@ -156,9 +160,15 @@ impl WritePath {
         for (shard, done) in waits {
             done.await.map_err(|_| KvError::ShardUnavailable(shard))?;
         }
-        // Every part is durable: readers may see the revision; then release
-        // the shards.
-        pending.complete();
+        // Every part is durable: the lease ends, readers may see the
+        // revision; then release the shards (no put can attach to the lease
+        // after this).
+        if let Some(lease) = changes.revoked_lease {
+            self.space.leases().remove(lease);
+        }
+        if let Some(pending) = pending {
+            pending.complete();
+        }
         drop(holds);
         Ok(outcome)
     }

@@ -4,13 +4,13 @@
 use bytes::Bytes;
 use rkyv::rancor;
 
-use super::{SnapshotEntry, SnapshotEntryRef, SnapshotError, SnapshotMeta};
+use super::{SnapshotEntry, SnapshotEntryRef, SnapshotError, SnapshotLease, SnapshotMeta};
 
 /// First eight bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"METASNAP";
 /// The one format version this build writes and reads. Bump it whenever the
 /// header or any archived type below changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Length of the fixed header that precedes the archive.
 pub const HEADER_LENGTH: usize = 32;
 /// Largest archive accepted or produced (16 GiB): twice etcd's largest
@@ -144,7 +144,15 @@ fn read_u64(header: &[u8; HEADER_LENGTH], offset: usize) -> u64 {
 #[derive(rkyv::Archive, rkyv::Serialize)]
 pub(super) struct SnapshotRecord {
     pub(super) meta: MetaRecord,
+    pub(super) leases: Vec<LeaseRecord>,
     pub(super) entries: Vec<EntryRecord>,
+}
+
+/// A lease whose home is this shard (format version 2).
+#[derive(rkyv::Archive, rkyv::Serialize)]
+pub(super) struct LeaseRecord {
+    pub(super) id: i64,
+    pub(super) ttl_seconds: i64,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize)]
@@ -168,6 +176,8 @@ pub(super) struct EntryRecord {
     pub(super) create_revision: i64,
     pub(super) version: i64,
     pub(super) lease: i64,
+    /// Format version 2: the change's place within its revision.
+    pub(super) sub_revision: u32,
 }
 
 impl From<&SnapshotMeta> for MetaRecord {
@@ -192,6 +202,7 @@ impl From<SnapshotEntry> for EntryRecord {
             create_revision: entry.create_revision,
             version: entry.version,
             lease: entry.lease,
+            sub_revision: entry.sub_revision,
         }
     }
 }
@@ -204,6 +215,7 @@ impl From<SnapshotEntry> for EntryRecord {
 /// and the image is allocated once at its exact final size.
 pub fn encode_snapshot(
     meta: &SnapshotMeta,
+    leases: &[SnapshotLease],
     entries: impl IntoIterator<Item = SnapshotEntry>,
 ) -> Result<Vec<u8>, SnapshotError> {
     let entries: Vec<EntryRecord> = entries.into_iter().map(EntryRecord::from).collect();
@@ -216,6 +228,7 @@ pub fn encode_snapshot(
         .sum();
     let expected_archive_length = payload_length
         + entries.len() as u64 * size_of::<ArchivedEntryRecord>() as u64
+        + leases.len() as u64 * size_of::<ArchivedLeaseRecord>() as u64
         + size_of::<ArchivedSnapshotRecord>() as u64;
     let too_large = |length: u64| SnapshotError::TooLarge {
         length,
@@ -229,6 +242,13 @@ pub fn encode_snapshot(
 
     let record = SnapshotRecord {
         meta: MetaRecord::from(meta),
+        leases: leases
+            .iter()
+            .map(|lease| LeaseRecord {
+                id: lease.id,
+                ttl_seconds: lease.ttl_seconds,
+            })
+            .collect(),
         entries,
     };
     // Serialize straight after a placeholder header. rkyv's pointers are
@@ -313,7 +333,20 @@ impl<'a> SnapshotView<'a> {
             create_revision: entry.create_revision.to_native(),
             version: entry.version.to_native(),
             lease: entry.lease.to_native(),
+            sub_revision: entry.sub_revision.to_native(),
         })
+    }
+
+    /// The leases whose home is this shard.
+    pub fn leases(&self) -> Vec<SnapshotLease> {
+        self.archive
+            .leases
+            .iter()
+            .map(|lease| SnapshotLease {
+                id: lease.id.to_native(),
+                ttl_seconds: lease.ttl_seconds.to_native(),
+            })
+            .collect()
     }
 }
 

@@ -67,6 +67,16 @@ pub struct SnapshotEntry {
     /// Number of puts since creation; 0 marks a tombstone.
     pub version: i64,
     pub lease: i64,
+    /// The change's place among its revision's changes (watch order).
+    pub sub_revision: u32,
+}
+
+/// A lease recorded in its home shard's snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotLease {
+    pub id: i64,
+    /// The TTL it was granted with; a restarted server gives it in full.
+    pub ttl_seconds: i64,
 }
 
 impl SnapshotEntry {
@@ -85,6 +95,7 @@ pub struct SnapshotEntryRef<'a> {
     pub create_revision: i64,
     pub version: i64,
     pub lease: i64,
+    pub sub_revision: u32,
 }
 
 impl SnapshotEntryRef<'_> {
@@ -101,6 +112,7 @@ impl SnapshotEntryRef<'_> {
             create_revision: self.create_revision,
             version: self.version,
             lease: self.lease,
+            sub_revision: self.sub_revision,
         }
     }
 }

@@ -39,6 +39,7 @@ fn sample_entries(count: usize) -> Vec<SnapshotEntry> {
                     create_revision: 0,
                     version: 0,
                     lease: 0,
+                    sub_revision: 0,
                 };
             }
             let value = if index % 5 == 0 {
@@ -57,13 +58,14 @@ fn sample_entries(count: usize) -> Vec<SnapshotEntry> {
                 } else {
                     0
                 },
+                sub_revision: 0,
             }
         })
         .collect()
 }
 
 fn small_image() -> Vec<u8> {
-    encode_snapshot(&sample_meta(), sample_entries(4)).expect("encode small snapshot")
+    encode_snapshot(&sample_meta(), &[], sample_entries(4)).expect("encode small snapshot")
 }
 
 /// Rewrites both checksums so that only the archive validator stands
@@ -134,7 +136,7 @@ fn round_trip_keeps_meta_and_every_entry_in_order() {
             .iter()
             .any(|entry| entry.value.is_empty() && !entry.is_tombstone())
     );
-    let image = encode_snapshot(&meta, entries.clone()).expect("encode");
+    let image = encode_snapshot(&meta, &[], entries.clone()).expect("encode");
     let view = SnapshotView::open(&image).expect("open");
     assert_eq!(view.meta(), meta);
     assert_eq!(view.len(), entries.len());
@@ -162,7 +164,7 @@ fn entries_keep_the_given_order_and_extreme_integers() {
     entries.reverse();
     entries[0].lease = i64::MIN;
     entries[1].create_revision = i64::MAX;
-    let image = encode_snapshot(&meta, entries.clone()).expect("encode");
+    let image = encode_snapshot(&meta, &[], entries.clone()).expect("encode");
     let view = SnapshotView::open(&image).expect("open");
     assert_eq!(view.meta(), meta);
     let read: Vec<SnapshotEntry> = view.entries().map(|entry| entry.to_entry()).collect();
@@ -171,7 +173,7 @@ fn entries_keep_the_given_order_and_extreme_integers() {
 
 #[test]
 fn empty_snapshot_round_trips() {
-    let image = encode_snapshot(&sample_meta(), Vec::new()).expect("encode");
+    let image = encode_snapshot(&sample_meta(), &[], Vec::new()).expect("encode");
     let view = SnapshotView::open(&image).expect("open");
     assert_eq!(view.meta(), sample_meta());
     assert!(view.is_empty());
@@ -336,7 +338,7 @@ fn seeded_random_garbage_never_panics() {
     }
     // A real image with a few random bytes changed and resealed: exercises
     // the archive validator on nearly valid archives.
-    let image = encode_snapshot(&sample_meta(), sample_entries(20)).expect("encode");
+    let image = encode_snapshot(&sample_meta(), &[], sample_entries(20)).expect("encode");
     for _ in 0..20_000 {
         let mut mutated = image.clone();
         for _ in 0..1 + random.below(4) {
@@ -406,7 +408,7 @@ fn meta_at(raft_term: u64, raft_index: u64) -> SnapshotMeta {
 
 fn write_at(dir: &Path, raft_term: u64, raft_index: u64) -> std::path::PathBuf {
     let meta = meta_at(raft_term, raft_index);
-    let image = encode_snapshot(&meta, sample_entries(100)).expect("encode");
+    let image = encode_snapshot(&meta, &[], sample_entries(100)).expect("encode");
     write_snapshot_file(dir, &meta, &image).expect("write snapshot file")
 }
 
@@ -539,9 +541,10 @@ fn two_entry_image_matches_the_documented_bytes() {
         create_revision: 6,
         version: 1,
         lease: 0,
+        sub_revision: 0,
     };
-    let image =
-        encode_snapshot(&meta, [entry(b"KK", b"VVV", 7), entry(b"kk", b"", 8)]).expect("encode");
+    let image = encode_snapshot(&meta, &[], [entry(b"KK", b"VVV", 7), entry(b"kk", b"", 8)])
+        .expect("encode");
     let documented = "
         4d 45 54 41 53 4e 41 50 01 00 00 00 00 00 00 00
         bf 00 00 00 00 00 00 00 6e 16 f6 67 df 57 2e 62

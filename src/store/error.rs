@@ -23,6 +23,10 @@ pub enum KvError {
     FutureRevision,
     #[error("requested lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("request is too large")]
     RequestTooLarge,
     /// A request op with no operation set (etcd answers "key not found").

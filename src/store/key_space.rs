@@ -8,11 +8,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use bytes::Bytes;
+
 use super::error::KvError;
 use super::key_range::KeyRange;
 use super::memtable::Memtable;
 use super::revision::RevisionClock;
 use super::shard_map::{ShardId, ShardMap};
+use crate::lease::table::LeaseTable;
 use crate::proto::mvccpb::KeyValue;
 
 /// No compaction has happened yet (etcd's `compactMainRev` starts at -1).
@@ -26,6 +29,9 @@ pub struct KeySpace {
     /// any history is freed so a reader that checks it afterwards can tell
     /// that its view may have been cut.
     compacted_revision: AtomicI64,
+    /// Every durable lease (see `crate::lease`); write evaluation checks
+    /// attachments against it.
+    leases: LeaseTable,
 }
 
 /// Keys found by a range read, before etcd's filters, sort and limit.
@@ -38,14 +44,31 @@ pub struct RangeResult {
 }
 
 impl KeySpace {
-    pub fn new(shard_map: ShardMap, clock: Arc<RevisionClock>) -> Arc<Self> {
+    pub fn new(shard_map: ShardMap, clock: Arc<RevisionClock>, leases: LeaseTable) -> Arc<Self> {
         let memtables = shard_map.all_shards().map(|_| Memtable::new()).collect();
         Arc::new(Self {
             shard_map,
             memtables,
             clock,
             compacted_revision: AtomicI64::new(NEVER_COMPACTED),
+            leases,
         })
+    }
+
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    /// Every key attached to `lease`, across shards, in key order. Exact
+    /// only while every shard is held (a revocation) or on the owning core.
+    pub fn keys_with_lease(&self, lease: i64) -> Vec<Bytes> {
+        let mut keys: Vec<Bytes> = self
+            .memtables
+            .iter()
+            .flat_map(|memtable| memtable.keys_with_lease(lease))
+            .collect();
+        keys.sort();
+        keys
     }
 
     pub fn shard_map(&self) -> &ShardMap {
@@ -191,7 +214,7 @@ mod tests {
     fn range_merges_shards_counts_all_and_limits() {
         let map = ShardMap::new(4, 1);
         let clock = RevisionClock::new(1, 1);
-        let space = KeySpace::new(map, clock);
+        let space = KeySpace::new(map, clock, LeaseTable::for_member(0));
         for (index, key) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
             let revision = index as i64 + 2;
             let shard = map.shard_of(key.as_bytes());
@@ -203,6 +226,7 @@ mod tests {
                     create_revision: revision,
                     version: 1,
                     lease: 0,
+                    sub_revision: 0,
                 },
             );
         }

@@ -55,6 +55,10 @@ pub struct Version {
     /// deleted at this revision), exactly as etcd's index does.
     pub version: i64,
     pub lease: i64,
+    /// This change's place among the changes of its revision (etcd's
+    /// sub-revision: op order in a txn, key order in a delete range), so
+    /// watchers see a revision's events in the order etcd gives them.
+    pub sub_revision: u32,
 }
 
 impl Version {
@@ -64,6 +68,7 @@ impl Version {
             create_revision: 0,
             version: 0,
             lease: 0,
+            sub_revision: 0,
         }
     }
 
@@ -87,10 +92,36 @@ impl Version {
 /// revisions are >= 1 and sort descending).
 const AFTER_ALL_REVISIONS: i64 = 0;
 
+/// Where a change sits in the global history: its revision, then its
+/// sub-revision. Ordered the way watchers must see changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChangePosition {
+    pub revision: i64,
+    pub sub_revision: u32,
+}
+
+/// One change read back from a shard's history, for watchers.
+#[derive(Debug, Clone)]
+pub struct HistoricalChange {
+    pub position: ChangePosition,
+    pub key: Bytes,
+    /// The version written; `None` for a delete (a tombstone, possibly freed
+    /// by a compaction at exactly this revision).
+    pub version: Option<Version>,
+}
+
 /// A shard's memtable.
 #[derive(Default)]
 pub struct Memtable {
     versions: SkipMap<VersionKey, Version>,
+    /// The same versions indexed by revision: what changed at each
+    /// revision. Watchers read history through it (etcd reads its backend
+    /// by revision the same way); compaction trims it with `versions`.
+    history: SkipMap<ChangePosition, Bytes>,
+    /// `(lease, key)` for every key whose newest version is live and
+    /// attached to a lease: what a revocation deletes and what
+    /// `LeaseTimeToLive` lists. Rebuilt by replay like everything else.
+    lease_keys: SkipMap<(i64, Bytes), ()>,
     /// Keys whose newest version is live; maintained by the single writer so
     /// `etcd_debugging_mvcc_keys_total`-style counts need no scan.
     live_keys: AtomicUsize,
@@ -196,10 +227,28 @@ impl Memtable {
 
     /// Inserts `version` of `key` at `revision`. Owning core only.
     pub fn insert(&self, key: Bytes, revision: i64, version: Version) {
-        let was_live = self
+        let previous = self
             .newest(&key)
-            .is_some_and(|(_, newest)| !newest.is_tombstone());
+            .filter(|(_, newest)| !newest.is_tombstone());
+        let was_live = previous.is_some();
         let is_live = !version.is_tombstone();
+        let previous_lease = previous.map_or(0, |(_, newest)| newest.lease);
+        let lease = if is_live { version.lease } else { 0 };
+        if previous_lease != lease {
+            if previous_lease != 0 {
+                self.lease_keys.remove(&(previous_lease, key.clone()));
+            }
+            if lease != 0 {
+                self.lease_keys.insert((lease, key.clone()), ());
+            }
+        }
+        self.history.insert(
+            ChangePosition {
+                revision,
+                sub_revision: version.sub_revision,
+            },
+            key.clone(),
+        );
         let bytes = (key.len() + version.value.len()) as i64;
         match (was_live, is_live) {
             (false, true) => {
@@ -219,6 +268,18 @@ impl Memtable {
     /// version at or below it is kept (unless it is a tombstone) and every
     /// older version is removed. Owning core only.
     pub fn compact(&self, compact_revision: i64) {
+        // Watchers may start at the compaction point itself, so its own
+        // changes stay readable.
+        let below = ChangePosition {
+            revision: compact_revision,
+            sub_revision: 0,
+        };
+        while let Some(oldest) = self.history.front() {
+            if *oldest.key() >= below {
+                break;
+            }
+            oldest.remove();
+        }
         let mut current_key: Option<Bytes> = None;
         let mut kept_one = false;
         for entry in self.versions.iter() {
@@ -241,6 +302,57 @@ impl Memtable {
         }
     }
 
+    /// Calls `visit` for each change with a revision in `after+1..=through`,
+    /// in (revision, sub-revision) order. Safe from any thread for
+    /// revisions at or below the watermark; the caller re-checks the
+    /// compaction point afterwards.
+    pub fn changes_between(
+        &self,
+        after: i64,
+        through: i64,
+        mut visit: impl FnMut(HistoricalChange) -> bool,
+    ) {
+        if through <= after {
+            return;
+        }
+        let start = ChangePosition {
+            revision: after.saturating_add(1),
+            sub_revision: 0,
+        };
+        let end = ChangePosition {
+            revision: through,
+            sub_revision: u32::MAX,
+        };
+        for entry in self.history.range(start..=end) {
+            let position = *entry.key();
+            let key = entry.value().clone();
+            let stored = self.versions.get(&VersionKey {
+                key: key.clone(),
+                revision: position.revision,
+            });
+            let version = stored
+                .map(|stored| stored.value().clone())
+                .filter(|version| !version.is_tombstone());
+            if !visit(HistoricalChange {
+                position,
+                key,
+                version,
+            }) {
+                return;
+            }
+        }
+    }
+
+    /// Keys whose newest version is attached to `lease`, in key order.
+    pub fn keys_with_lease(&self, lease: i64) -> Vec<Bytes> {
+        let start = (lease, Bytes::new());
+        self.lease_keys
+            .range(start..)
+            .take_while(|entry| entry.key().0 == lease)
+            .map(|entry| entry.key().1.clone())
+            .collect()
+    }
+
     fn remove_entry(&self, entry: &crossbeam_skiplist::map::Entry<'_, VersionKey, Version>) {
         let bytes = (entry.key().key.len() + entry.value().value.len()) as i64;
         self.approximate_bytes
@@ -259,6 +371,7 @@ mod tests {
             create_revision,
             version,
             lease: 0,
+            sub_revision: 0,
         }
     }
 
@@ -314,5 +427,60 @@ mod tests {
             None,
             "history below the compaction point is gone"
         );
+    }
+
+    fn changes(memtable: &Memtable, after: i64, through: i64) -> Vec<(i64, u32, String, bool)> {
+        let mut out = Vec::new();
+        memtable.changes_between(after, through, |change| {
+            out.push((
+                change.position.revision,
+                change.position.sub_revision,
+                String::from_utf8_lossy(&change.key).into_owned(),
+                change.version.is_some(),
+            ));
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn history_lists_changes_by_revision_then_sub_revision() {
+        let memtable = Memtable::new();
+        let mut second = live("2", 2, 1);
+        second.sub_revision = 1;
+        memtable.insert(Bytes::from_static(b"a"), 2, second);
+        memtable.insert(Bytes::from_static(b"b"), 2, live("1", 2, 1));
+        memtable.insert(Bytes::from_static(b"a"), 3, Version::tombstone());
+        assert_eq!(
+            changes(&memtable, 0, 9),
+            vec![
+                (2, 0, "b".into(), true),
+                (2, 1, "a".into(), true),
+                (3, 0, "a".into(), false)
+            ]
+        );
+        assert_eq!(changes(&memtable, 2, 3), vec![(3, 0, "a".into(), false)]);
+        memtable.compact(3);
+        assert_eq!(
+            changes(&memtable, 0, 9),
+            vec![(3, 0, "a".into(), false)],
+            "changes below the compaction point are freed, the point's own stay"
+        );
+    }
+
+    #[test]
+    fn lease_index_follows_the_newest_version() {
+        let memtable = Memtable::new();
+        let mut leased = live("1", 2, 1);
+        leased.lease = 7;
+        memtable.insert(Bytes::from_static(b"a"), 2, leased.clone());
+        memtable.insert(Bytes::from_static(b"b"), 3, leased.clone());
+        assert_eq!(memtable.keys_with_lease(7).len(), 2);
+        memtable.insert(Bytes::from_static(b"a"), 4, live("2", 2, 2));
+        memtable.insert(Bytes::from_static(b"b"), 5, Version::tombstone());
+        assert!(memtable.keys_with_lease(7).is_empty());
+        memtable.insert(Bytes::from_static(b"b"), 6, leased);
+        assert_eq!(memtable.keys_with_lease(7), vec![Bytes::from_static(b"b")]);
+        assert!(memtable.keys_with_lease(8).is_empty());
     }
 }

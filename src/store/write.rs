@@ -24,8 +24,8 @@ use super::memtable::Version;
 use super::range;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
     request_op::Request, response_op::Response,
 };
 use crate::proto::mvccpb::KeyValue;
@@ -39,6 +39,9 @@ pub enum WriteRequest {
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
+    /// Delete every key attached to the lease, at one revision, and end the
+    /// lease. Touches every shard (see `crate::lease`).
+    LeaseRevoke(i64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +49,7 @@ pub enum WriteResponse {
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 /// The keys a write changes, all at one revision.
@@ -54,6 +58,16 @@ pub struct ChangeSet {
     pub revision: i64,
     /// Key order; a key appears at most once (its final version).
     pub changes: BTreeMap<Bytes, Version>,
+    /// The lease this write ends (a `LeaseRevoke`): logged on the lease's
+    /// home shard even when no key was attached (and no revision taken).
+    pub revoked_lease: Option<i64>,
+}
+
+impl ChangeSet {
+    /// Whether this write must be logged: it changed keys or ended a lease.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.revoked_lease.is_none()
+    }
 }
 
 /// Which branch each txn (and each nested txn on the taken path) takes,
@@ -97,6 +111,9 @@ pub fn touched_ranges(request: &WriteRequest) -> Vec<KeyRange> {
             ranges.push(KeyRange::from_bytes(&delete.key, &delete.range_end))
         }
         WriteRequest::Txn(txn) => collect_txn_ranges(txn, &mut ranges),
+        // Any key may be attached to the lease, and no put may attach one
+        // while the revocation runs: every shard takes part.
+        WriteRequest::LeaseRevoke(_) => ranges.push(KeyRange::from_request(b"\0", b"\0")),
     }
     ranges
 }
@@ -187,6 +204,17 @@ pub fn prepare(
             Ok(PreparedWrite {
                 request,
                 txn_path: Some(path),
+                changes_something,
+            })
+        }
+        WriteRequest::LeaseRevoke(lease) => {
+            if !(context.lease_exists)(*lease) {
+                return Err(KvError::LeaseNotFound);
+            }
+            let changes_something = !space.keys_with_lease(*lease).is_empty();
+            Ok(PreparedWrite {
+                request,
+                txn_path: None,
                 changes_something,
             })
         }
@@ -357,6 +385,7 @@ pub fn execute(
         context,
         revision,
         changes: BTreeMap::new(),
+        next_sub_revision: 0,
     };
     let response = match &prepared.request {
         WriteRequest::Put(put) => WriteResponse::Put(execution.put(put)),
@@ -372,15 +401,29 @@ pub fn execute(
             response.header = Some(header(execution.current_revision()));
             WriteResponse::Txn(response)
         }
+        WriteRequest::LeaseRevoke(lease) => {
+            // etcd deletes a lease's keys in sorted order, in one txn.
+            for key in context.space.keys_with_lease(*lease) {
+                execution.record_change(key, Version::tombstone());
+            }
+            WriteResponse::LeaseRevoke(LeaseRevokeResponse {
+                header: Some(header(execution.current_revision())),
+            })
+        }
     };
     debug_assert_eq!(
         execution.changes.is_empty(),
         revision.is_none(),
         "prepare and execute disagree on whether the write changes something"
     );
+    let revoked_lease = match &prepared.request {
+        WriteRequest::LeaseRevoke(lease) => Some(*lease),
+        _ => None,
+    };
     let changes = ChangeSet {
         revision: revision.unwrap_or(0),
         changes: execution.changes,
+        revoked_lease,
     };
     (response, changes)
 }
@@ -397,9 +440,18 @@ struct Execution<'a, 'b> {
     context: &'a WriteContext<'b>,
     revision: Option<i64>,
     changes: BTreeMap<Bytes, Version>,
+    /// The sub-revision the next change gets: changes are numbered in the
+    /// order the write makes them, as etcd numbers them.
+    next_sub_revision: u32,
 }
 
 impl Execution<'_, '_> {
+    fn record_change(&mut self, key: Bytes, mut version: Version) {
+        version.sub_revision = self.next_sub_revision;
+        self.next_sub_revision += 1;
+        self.changes.insert(key, version);
+    }
+
     /// etcd's write-txn `Rev()`: begin revision, plus one once it changed something.
     fn current_revision(&self) -> i64 {
         self.context.begin_revision + i64::from(!self.changes.is_empty())
@@ -468,13 +520,14 @@ impl Execution<'_, '_> {
             Some(previous) => (previous.create_revision, previous.version + 1),
             None => (revision, 1),
         };
-        self.changes.insert(
+        self.record_change(
             Bytes::copy_from_slice(&put.key),
             Version {
                 value,
                 create_revision,
                 version,
                 lease,
+                sub_revision: 0,
             },
         );
         PutResponse {
@@ -488,8 +541,7 @@ impl Execution<'_, '_> {
             .range_with_changes(&KeyRange::from_bytes(&delete.key, &delete.range_end))
             .key_values;
         for key_value in &doomed {
-            self.changes
-                .insert(key_value.key.clone(), Version::tombstone());
+            self.record_change(key_value.key.clone(), Version::tombstone());
         }
         DeleteRangeResponse {
             header: Some(header(self.current_revision())),
@@ -578,6 +630,7 @@ pub fn read_only_txn(space: &KeySpace, txn: &TxnRequest, at: i64) -> Result<TxnR
         context: &context,
         revision: None,
         changes: BTreeMap::new(),
+        next_sub_revision: 0,
     };
     let mut response = execution.txn(txn, &path);
     response.header = Some(header(at));
