@@ -82,6 +82,20 @@ pub struct Flags {
     #[arg(long, allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..=MAX_SHARDS as i64))]
     pub shards: Option<u32>,
+    /// How often watches that asked for progress notifications receive one
+    /// (e.g. `10m`, `30s`, `500ms`).
+    #[arg(long, default_value = "10m", value_parser = parse_positive_duration)]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
+}
+
+/// A positive duration written like Go's (`10m`, `1s`, `250ms`), as etcd's
+/// duration flags take.
+pub fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if duration.is_zero() {
+        return Err("the duration must be positive".to_owned());
+    }
+    Ok(duration)
 }
 
 /// A client URL: `http://host:port`, resolved to a socket address.
@@ -143,6 +157,7 @@ pub struct ServerConfig {
     pub shards: Option<usize>,
     pub wal_options: crate::wal::WalOptions,
     pub snapshot_count: u64,
+    pub watch_progress_interval: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -179,6 +194,7 @@ impl ServerConfig {
             cores,
             shards: flags.shards.map(|shards| shards as usize),
             snapshot_count: flags.snapshot_count,
+            watch_progress_interval: flags.experimental_watch_progress_notify_interval,
             wal_options: crate::wal::WalOptions {
                 segment_bytes: flags
                     .wal_segment_bytes

@@ -28,3 +28,4 @@ pub mod snapshot;
 pub mod status_map;
 pub mod store;
 pub mod wal;
+pub mod watch;

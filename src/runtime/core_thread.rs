@@ -60,6 +60,7 @@ pub struct CoreSetup {
     pub wal_options: WalOptions,
     /// Entries logged between snapshots, per shard.
     pub snapshot_count: u64,
+    pub watch_progress_interval: std::time::Duration,
     pub log_stats: Vec<Arc<LogStats>>,
     pub listeners: Vec<StdTcpListener>,
     pub identity: MemberIdentity,
@@ -170,6 +171,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         shard_directories,
         wal_options,
         snapshot_count,
+        watch_progress_interval,
         log_stats,
         listeners,
         identity,
@@ -245,11 +247,19 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
     replayed.wait();
 
     let write_path = WritePath::new(space.clone(), senders, slot);
+    let watch_feed = crate::watch::feed::EventFeed::new(space.clone());
+    monoio::spawn(watch_feed.clone().run());
+    if core == 0 {
+        // One node-wide expiry task; leases are shared by all cores.
+        monoio::spawn(crate::service::lease::expire_leases(write_path.clone()));
+    }
     let context = Rc::new(ServiceContext {
         identity,
         write_path,
         max_txn_ops,
         max_request_bytes,
+        watch_feed,
+        watch_progress_interval,
     });
     let services = Rc::new(EtcdServices::new(context));
     let limits = Rc::new(limits);

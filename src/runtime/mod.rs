@@ -152,6 +152,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
                 .map(|(shard, _)| shard_directories(&config.data_dir, *shard))
                 .collect(),
             snapshot_count: config.snapshot_count,
+            watch_progress_interval: config.watch_progress_interval,
             log_stats: owned
                 .iter()
                 .map(|(shard, _)| log_stats[*shard].clone())

@@ -164,7 +164,7 @@ async fn compact(
     Ok(response)
 }
 
-fn mismatched_response(method: &str, response: &WriteResponse) -> Status {
+pub(super) fn mismatched_response(method: &str, response: &WriteResponse) -> Status {
     Status::internal(format!(
         "{method} produced a mismatched response: {response:?}"
     ))

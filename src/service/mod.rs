@@ -6,7 +6,9 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
+pub mod watch;
 
 use std::rc::Rc;
 
@@ -30,9 +32,23 @@ pub struct ServiceContext {
     pub write_path: Rc<WritePath>,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// This core's shared window of recent history for watch streams.
+    pub watch_feed: Rc<crate::watch::feed::EventFeed>,
+    /// How often watches that asked for progress notifications get one
+    /// (etcd's `--experimental-watch-progress-notify-interval`).
+    pub watch_progress_interval: std::time::Duration,
 }
 
 impl ServiceContext {
+    /// The identity part of every watch response header.
+    pub fn header_stamp(&self) -> crate::watch::watcher::HeaderStamp {
+        crate::watch::watcher::HeaderStamp {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            raft_term: RAFT_TERM,
+        }
+    }
+
     /// etcd's `header.fill`: the member's identity and term, and the
     /// current revision if the response did not set one.
     pub fn fill_header(&self, header: &mut Option<ResponseHeader>) {
@@ -53,8 +69,6 @@ pub const RAFT_TERM: u64 = 1;
 /// etcd's services that MetaStore does not serve yet (they answer
 /// UNIMPLEMENTED naming the method, like a generated gRPC stub).
 const NOT_YET_SERVED: &[&str] = &[
-    "etcdserverpb.Watch",
-    "etcdserverpb.Lease",
     "etcdserverpb.Auth",
     "v3lockpb.Lock",
     "v3electionpb.Election",
@@ -82,6 +96,11 @@ impl GrpcService for EtcdServices {
             ("etcdserverpb.KV", name) => kv::call(context, name, requests, responses).await,
             ("etcdserverpb.Maintenance", name) => {
                 maintenance::call(context, name, requests, responses).await
+            }
+            ("etcdserverpb.Watch", "Watch") => watch::serve(context, requests, responses).await,
+            ("etcdserverpb.Watch", name) => Err(missing_method("etcdserverpb.Watch", name, &[])),
+            ("etcdserverpb.Lease", name) => {
+                lease::call(context, name, requests, responses).await
             }
             ("etcdserverpb.Cluster", name) => {
                 cluster::call(context, name, requests, responses).await

@@ -77,6 +77,25 @@ impl WritePath {
         Ok(outcome)
     }
 
+    /// Logs a lease grant on the lease's home shard; returns once the lease
+    /// is durable and in the table.
+    pub async fn grant_lease(&self, id: i64, ttl_seconds: i64) -> Result<(), KvError> {
+        let shard = crate::lease::home_shard(self.space.shard_map(), id);
+        let (reply, granted) = oneshot::channel();
+        self.send(
+            shard,
+            ShardCommand::GrantLease {
+                id,
+                ttl_seconds,
+                reply,
+            },
+        )
+        .await?;
+        granted
+            .await
+            .map_err(|_| KvError::ShardUnavailable(shard))?
+    }
+
     async fn send(&self, shard: ShardId, command: ShardCommand) -> Result<(), KvError> {
         self.senders[shard]
             .send_async(command)

@@ -1,0 +1,172 @@
+//! `etcdserverpb.Lease`: LeaseGrant, LeaseRevoke, LeaseKeepAlive,
+//! LeaseTimeToLive, LeaseLeases; and the expiry task that revokes leases
+//! whose TTL ran out.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::{ServiceContext, missing_method, unary};
+use crate::grpc::{RequestStream, ResponseSink, Status};
+use crate::lease::table::effective_ttl;
+use crate::lease::{EXPIRY_CHECK_INTERVAL, MAX_LEASE_TTL_SECONDS};
+use crate::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::shard::write_path::WritePath;
+use crate::store::error::KvError;
+use crate::store::write::{WriteRequest, WriteResponse};
+
+pub async fn call(
+    context: &ServiceContext,
+    method: &str,
+    requests: &mut RequestStream,
+    responses: &mut ResponseSink,
+) -> Result<(), Status> {
+    match method {
+        "LeaseGrant" => unary(requests, responses, async |request| grant(context, request).await).await,
+        "LeaseRevoke" => {
+            unary(requests, responses, async |request| revoke(context, request).await).await
+        }
+        "LeaseKeepAlive" => keep_alive(context, requests, responses).await,
+        "LeaseTimeToLive" => {
+            unary(requests, responses, async |request| {
+                time_to_live(context, request)
+            })
+            .await
+        }
+        "LeaseLeases" => {
+            unary(requests, responses, async |request| leases(context, request)).await
+        }
+        other => Err(missing_method("etcdserverpb.Lease", other, &[])),
+    }
+}
+
+async fn grant(
+    context: &ServiceContext,
+    request: LeaseGrantRequest,
+) -> Result<LeaseGrantResponse, Status> {
+    if request.ttl > MAX_LEASE_TTL_SECONDS {
+        return Err(KvError::LeaseTtlTooLarge.into());
+    }
+    let leases = context.write_path.space().leases();
+    // etcd picks a positive ID when the client does not.
+    let id = if request.id == 0 {
+        leases.new_id()
+    } else {
+        request.id
+    };
+    let ttl = effective_ttl(request.ttl);
+    context.write_path.grant_lease(id, ttl).await?;
+    let mut response = LeaseGrantResponse {
+        id,
+        ttl,
+        ..Default::default()
+    };
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+async fn revoke(
+    context: &ServiceContext,
+    request: LeaseRevokeRequest,
+) -> Result<LeaseRevokeResponse, Status> {
+    let outcome = context
+        .write_path
+        .write(WriteRequest::LeaseRevoke(request.id))
+        .await?;
+    match outcome.response {
+        WriteResponse::LeaseRevoke(mut response) => {
+            context.fill_header(&mut response.header);
+            Ok(response)
+        }
+        other => Err(super::kv::mismatched_response("LeaseRevoke", &other)),
+    }
+}
+
+/// etcd: each request renews its lease and is answered in order; an
+/// unknown (or expired) lease is answered with TTL 0. The header is filled
+/// before renewing, so its revision is never above one at which the lease
+/// could have been revoked.
+async fn keep_alive(
+    context: &ServiceContext,
+    requests: &mut RequestStream,
+    responses: &mut ResponseSink,
+) -> Result<(), Status> {
+    let leases = context.write_path.space().leases();
+    while let Some(request) = requests.next::<LeaseKeepAliveRequest>().await? {
+        let mut response = LeaseKeepAliveResponse {
+            id: request.id,
+            ..Default::default()
+        };
+        context.fill_header(&mut response.header);
+        response.ttl = leases.renew(request.id, Instant::now()).unwrap_or(0);
+        responses.send(&response).await?;
+    }
+    Ok(())
+}
+
+fn time_to_live(
+    context: &ServiceContext,
+    request: LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, Status> {
+    let space = context.write_path.space();
+    let mut response = match space.leases().status(request.id, Instant::now()) {
+        // etcd answers an unknown lease with TTL -1, not an error.
+        None => LeaseTimeToLiveResponse {
+            id: request.id,
+            ttl: -1,
+            ..Default::default()
+        },
+        Some(status) => LeaseTimeToLiveResponse {
+            id: request.id,
+            ttl: status.remaining_seconds,
+            granted_ttl: status.granted_ttl_seconds,
+            keys: if request.keys {
+                space.keys_with_lease(request.id)
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        },
+    };
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+fn leases(
+    context: &ServiceContext,
+    _request: LeaseLeasesRequest,
+) -> Result<LeaseLeasesResponse, Status> {
+    let mut response = LeaseLeasesResponse {
+        leases: context
+            .write_path
+            .space()
+            .leases()
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect(),
+        ..Default::default()
+    };
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+/// Revokes leases whose deadline passed. Runs on one core for the node.
+pub async fn expire_leases(write_path: Rc<WritePath>) {
+    loop {
+        monoio::time::sleep(EXPIRY_CHECK_INTERVAL).await;
+        let expired = write_path.space().leases().expired(Instant::now());
+        for lease in expired {
+            match write_path.write(WriteRequest::LeaseRevoke(lease)).await {
+                // Revoked by a client meanwhile: nothing to do.
+                Ok(_) | Err(KvError::LeaseNotFound) => {}
+                Err(error) => {
+                    tracing::warn!(lease, %error, "cannot revoke an expired lease; will retry")
+                }
+            }
+        }
+    }
+}

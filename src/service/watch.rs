@@ -1,0 +1,194 @@
+//! `etcdserverpb.Watch/Watch`: the bidirectional watch stream.
+//!
+//! One task per stream runs the loop: bring every watch up to the core
+//! feed's head (from the feed's batches, or from history for watches that
+//! are behind), then wait for a request, a feed advance or a progress tick.
+//! Responses are sent as they are produced, each waiting for flow-control
+//! capacity: a client that does not read stops its own stream and nothing
+//! else (no per-watch queue grows; see `crate::watch`).
+
+use std::rc::Rc;
+
+use super::ServiceContext;
+use crate::grpc::{RequestStream, ResponseSink, Status};
+use crate::proto::etcdserverpb::{WatchRequest, WatchResponse, watch_request::RequestUnion};
+use crate::watch::feed::{EventFeed, Subscription};
+use crate::watch::history::read_changes;
+use crate::watch::stream::WatchStream;
+use crate::watch::watcher::HeaderStamp;
+use crate::watch::CATCH_UP_CHUNK_CHANGES;
+
+/// What woke the stream's loop.
+enum Wakeup {
+    Request(Option<WatchRequest>),
+    FeedAdvanced,
+    ProgressTick,
+}
+
+struct StreamTask<'a> {
+    context: &'a ServiceContext,
+    feed: Rc<EventFeed>,
+    stamp: HeaderStamp,
+    watches: WatchStream,
+    /// Held while the stream has watches, so the core's feed reads history.
+    subscription: Option<Subscription>,
+    responses: &'a mut ResponseSink,
+    outbox: Vec<WatchResponse>,
+}
+
+pub async fn serve(
+    context: &ServiceContext,
+    requests: &mut RequestStream,
+    responses: &mut ResponseSink,
+) -> Result<(), Status> {
+    let mut task = StreamTask {
+        context,
+        feed: context.watch_feed.clone(),
+        stamp: context.header_stamp(),
+        watches: WatchStream::new(),
+        subscription: None,
+        responses,
+        outbox: Vec::new(),
+    };
+    let interval = context.watch_progress_interval;
+    let mut ticker = monoio::time::interval_at(monoio::time::Instant::now() + interval, interval);
+    loop {
+        let head = task.feed.head();
+        task.catch_up(head).await?;
+        let feed = task.feed.clone();
+        let wakeup = monoio::select! {
+            message = requests.next::<WatchRequest>() => Wakeup::Request(message?),
+            _ = feed.advanced_past(head) => Wakeup::FeedAdvanced,
+            _ = ticker.tick() => Wakeup::ProgressTick,
+        };
+        match wakeup {
+            // The client half-closed: etcd ends the stream with OK.
+            Wakeup::Request(None) => return Ok(()),
+            Wakeup::Request(Some(request)) => task.handle(request).await?,
+            Wakeup::FeedAdvanced => {}
+            Wakeup::ProgressTick => task.progress_tick().await?,
+        }
+    }
+}
+
+impl StreamTask<'_> {
+    fn current_revision(&self) -> i64 {
+        self.context.write_path.space().clock().watermark()
+    }
+
+    async fn send(&mut self, response: &WatchResponse) -> Result<(), Status> {
+        self.responses.send(response).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Status> {
+        let outbox = std::mem::take(&mut self.outbox);
+        for response in &outbox {
+            self.send(response).await?;
+        }
+        self.outbox = outbox;
+        self.outbox.clear();
+        Ok(())
+    }
+
+    fn update_subscription(&mut self) {
+        if self.watches.is_empty() {
+            self.subscription = None;
+        } else if self.subscription.is_none() {
+            self.subscription = Some(self.feed.subscribe());
+        }
+    }
+
+    async fn handle(&mut self, request: WatchRequest) -> Result<(), Status> {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => {
+                let current = self.current_revision();
+                let response = self.watches.create(create, current, &self.stamp);
+                self.update_subscription();
+                self.send(&response).await
+            }
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                let current = self.current_revision();
+                let response = self.watches.cancel(cancel.watch_id, current, &self.stamp);
+                self.update_subscription();
+                match response {
+                    Some(response) => self.send(&response).await,
+                    None => Ok(()),
+                }
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Answer with the current revision, but only once every
+                // watch was given everything up to it (bookmarkable).
+                let current = self.current_revision();
+                if !self.watches.is_empty() {
+                    self.feed.advanced_past(current - 1).await;
+                    self.catch_up(current).await?;
+                }
+                self.send(&WatchStream::progress_response(current, &self.stamp))
+                    .await
+            }
+            // etcd ignores requests it does not understand.
+            None => Ok(()),
+        }
+    }
+
+    /// Brings every watch up to `head`.
+    async fn catch_up(&mut self, head: i64) -> Result<(), Status> {
+        if !self.watches.any_behind(head) {
+            return Ok(());
+        }
+        for id in self.watches.ids() {
+            while self.step(id, head) {
+                self.flush().await?;
+            }
+            self.flush().await?;
+        }
+        self.update_subscription();
+        Ok(())
+    }
+
+    /// Moves watch `id` forward by one feed pass or one history chunk, into
+    /// the outbox. False once it is at `head` (or gone).
+    fn step(&mut self, id: i64, head: i64) -> bool {
+        let space = self.context.write_path.space().clone();
+        let max_bytes = self.context.max_request_bytes;
+        let Some(watcher) = self.watches.get_mut(id) else {
+            return false;
+        };
+        if watcher.next_revision > head {
+            return false;
+        }
+        if let Some(batches) = self.feed.batches_from(watcher.next_revision) {
+            for batch in batches {
+                watcher.deliver(&batch.changes, batch.through, &space, &self.stamp, max_bytes, &mut self.outbox);
+            }
+            return watcher.next_revision <= head;
+        }
+        let shards = watcher.shards(&space);
+        let after = watcher.next_revision - 1;
+        match read_changes(&space, &shards, after, head, CATCH_UP_CHUNK_CHANGES) {
+            Ok(chunk) => {
+                watcher.deliver(&chunk.changes, chunk.through, &space, &self.stamp, max_bytes, &mut self.outbox);
+                watcher.next_revision <= head
+            }
+            Err(compacted) => {
+                let response = watcher.compacted_response(compacted.compact_revision, &self.stamp);
+                self.outbox.push(response);
+                self.watches.remove(id);
+                false
+            }
+        }
+    }
+
+    /// etcd's periodic progress notification: to each watch that asked for
+    /// them, is caught up, and got no events since the last tick.
+    async fn progress_tick(&mut self) -> Result<(), Status> {
+        let head = self.feed.head();
+        for watcher in self.watches.watchers_mut() {
+            if watcher.progress_notify && !watcher.sent_since_tick && watcher.next_revision > head {
+                self.outbox.push(watcher.progress_response(head, &self.stamp));
+            }
+            watcher.sent_since_tick = false;
+        }
+        self.flush().await
+    }
+}

@@ -1,0 +1,174 @@
+//! A core's event feed: the recent history, read once and shared by every
+//! watch stream on the core.
+//!
+//! One producer task per core follows the watermark: each time it moves it
+//! reads the new changes of every shard (one merge for all watchers) and
+//! appends them as a batch. Streams deliver from the batches to watchers
+//! that are caught up; a watcher behind the oldest batch reads the history
+//! itself (etcd's "unsynced" watchers) and then rejoins.
+//!
+//! Bounds: the feed holds at most [`FEED_MAX_CHANGES`] changes (oldest
+//! batches are dropped first), and it reads nothing while no stream on the
+//! core is subscribed. A stream that cannot send (a slow client) holds
+//! nothing of its own: it just stops advancing and later reads history.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use event_listener::Event;
+
+use super::history::{HistoryChunk, read_changes};
+use super::FEED_MAX_CHANGES;
+use crate::store::key_space::KeySpace;
+use crate::store::shard_map::ShardId;
+
+pub struct EventFeed {
+    space: Arc<KeySpace>,
+    all_shards: Vec<ShardId>,
+    state: RefCell<FeedState>,
+    /// Streams subscribed; the producer idles at zero.
+    subscribers: Cell<usize>,
+    /// Notified when the head moves.
+    advanced: Event,
+    /// Notified when the first stream subscribes.
+    subscribed: Event,
+}
+
+#[derive(Default)]
+struct FeedState {
+    /// Contiguous, oldest first: each batch's `after` is the previous
+    /// batch's `through`.
+    batches: VecDeque<Rc<HistoryChunk>>,
+    /// Every change at or below this revision has been read (or skipped
+    /// while nobody listened).
+    head: i64,
+    held_changes: usize,
+}
+
+/// Keeps a stream subscribed to its core's feed while alive.
+pub struct Subscription {
+    feed: Rc<EventFeed>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.feed.subscribers.set(self.feed.subscribers.get() - 1);
+    }
+}
+
+impl EventFeed {
+    pub fn new(space: Arc<KeySpace>) -> Rc<Self> {
+        let head = space.clock().watermark();
+        let all_shards = space.shard_map().all_shards().collect();
+        Rc::new(Self {
+            space,
+            all_shards,
+            state: RefCell::new(FeedState {
+                head,
+                ..Default::default()
+            }),
+            subscribers: Cell::new(0),
+            advanced: Event::new(),
+            subscribed: Event::new(),
+        })
+    }
+
+    pub fn subscribe(self: &Rc<Self>) -> Subscription {
+        self.subscribers.set(self.subscribers.get() + 1);
+        self.subscribed.notify(usize::MAX);
+        Subscription { feed: self.clone() }
+    }
+
+    /// Everything at or below this revision can be delivered now.
+    pub fn head(&self) -> i64 {
+        self.state.borrow().head
+    }
+
+    /// The batches covering `next_revision` onwards, or `None` when the
+    /// feed no longer holds `next_revision` (the caller reads history).
+    pub fn batches_from(&self, next_revision: i64) -> Option<Vec<Rc<HistoryChunk>>> {
+        let state = self.state.borrow();
+        let oldest_after = state.batches.front().map_or(state.head, |batch| batch.after);
+        if next_revision <= oldest_after {
+            return None;
+        }
+        Some(
+            state
+                .batches
+                .iter()
+                .filter(|batch| batch.through >= next_revision)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Resolves once the head is past `head`.
+    pub async fn advanced_past(&self, head: i64) {
+        loop {
+            if self.head() > head {
+                return;
+            }
+            let listener = self.advanced.listen();
+            if self.head() > head {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// The producer: run once per core, forever.
+    pub async fn run(self: Rc<Self>) {
+        loop {
+            if self.subscribers.get() == 0 {
+                // Nobody listens: drop what is held and skip ahead, so a
+                // first subscriber does not make the feed read old history.
+                {
+                    let mut state = self.state.borrow_mut();
+                    state.batches.clear();
+                    state.held_changes = 0;
+                }
+                let listener = self.subscribed.listen();
+                if self.subscribers.get() == 0 {
+                    listener.await;
+                }
+                let watermark = self.space.clock().watermark();
+                let mut state = self.state.borrow_mut();
+                state.head = state.head.max(watermark);
+                drop(state);
+                self.advanced.notify(usize::MAX);
+                continue;
+            }
+            let head = self.head();
+            let watermark = self.space.clock().wait_applied(head + 1).await;
+            self.read_through(watermark);
+            self.advanced.notify(usize::MAX);
+        }
+    }
+
+    fn read_through(&self, watermark: i64) {
+        let head = self.head();
+        match read_changes(&self.space, &self.all_shards, head, watermark, FEED_MAX_CHANGES) {
+            Ok(chunk) => {
+                let mut state = self.state.borrow_mut();
+                state.head = chunk.through;
+                state.held_changes += chunk.changes.len();
+                state.batches.push_back(Rc::new(chunk));
+                while state.held_changes > FEED_MAX_CHANGES && state.batches.len() > 1 {
+                    let oldest = state.batches.pop_front().expect("more than one batch");
+                    state.held_changes -= oldest.changes.len();
+                }
+            }
+            Err(_) => {
+                // Compacted under the feed (it was idle): restart at the
+                // watermark; watchers behind read history and learn of the
+                // compaction there.
+                let mut state = self.state.borrow_mut();
+                state.batches.clear();
+                state.held_changes = 0;
+                state.head = watermark;
+            }
+        }
+    }
+}
