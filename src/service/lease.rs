@@ -11,8 +11,8 @@ use crate::lease::table::effective_ttl;
 use crate::lease::{EXPIRY_CHECK_INTERVAL, MAX_LEASE_TTL_SECONDS};
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::shard::write_path::WritePath;
 use crate::store::error::KvError;
@@ -25,9 +25,17 @@ pub async fn call(
     responses: &mut ResponseSink,
 ) -> Result<(), Status> {
     match method {
-        "LeaseGrant" => unary(requests, responses, async |request| grant(context, request).await).await,
+        "LeaseGrant" => {
+            unary(requests, responses, async |request| {
+                grant(context, request).await
+            })
+            .await
+        }
         "LeaseRevoke" => {
-            unary(requests, responses, async |request| revoke(context, request).await).await
+            unary(requests, responses, async |request| {
+                revoke(context, request).await
+            })
+            .await
         }
         "LeaseKeepAlive" => keep_alive(context, requests, responses).await,
         "LeaseTimeToLive" => {
@@ -37,7 +45,10 @@ pub async fn call(
             .await
         }
         "LeaseLeases" => {
-            unary(requests, responses, async |request| leases(context, request)).await
+            unary(requests, responses, async |request| {
+                leases(context, request)
+            })
+            .await
         }
         other => Err(missing_method("etcdserverpb.Lease", other, &[])),
     }

@@ -5,9 +5,12 @@
 //! response headers; they hold no state of their own.
 
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod recipes;
 pub mod watch;
 
 use std::rc::Rc;
@@ -68,11 +71,7 @@ pub const RAFT_TERM: u64 = 1;
 
 /// etcd's services that MetaStore does not serve yet (they answer
 /// UNIMPLEMENTED naming the method, like a generated gRPC stub).
-const NOT_YET_SERVED: &[&str] = &[
-    "etcdserverpb.Auth",
-    "v3lockpb.Lock",
-    "v3electionpb.Election",
-];
+const NOT_YET_SERVED: &[&str] = &["etcdserverpb.Auth"];
 
 pub struct EtcdServices {
     context: Rc<ServiceContext>,
@@ -99,8 +98,10 @@ impl GrpcService for EtcdServices {
             }
             ("etcdserverpb.Watch", "Watch") => watch::serve(context, requests, responses).await,
             ("etcdserverpb.Watch", name) => Err(missing_method("etcdserverpb.Watch", name, &[])),
-            ("etcdserverpb.Lease", name) => {
-                lease::call(context, name, requests, responses).await
+            ("etcdserverpb.Lease", name) => lease::call(context, name, requests, responses).await,
+            ("v3lockpb.Lock", name) => lock::call(context, name, requests, responses).await,
+            ("v3electionpb.Election", name) => {
+                election::call(context, name, requests, responses).await
             }
             ("etcdserverpb.Cluster", name) => {
                 cluster::call(context, name, requests, responses).await

@@ -12,11 +12,11 @@ use std::rc::Rc;
 use super::ServiceContext;
 use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::{WatchRequest, WatchResponse, watch_request::RequestUnion};
+use crate::watch::CATCH_UP_CHUNK_CHANGES;
 use crate::watch::feed::{EventFeed, Subscription};
 use crate::watch::history::read_changes;
 use crate::watch::stream::WatchStream;
 use crate::watch::watcher::HeaderStamp;
-use crate::watch::CATCH_UP_CHUNK_CHANGES;
 
 /// What woke the stream's loop.
 enum Wakeup {
@@ -159,7 +159,14 @@ impl StreamTask<'_> {
         }
         if let Some(batches) = self.feed.batches_from(watcher.next_revision) {
             for batch in batches {
-                watcher.deliver(&batch.changes, batch.through, &space, &self.stamp, max_bytes, &mut self.outbox);
+                watcher.deliver(
+                    &batch.changes,
+                    batch.through,
+                    &space,
+                    &self.stamp,
+                    max_bytes,
+                    &mut self.outbox,
+                );
             }
             return watcher.next_revision <= head;
         }
@@ -167,7 +174,14 @@ impl StreamTask<'_> {
         let after = watcher.next_revision - 1;
         match read_changes(&space, &shards, after, head, CATCH_UP_CHUNK_CHANGES) {
             Ok(chunk) => {
-                watcher.deliver(&chunk.changes, chunk.through, &space, &self.stamp, max_bytes, &mut self.outbox);
+                watcher.deliver(
+                    &chunk.changes,
+                    chunk.through,
+                    &space,
+                    &self.stamp,
+                    max_bytes,
+                    &mut self.outbox,
+                );
                 watcher.next_revision <= head
             }
             Err(compacted) => {
@@ -185,7 +199,8 @@ impl StreamTask<'_> {
         let head = self.feed.head();
         for watcher in self.watches.watchers_mut() {
             if watcher.progress_notify && !watcher.sent_since_tick && watcher.next_revision > head {
-                self.outbox.push(watcher.progress_response(head, &self.stamp));
+                self.outbox
+                    .push(watcher.progress_response(head, &self.stamp));
             }
             watcher.sent_since_tick = false;
         }

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use event_listener::Event;
 
-use super::history::{HistoryChunk, read_changes};
 use super::FEED_MAX_CHANGES;
+use super::history::{HistoryChunk, read_changes};
 use crate::store::key_space::KeySpace;
 use crate::store::shard_map::ShardId;
 
@@ -90,7 +90,10 @@ impl EventFeed {
     /// feed no longer holds `next_revision` (the caller reads history).
     pub fn batches_from(&self, next_revision: i64) -> Option<Vec<Rc<HistoryChunk>>> {
         let state = self.state.borrow();
-        let oldest_after = state.batches.front().map_or(state.head, |batch| batch.after);
+        let oldest_after = state
+            .batches
+            .front()
+            .map_or(state.head, |batch| batch.after);
         if next_revision <= oldest_after {
             return None;
         }
@@ -149,7 +152,13 @@ impl EventFeed {
 
     fn read_through(&self, watermark: i64) {
         let head = self.head();
-        match read_changes(&self.space, &self.all_shards, head, watermark, FEED_MAX_CHANGES) {
+        match read_changes(
+            &self.space,
+            &self.all_shards,
+            head,
+            watermark,
+            FEED_MAX_CHANGES,
+        ) {
             Ok(chunk) => {
                 let mut state = self.state.borrow_mut();
                 state.head = chunk.through;

@@ -169,8 +169,13 @@ mod tests {
         let all: Vec<ShardId> = space.shard_map().all_shards().collect();
         assert_eq!(
             read_changes(&space, &all, 3, 9, 100).unwrap_err(),
-            Compacted { compact_revision: 5 }
+            Compacted {
+                compact_revision: 5
+            }
         );
-        assert!(read_changes(&space, &all, 4, 9, 100).is_ok(), "resuming at the point is fine");
+        assert!(
+            read_changes(&space, &all, 4, 9, 100).is_ok(),
+            "resuming at the point is fine"
+        );
     }
 }

@@ -174,7 +174,10 @@ mod tests {
         assert!(stream.is_empty());
         assert_eq!(stream.cancel(9, 5, &stamp), None);
         let created = stream.create(create("", "\0", 0), 5, &stamp);
-        assert!(created.created && !created.canceled, "empty key means from \\0");
+        assert!(
+            created.created && !created.canceled,
+            "empty key means from \\0"
+        );
         assert!(stream.cancel(created.watch_id, 5, &stamp).is_some());
     }
 }

@@ -111,7 +111,13 @@ impl Watcher {
             let revision = change.position.revision;
             if revision != last_revision {
                 if revisions_in_response == MAX_REVISIONS_PER_RESPONSE {
-                    self.push_response(std::mem::take(&mut events), last_revision, stamp, max_response_bytes, out);
+                    self.push_response(
+                        std::mem::take(&mut events),
+                        last_revision,
+                        stamp,
+                        max_response_bytes,
+                        out,
+                    );
                     revisions_in_response = 0;
                 }
                 revisions_in_response += 1;

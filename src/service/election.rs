@@ -1,0 +1,242 @@
+//! `v3electionpb.Election`: Campaign, Proclaim, Leader, Observe, Resign;
+//! etcd's `concurrency.Election` run in the server.
+
+use bytes::Bytes;
+
+use super::lock::ReleaseOnDrop;
+use super::recipes::{self, recipe_error, session_key};
+use super::{ServiceContext, missing_method, unary};
+use crate::grpc::{RequestStream, ResponseSink, Status};
+use crate::proto::etcdserverpb::TxnRequest;
+use crate::proto::etcdserverpb::range_request::SortOrder;
+use crate::proto::etcdserverpb::response_op::Response;
+use crate::proto::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+
+/// etcd's `v3election.ErrMissingLeaderKey`.
+const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
+/// etcd's `concurrency.ErrElectionNotLeader`.
+const NOT_LEADER: &str = "election: not leader";
+/// etcd's `concurrency.ErrElectionNoLeader`.
+const NO_LEADER: &str = "election: no leader";
+
+pub async fn call(
+    context: &ServiceContext,
+    method: &str,
+    requests: &mut RequestStream,
+    responses: &mut ResponseSink,
+) -> Result<(), Status> {
+    match method {
+        "Campaign" => {
+            unary(requests, responses, async |request| {
+                campaign(context, request).await
+            })
+            .await
+        }
+        "Proclaim" => {
+            unary(requests, responses, async |request| {
+                proclaim(context, request).await
+            })
+            .await
+        }
+        "Leader" => {
+            unary(requests, responses, async |request| {
+                leader(context, request)
+            })
+            .await
+        }
+        "Observe" => {
+            let request = requests.unary::<LeaderRequest>().await?;
+            observe(context, request, responses).await
+        }
+        "Resign" => {
+            unary(requests, responses, async |request| {
+                resign(context, request).await
+            })
+            .await
+        }
+        other => Err(missing_method("v3electionpb.Election", other, &[])),
+    }
+}
+
+fn prefix_of(name: &[u8]) -> Vec<u8> {
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    prefix
+}
+
+/// etcd's `Election.Campaign`: create `name/<lease hex>` with the value
+/// (or proclaim the value on a key this lease already has), then wait until
+/// every older candidate is gone.
+async fn campaign(
+    context: &ServiceContext,
+    request: CampaignRequest,
+) -> Result<CampaignResponse, Status> {
+    let lease = recipes::session_lease(context, request.lease).await?;
+    let prefix = prefix_of(&request.name);
+    let key = session_key(&prefix, lease);
+    let txn = TxnRequest {
+        compare: vec![recipes::compare_create_revision(&key, 0)],
+        success: vec![recipes::put_op(&key, request.value.clone(), lease)],
+        failure: vec![recipes::get_op(&key)],
+    };
+    let response = recipes::txn(context, txn).await?;
+    let mut leader = LeaderKey {
+        name: request.name.clone(),
+        key: key.clone(),
+        rev: response.header.as_ref().map_or(0, |header| header.revision),
+        lease,
+    };
+    if !response.succeeded {
+        let existing = response
+            .responses
+            .first()
+            .and_then(|op| match &op.response {
+                Some(Response::ResponseRange(range)) => range.kvs.first().cloned(),
+                _ => None,
+            });
+        if let Some(existing) = existing {
+            leader.rev = existing.create_revision;
+            if existing.value != request.value {
+                proclaim_value(context, &leader, request.value.clone()).await?;
+            }
+        }
+    }
+    let mut guard = ReleaseOnDrop {
+        write_path: context.write_path.clone(),
+        key: Some(key),
+    };
+    recipes::wait_deletes(context, &prefix, leader.rev - 1).await?;
+    guard.key = None;
+    Ok(CampaignResponse {
+        header: response.header,
+        leader: Some(leader),
+    })
+}
+
+async fn proclaim_value(
+    context: &ServiceContext,
+    leader: &LeaderKey,
+    value: Bytes,
+) -> Result<Option<crate::proto::etcdserverpb::ResponseHeader>, Status> {
+    let txn = TxnRequest {
+        compare: vec![recipes::compare_create_revision(&leader.key, leader.rev)],
+        success: vec![recipes::put_op(&leader.key, value, leader.lease)],
+        failure: Vec::new(),
+    };
+    let response = recipes::txn(context, txn).await?;
+    if !response.succeeded {
+        return Err(recipe_error(NOT_LEADER));
+    }
+    Ok(response.header)
+}
+
+async fn proclaim(
+    context: &ServiceContext,
+    request: ProclaimRequest,
+) -> Result<ProclaimResponse, Status> {
+    let leader = request
+        .leader
+        .ok_or_else(|| recipe_error(MISSING_LEADER_KEY))?;
+    let header = proclaim_value(context, &leader, request.value).await?;
+    Ok(ProclaimResponse { header })
+}
+
+fn leader(context: &ServiceContext, request: LeaderRequest) -> Result<LeaderResponse, Status> {
+    let prefix = prefix_of(&request.name);
+    let (header, kvs) = recipes::range(
+        context,
+        &recipes::first_by_create(&prefix, SortOrder::Ascend, 0),
+    )?;
+    let kv = kvs
+        .into_iter()
+        .next()
+        .ok_or_else(|| recipe_error(NO_LEADER))?;
+    Ok(LeaderResponse {
+        header,
+        kv: Some(kv),
+    })
+}
+
+/// etcd's `Election.Observe`: the current leader (waiting for a first one
+/// if there is none), then every change of the leader's value until its
+/// key is deleted; then the next leader, and so on.
+async fn observe(
+    context: &ServiceContext,
+    request: LeaderRequest,
+    responses: &mut ResponseSink,
+) -> Result<(), Status> {
+    let prefix = Bytes::from(prefix_of(&request.name));
+    let prefix_end = recipes::prefix_end(&prefix);
+    loop {
+        let (mut header, kvs) = recipes::range(
+            context,
+            &recipes::first_by_create(&prefix, SortOrder::Ascend, 0),
+        )?;
+        let revision = header.as_ref().map_or(0, |header| header.revision);
+        let leader = match kvs.into_iter().next() {
+            Some(kv) => kv,
+            None => {
+                // Wait for the first put under the prefix (deletes are
+                // skipped, as etcd's observe does).
+                let mut after = revision;
+                loop {
+                    let (at, kv, _) =
+                        recipes::next_change(context, &prefix, &prefix_end, after).await?;
+                    after = at;
+                    if let Some(kv) = kv {
+                        if let Some(header) = header.as_mut() {
+                            header.revision = kv.mod_revision;
+                        }
+                        break kv;
+                    }
+                }
+            }
+        };
+        let mut after = header.as_ref().map_or(0, |header| header.revision);
+        responses
+            .send(&LeaderResponse {
+                header: header.clone(),
+                kv: Some(leader.clone()),
+            })
+            .await?;
+        // Follow the leader key until it is deleted.
+        loop {
+            let (at, kv, _) =
+                recipes::next_change(context, &leader.key, &Bytes::new(), after).await?;
+            after = at;
+            let Some(kv) = kv else { break };
+            let mut header = header.clone();
+            context.fill_header(&mut header);
+            if let Some(header) = header.as_mut() {
+                header.revision = at;
+            }
+            responses
+                .send(&LeaderResponse {
+                    header,
+                    kv: Some(kv),
+                })
+                .await?;
+        }
+    }
+}
+
+async fn resign(
+    context: &ServiceContext,
+    request: ResignRequest,
+) -> Result<ResignResponse, Status> {
+    let leader = request
+        .leader
+        .ok_or_else(|| recipe_error(MISSING_LEADER_KEY))?;
+    let txn = TxnRequest {
+        compare: vec![recipes::compare_create_revision(&leader.key, leader.rev)],
+        success: vec![recipes::delete_op(&leader.key)],
+        failure: Vec::new(),
+    };
+    let response = recipes::txn(context, txn).await?;
+    Ok(ResignResponse {
+        header: response.header,
+    })
+}
