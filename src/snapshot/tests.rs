@@ -184,7 +184,7 @@ fn empty_snapshot_round_trips() {
 fn image_has_the_documented_header() {
     let image = small_image();
     assert_eq!(&image[0..8], b"METASNAP");
-    assert_eq!(image[8..12], 1u32.to_le_bytes());
+    assert_eq!(image[8..12], FORMAT_VERSION.to_le_bytes());
     assert_eq!(image[12..16], [0; 4]);
     let archive_length = (image.len() - HEADER_LENGTH) as u64;
     assert_eq!(image[16..24], archive_length.to_le_bytes());
@@ -196,7 +196,7 @@ fn image_has_the_documented_header() {
         .iter()
         .map(|entry| entry.key.len() + entry.value.len())
         .sum();
-    assert_eq!(image.len(), HEADER_LENGTH + payload + 4 * 64 + 56);
+    assert_eq!(image.len(), HEADER_LENGTH + payload + 4 * 68 + 72);
 }
 
 #[test]
@@ -267,10 +267,10 @@ fn huge_declared_lengths_are_refused_without_reading() {
 fn header_checks_report_what_is_wrong() {
     let image = small_image();
     let mut future = image.clone();
-    future[8..12].copy_from_slice(&2u32.to_le_bytes());
+    future[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     assert_eq!(
         SnapshotView::open(&future).unwrap_err(),
-        SnapshotError::UnsupportedVersion(2)
+        SnapshotError::UnsupportedVersion(FORMAT_VERSION + 1)
     );
 
     let mut flagged = image.clone();
@@ -546,23 +546,29 @@ fn two_entry_image_matches_the_documented_bytes() {
     let image = encode_snapshot(&meta, &[], [entry(b"KK", b"VVV", 7), entry(b"kk", b"", 8)])
         .expect("encode");
     let documented = "
-        4d 45 54 41 53 4e 41 50 01 00 00 00 00 00 00 00
-        bf 00 00 00 00 00 00 00 6e 16 f6 67 df 57 2e 62
+        4d 45 54 41 53 4e 41 50 02 00 00 00 00 00 00 00
+        d7 00 00 00 00 00 00 00 ce 20 3d 53 4c 6c f0 7c
         4b 4b 56 56 56 6b 6b f9 ff ff ff ff ff ff ff 02
         00 00 00 00 00 00 00 07 00 00 00 00 00 00 00 e3
         ff ff ff ff ff ff ff 03 00 00 00 00 00 00 00 06
         00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00
-        00 00 00 00 00 00 00 be ff ff ff ff ff ff ff 02
-        00 00 00 00 00 00 00 08 00 00 00 00 00 00 00 a8
-        ff ff ff ff ff ff ff 00 00 00 00 00 00 00 00 06
-        00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00
-        00 00 00 00 00 00 00 01 00 00 00 02 00 00 00 03
-        00 00 00 00 00 00 00 04 00 00 00 00 00 00 00 05
-        00 00 00 00 00 00 00 ff ff ff ff ff ff ff ff 58
-        ff ff ff ff ff ff ff 02 00 00 00 00 00 00 00";
+        00 00 00 00 00 00 00 00 00 00 00 ba ff ff ff ff
+        ff ff ff 02 00 00 00 00 00 00 00 08 00 00 00 00
+        00 00 00 a4 ff ff ff ff ff ff ff 00 00 00 00 00
+        00 00 00 06 00 00 00 00 00 00 00 01 00 00 00 00
+        00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01
+        00 00 00 02 00 00 00 03 00 00 00 00 00 00 00 04
+        00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 ff
+        ff ff ff ff ff ff ff 49 ff ff ff ff ff ff ff 00
+        00 00 00 00 00 00 00 40 ff ff ff ff ff ff ff 02
+        00 00 00 00 00 00 00";
     let documented: Vec<u8> = documented
         .split_whitespace()
         .map(|pair| u8::from_str_radix(pair, 16).expect("hex"))
         .collect();
-    assert_eq!(image, documented);
+    let dump: Vec<String> = image
+        .chunks(16)
+        .map(|row| row.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(image, documented, "image bytes:\n{}", dump.join("\n"));
 }
