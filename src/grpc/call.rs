@@ -135,6 +135,16 @@ impl ResponseSink {
         Ok(())
     }
 
+    /// Resolves when the client resets the stream or the connection goes
+    /// away: long-lived streams (watch) select on it so they end with their
+    /// client even while they have nothing to send.
+    pub async fn client_gone(&mut self) {
+        let _ = match self.stream.as_mut() {
+            Some(stream) => poll_fn(|context| stream.poll_reset(context)).await,
+            None => poll_fn(|context| self.respond.poll_reset(context)).await,
+        };
+    }
+
     /// Ends the call with `status`.
     pub fn finish(mut self, status: &Status) {
         // Errors here mean the client already went away; nothing to tell it.

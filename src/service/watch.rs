@@ -18,11 +18,16 @@ use crate::watch::history::read_changes;
 use crate::watch::stream::WatchStream;
 use crate::watch::watcher::HeaderStamp;
 
+/// etcd's `grpcOverheadBytes`, added to `--max-request-bytes` for the
+/// fragmenting threshold.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
 /// What woke the stream's loop.
 enum Wakeup {
     Request(Option<WatchRequest>),
     FeedAdvanced,
     ProgressTick,
+    ClientGone,
 }
 
 struct StreamTask<'a> {
@@ -52,18 +57,29 @@ pub async fn serve(
     };
     let interval = context.watch_progress_interval;
     let mut ticker = monoio::time::interval_at(monoio::time::Instant::now() + interval, interval);
+    // etcd keeps delivering after the client half-closes; the stream ends
+    // when the client resets it or goes away.
+    let mut receiving = true;
     loop {
         let head = task.feed.head();
         task.catch_up(head).await?;
         let feed = task.feed.clone();
-        let wakeup = monoio::select! {
-            message = requests.next::<WatchRequest>() => Wakeup::Request(message?),
-            _ = feed.advanced_past(head) => Wakeup::FeedAdvanced,
-            _ = ticker.tick() => Wakeup::ProgressTick,
+        let wakeup = if receiving {
+            monoio::select! {
+                message = requests.next::<WatchRequest>() => Wakeup::Request(message?),
+                _ = feed.advanced_past(head) => Wakeup::FeedAdvanced,
+                _ = ticker.tick() => Wakeup::ProgressTick,
+            }
+        } else {
+            monoio::select! {
+                _ = feed.advanced_past(head) => Wakeup::FeedAdvanced,
+                _ = ticker.tick() => Wakeup::ProgressTick,
+                _ = task.responses.client_gone() => Wakeup::ClientGone,
+            }
         };
         match wakeup {
-            // The client half-closed: etcd ends the stream with OK.
-            Wakeup::Request(None) => return Ok(()),
+            Wakeup::Request(None) => receiving = false,
+            Wakeup::ClientGone => return Ok(()),
             Wakeup::Request(Some(request)) => task.handle(request).await?,
             Wakeup::FeedAdvanced => {}
             Wakeup::ProgressTick => task.progress_tick().await?,
@@ -150,7 +166,8 @@ impl StreamTask<'_> {
     /// the outbox. False once it is at `head` (or gone).
     fn step(&mut self, id: i64, head: i64) -> bool {
         let space = self.context.write_path.space().clone();
-        let max_bytes = self.context.max_request_bytes;
+        // etcd fragments above its request limit plus gRPC overhead.
+        let max_bytes = self.context.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let Some(watcher) = self.watches.get_mut(id) else {
             return false;
         };
@@ -187,7 +204,7 @@ impl StreamTask<'_> {
             Err(compacted) => {
                 let response = watcher.compacted_response(compacted.compact_revision, &self.stamp);
                 self.outbox.push(response);
-                self.watches.remove(id);
+                self.watches.end(id);
                 false
             }
         }

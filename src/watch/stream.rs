@@ -21,6 +21,9 @@ const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream
 #[derive(Debug, Default)]
 pub struct WatchStream {
     watchers: BTreeMap<i64, Watcher>,
+    /// Watches the server ended (compaction): etcd still answers one cancel
+    /// for them.
+    ended: std::collections::BTreeSet<i64>,
     /// Next ID to try for an automatic one (etcd counts up and skips IDs
     /// in use).
     next_auto_id: i64,
@@ -59,12 +62,14 @@ impl WatchStream {
             return refused(EMPTY_RANGE);
         }
         let id = if request.watch_id == AUTO_WATCH_ID {
-            while self.watchers.contains_key(&self.next_auto_id) {
+            while self.watchers.contains_key(&self.next_auto_id)
+                || self.ended.contains(&self.next_auto_id)
+            {
                 self.next_auto_id += 1;
             }
             self.next_auto_id += 1;
             self.next_auto_id - 1
-        } else if self.watchers.contains_key(&request.watch_id) {
+        } else if self.watchers.contains_key(&request.watch_id) || self.ended.contains(&request.watch_id) {
             return refused(DUPLICATE_ID);
         } else {
             request.watch_id
@@ -86,7 +91,9 @@ impl WatchStream {
 
     /// etcd answers a cancel of an unknown watch with nothing at all.
     pub fn cancel(&mut self, id: i64, current: i64, stamp: &HeaderStamp) -> Option<WatchResponse> {
-        self.watchers.remove(&id)?;
+        if self.watchers.remove(&id).is_none() && !self.ended.remove(&id) {
+            return None;
+        }
         Some(WatchResponse {
             header: stamp.header(current),
             watch_id: id,
@@ -105,8 +112,11 @@ impl WatchStream {
         }
     }
 
-    pub fn remove(&mut self, id: i64) {
-        self.watchers.remove(&id);
+    /// Ends a watch from the server side (its history was compacted).
+    pub fn end(&mut self, id: i64) {
+        if self.watchers.remove(&id).is_some() {
+            self.ended.insert(id);
+        }
     }
 
     pub fn ids(&self) -> Vec<i64> {
