@@ -5,6 +5,8 @@
 //! * [`GrpcClient`] is a deliberately tiny unary gRPC client written directly
 //!   on top of `h2` (prior-knowledge HTTP/2), independent of the server's own
 //!   codec, so framing bugs on either side cannot cancel each other out.
+//! * [`GrpcStream`] (`stream.rs`) is its bidi-streaming counterpart (Watch,
+//!   LeaseKeepAlive), with bounded waits so tests can assert silence.
 
 #![allow(dead_code)]
 
@@ -15,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+mod stream;
+#[allow(unused_imports)] // not every test crate streams
+pub use stream::{GrpcStream, StreamItem};
 
 /// How long a server may take to answer its first gRPC call.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);

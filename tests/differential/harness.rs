@@ -91,7 +91,7 @@ enum Other {
 }
 
 pub struct Diff {
-    section: &'static str,
+    pub section: &'static str,
     pub etcd: GrpcClient,
     pub other: GrpcClient,
     pub other_name: &'static str,

@@ -14,20 +14,25 @@
 //!
 //! Layout: [`harness`] holds the comparison driver ([`harness::Diff`]) and
 //! response normalization, [`requests`] the request builders shared by the
-//! sections; every other module is one section (or a few related ones).
+//! sections, [`streams`] the streaming (Watch, LeaseKeepAlive) and Lease
+//! extensions of the driver; every other module is one section (or a few
+//! related ones).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod harness;
 mod requests;
+mod streams;
 
 mod compaction;
 mod delete;
 mod grpc_protocol;
+mod lease;
 mod limits;
 mod maintenance;
 mod put;
 mod range;
 mod txn_compare;
 mod txn_semantics;
+mod watch;
