@@ -61,7 +61,7 @@ pub async fn serve(
     // when the client resets it or goes away.
     let mut receiving = true;
     loop {
-        let head = task.feed.head();
+        let head = task.feed.head().max(task.current_revision());
         task.catch_up(head).await?;
         let feed = task.feed.clone();
         let wakeup = if receiving {
@@ -174,17 +174,25 @@ impl StreamTask<'_> {
         if watcher.next_revision > head {
             return false;
         }
-        if let Some(batches) = self.feed.batches_from(watcher.next_revision) {
-            for batch in batches {
-                watcher.deliver(
-                    &batch.changes,
-                    batch.through,
-                    &space,
-                    &self.stamp,
-                    max_bytes,
-                    &mut self.outbox,
-                );
-            }
+        // The feed may lag the watermark briefly; what it lacks comes from
+        // history, so a watch behind gets everything up to `head` at once.
+        if let Some(batches) = self
+            .feed
+            .batches_from(watcher.next_revision)
+            .filter(|batches| !batches.is_empty())
+        {
+            // One delivery for all batches: a watch that is behind gets its
+            // backlog in one response (as etcd's catch-up does).
+            let through = batches.last().map_or(head, |batch| batch.through);
+            let changes = batches.iter().flat_map(|batch| batch.changes.iter());
+            watcher.deliver(
+                changes,
+                through,
+                &space,
+                &self.stamp,
+                max_bytes,
+                &mut self.outbox,
+            );
             return watcher.next_revision <= head;
         }
         let shards = watcher.shards(&space);

@@ -44,7 +44,7 @@ impl Header {
         let mut header = [0u8; HEADER_LENGTH];
         header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&SNAPSHOT_MAGIC);
         header[VERSION_OFFSET..FLAGS_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        // Flags (bytes 12..16) stay zero: version 1 defines none.
+        // Flags (bytes 12..16) stay zero: no version defines any yet.
         header[ARCHIVE_LENGTH_OFFSET..ARCHIVE_CHECKSUM_OFFSET]
             .copy_from_slice(&self.archive_length.to_le_bytes());
         header[ARCHIVE_CHECKSUM_OFFSET..HEADER_CHECKSUM_OFFSET]

@@ -568,7 +568,12 @@ fn two_entry_image_matches_the_documented_bytes() {
         .collect();
     let dump: Vec<String> = image
         .chunks(16)
-        .map(|row| row.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(" "))
+        .map(|row| {
+            row.iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     assert_eq!(image, documented, "image bytes:\n{}", dump.join("\n"));
 }

@@ -69,7 +69,9 @@ impl WatchStream {
             }
             self.next_auto_id += 1;
             self.next_auto_id - 1
-        } else if self.watchers.contains_key(&request.watch_id) || self.ended.contains(&request.watch_id) {
+        } else if self.watchers.contains_key(&request.watch_id)
+            || self.ended.contains(&request.watch_id)
+        {
             return refused(DUPLICATE_ID);
         } else {
             request.watch_id

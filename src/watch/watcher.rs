@@ -89,9 +89,9 @@ impl Watcher {
     /// `out`, and moves the watcher past `through`. A response holds whole
     /// revisions only (atomic), at most [`MAX_REVISIONS_PER_RESPONSE`] of
     /// them, unless fragmenting splits a large one.
-    pub fn deliver(
+    pub fn deliver<'a>(
         &mut self,
-        changes: &[HistoricalChange],
+        changes: impl IntoIterator<Item = &'a HistoricalChange>,
         through: i64,
         space: &KeySpace,
         stamp: &HeaderStamp,
@@ -105,15 +105,18 @@ impl Watcher {
         let mut revisions_in_response = 0usize;
         let mut last_revision = 0;
         for change in changes {
+            let change: &HistoricalChange = change;
             if !self.wants(change) {
                 continue;
             }
             let revision = change.position.revision;
             if revision != last_revision {
                 if revisions_in_response == MAX_REVISIONS_PER_RESPONSE {
+                    // etcd stamps every batch of a catch-up with the
+                    // revision read through, not the batch's last event.
                     self.push_response(
                         std::mem::take(&mut events),
-                        last_revision,
+                        through,
                         stamp,
                         max_response_bytes,
                         out,
