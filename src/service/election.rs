@@ -198,7 +198,7 @@ async fn observe(
         let mut after = header.as_ref().map_or(0, |header| header.revision);
         responses
             .send(&LeaderResponse {
-                header: header.clone(),
+                header,
                 kv: Some(leader.clone()),
             })
             .await?;
@@ -208,7 +208,7 @@ async fn observe(
                 recipes::next_change(context, &leader.key, &Bytes::new(), after).await?;
             after = at;
             let Some(kv) = kv else { break };
-            let mut header = header.clone();
+            let mut header = header;
             context.fill_header(&mut header);
             if let Some(header) = header.as_mut() {
                 header.revision = at;
