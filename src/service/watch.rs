@@ -14,7 +14,7 @@ use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::{WatchRequest, WatchResponse, watch_request::RequestUnion};
 use crate::watch::CATCH_UP_CHUNK_CHANGES;
 use crate::watch::feed::{EventFeed, Subscription};
-use crate::watch::history::read_changes;
+use crate::watch::history::{check_not_compacted, read_changes};
 use crate::watch::stream::WatchStream;
 use crate::watch::watcher::HeaderStamp;
 
@@ -172,6 +172,15 @@ impl StreamTask<'_> {
             return false;
         };
         if watcher.next_revision > head {
+            return false;
+        }
+        // A watch whose next revision was compacted away ends, even if the
+        // feed still holds batches read before the compaction (etcd cancels
+        // on `minRev < compactRev`).
+        if let Err(compacted) = check_not_compacted(&space, watcher.next_revision - 1) {
+            let response = watcher.compacted_response(compacted.compact_revision, &self.stamp);
+            self.outbox.push(response);
+            self.watches.end(id);
             return false;
         }
         // The feed may lag the watermark briefly; what it lacks comes from
