@@ -46,7 +46,8 @@ pub async fn session_lease(context: &ServiceContext, lease: i64) -> Result<i64, 
     context
         .write_path
         .grant_lease(id, DEFAULT_SESSION_TTL_SECONDS)
-        .await?;
+        .await
+        .map_err(|error| as_recipe_error(error.into()))?;
     Ok(id)
 }
 
@@ -111,7 +112,17 @@ pub fn first_by_create(prefix: &[u8], order: SortOrder, max_create_revision: i64
     }
 }
 
+/// etcd's recipes get store errors through an internal client as plain Go
+/// errors, which grpc-go sends as UNKNOWN with the same text.
+pub fn as_recipe_error(status: Status) -> Status {
+    Status::new(Code::Unknown, status.message())
+}
+
 pub async fn txn(context: &ServiceContext, request: TxnRequest) -> Result<TxnResponse, Status> {
+    txn_inner(context, request).await.map_err(as_recipe_error)
+}
+
+async fn txn_inner(context: &ServiceContext, request: TxnRequest) -> Result<TxnResponse, Status> {
     let outcome = if write::is_read_only(&request) {
         let space = context.write_path.space();
         let at = space.clock().watermark();
@@ -139,7 +150,8 @@ pub fn range(
     request: &RangeRequest,
 ) -> Result<(Option<ResponseHeader>, Vec<KeyValue>), Status> {
     let space = context.write_path.space();
-    let mut response = write::read_range(space, request, space.clock().watermark())?;
+    let mut response = write::read_range(space, request, space.clock().watermark())
+        .map_err(|error| as_recipe_error(error.into()))?;
     context.fill_header(&mut response.header);
     Ok((response.header, response.kvs))
 }
