@@ -14,6 +14,7 @@ use crate::proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
     ProclaimResponse, ResignRequest, ResignResponse,
 };
+use crate::store::key_range::KeyRange;
 
 /// etcd's `v3election.ErrMissingLeaderKey`.
 const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
@@ -43,7 +44,7 @@ pub async fn call(
         }
         "Leader" => {
             unary(requests, responses, async |request| {
-                leader(context, request)
+                leader(context, request).await
             })
             .await
         }
@@ -61,12 +62,6 @@ pub async fn call(
     }
 }
 
-fn prefix_of(name: &[u8]) -> Vec<u8> {
-    let mut prefix = name.to_vec();
-    prefix.push(b'/');
-    prefix
-}
-
 /// etcd's `Election.Campaign`: create `name/<lease hex>` with the value
 /// (or proclaim the value on a key this lease already has), then wait until
 /// every older candidate is gone.
@@ -75,7 +70,7 @@ async fn campaign(
     request: CampaignRequest,
 ) -> Result<CampaignResponse, Status> {
     let lease = recipes::session_lease(context, request.lease).await?;
-    let prefix = prefix_of(&request.name);
+    let prefix = recipes::recipe_prefix(&request.name);
     let key = session_key(&prefix, lease);
     let txn = TxnRequest {
         compare: vec![recipes::compare_create_revision(&key, 0)],
@@ -144,12 +139,16 @@ async fn proclaim(
     Ok(ProclaimResponse { header })
 }
 
-fn leader(context: &ServiceContext, request: LeaderRequest) -> Result<LeaderResponse, Status> {
-    let prefix = prefix_of(&request.name);
+async fn leader(
+    context: &ServiceContext,
+    request: LeaderRequest,
+) -> Result<LeaderResponse, Status> {
+    let prefix = recipes::recipe_prefix(&request.name);
     let (header, kvs) = recipes::range(
         context,
-        &recipes::first_by_create(&prefix, SortOrder::Ascend, 0),
-    )?;
+        recipes::first_by_create(&prefix, SortOrder::Ascend, 0),
+    )
+    .await?;
     let kv = kvs
         .into_iter()
         .next()
@@ -168,13 +167,14 @@ async fn observe(
     request: LeaderRequest,
     responses: &mut ResponseSink,
 ) -> Result<(), Status> {
-    let prefix = Bytes::from(prefix_of(&request.name));
-    let prefix_end = recipes::prefix_end(&prefix);
+    let prefix = recipes::recipe_prefix(&request.name);
+    let prefix_range = KeyRange::from_bytes(&prefix, &recipes::prefix_end(&prefix));
     loop {
         let (mut header, kvs) = recipes::range(
             context,
-            &recipes::first_by_create(&prefix, SortOrder::Ascend, 0),
-        )?;
+            recipes::first_by_create(&prefix, SortOrder::Ascend, 0),
+        )
+        .await?;
         let revision = header.as_ref().map_or(0, |header| header.revision);
         let leader = match kvs.into_iter().next() {
             Some(kv) => kv,
@@ -183,8 +183,7 @@ async fn observe(
                 // skipped, as etcd's observe does).
                 let mut after = revision;
                 loop {
-                    let (at, kv, _) =
-                        recipes::next_change(context, &prefix, &prefix_end, after).await?;
+                    let (at, kv) = recipes::next_change(context, &prefix_range, after).await?;
                     after = at;
                     if let Some(kv) = kv {
                         if let Some(header) = header.as_mut() {
@@ -203,9 +202,9 @@ async fn observe(
             })
             .await?;
         // Follow the leader key until it is deleted.
+        let leader_range = KeyRange::Single(leader.key.clone());
         loop {
-            let (at, kv, _) =
-                recipes::next_change(context, &leader.key, &Bytes::new(), after).await?;
+            let (at, kv) = recipes::next_change(context, &leader_range, after).await?;
             after = at;
             let Some(kv) = kv else { break };
             let mut header = header;

@@ -74,7 +74,10 @@ fn check_request_size(context: &ServiceContext, request: &impl Message) -> Resul
     Ok(())
 }
 
-async fn range(context: &ServiceContext, request: RangeRequest) -> Result<RangeResponse, Status> {
+pub(super) async fn range(
+    context: &ServiceContext,
+    request: RangeRequest,
+) -> Result<RangeResponse, Status> {
     request_check::check_range(&request)?;
     let at = read_revision(context, request.serializable).await;
     let mut response = write::read_range(context.write_path.space(), &request, at)?;
@@ -99,7 +102,7 @@ async fn put(context: &ServiceContext, request: PutRequest) -> Result<PutRespons
     }
 }
 
-async fn delete_range(
+pub(super) async fn delete_range(
     context: &ServiceContext,
     request: DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, Status> {
@@ -119,7 +122,10 @@ async fn delete_range(
     }
 }
 
-async fn txn(context: &ServiceContext, request: TxnRequest) -> Result<TxnResponse, Status> {
+pub(super) async fn txn(
+    context: &ServiceContext,
+    request: TxnRequest,
+) -> Result<TxnResponse, Status> {
     request_check::check_txn(&request, context.max_txn_ops)?;
     let mut response = if write::is_read_only(&request) {
         let at = read_revision(context, is_serializable(&request)).await;

@@ -10,7 +10,7 @@ use super::{ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::range_request::SortOrder;
 use crate::proto::etcdserverpb::response_op::Response;
-use crate::proto::etcdserverpb::{DeleteRangeRequest, RequestOp, TxnRequest};
+use crate::proto::etcdserverpb::{DeleteRangeRequest, TxnRequest};
 use crate::proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use crate::shard::write_path::WritePath;
 use crate::store::write::WriteRequest;
@@ -64,16 +64,9 @@ impl Drop for ReleaseOnDrop {
 /// until every key under `name/` created before it is gone.
 async fn lock(context: &ServiceContext, request: LockRequest) -> Result<LockResponse, Status> {
     let lease = recipes::session_lease(context, request.lease).await?;
-    let mut prefix = request.name.to_vec();
-    prefix.push(b'/');
+    let prefix = recipes::recipe_prefix(&request.name);
     let key = session_key(&prefix, lease);
-    let owner = RequestOp {
-        request: Some(
-            crate::proto::etcdserverpb::request_op::Request::RequestRange(
-                recipes::first_by_create(&prefix, SortOrder::Ascend, 0),
-            ),
-        ),
-    };
+    let owner = recipes::range_op(recipes::first_by_create(&prefix, SortOrder::Ascend, 0));
     let txn = TxnRequest {
         compare: vec![recipes::compare_create_revision(&key, 0)],
         success: vec![recipes::put_op(&key, Bytes::new(), lease), owner.clone()],
@@ -120,15 +113,6 @@ async fn unlock(
     context: &ServiceContext,
     request: UnlockRequest,
 ) -> Result<UnlockResponse, Status> {
-    let delete = WriteRequest::DeleteRange(DeleteRangeRequest {
-        key: request.key,
-        ..Default::default()
-    });
-    let outcome = context.write_path.write(delete).await?;
-    let mut header = match outcome.response {
-        crate::store::write::WriteResponse::DeleteRange(response) => response.header,
-        other => return Err(super::kv::mismatched_response("DeleteRange", &other)),
-    };
-    context.fill_header(&mut header);
+    let header = recipes::delete(context, request.key).await?;
     Ok(UnlockResponse { header })
 }

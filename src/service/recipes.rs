@@ -15,7 +15,9 @@ use crate::proto::etcdserverpb::{
     TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
-use crate::store::write::{self, WriteRequest, WriteResponse};
+use crate::store::error::KvError;
+use crate::store::key_range::KeyRange;
+use crate::watch::CATCH_UP_CHUNK_CHANGES;
 use crate::watch::history::read_changes;
 
 /// etcd's `concurrency.DefaultSessionTTL`: the lease a recipe grants when
@@ -47,8 +49,15 @@ pub async fn session_lease(context: &ServiceContext, lease: i64) -> Result<i64, 
         .write_path
         .grant_lease(id, DEFAULT_SESSION_TTL_SECONDS)
         .await
-        .map_err(|error| as_recipe_error(error.into()))?;
+        .map_err(recipe_error_from)?;
     Ok(id)
+}
+
+/// The prefix a recipe's keys live under: `name/`.
+pub fn recipe_prefix(name: &[u8]) -> Bytes {
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    Bytes::from(prefix)
 }
 
 /// The key a session holds under `prefix`: `prefix` + the lease in hex.
@@ -80,11 +89,15 @@ pub fn put_op(key: &Bytes, value: Bytes, lease: i64) -> RequestOp {
 }
 
 pub fn get_op(key: &Bytes) -> RequestOp {
+    range_op(RangeRequest {
+        key: key.clone(),
+        ..Default::default()
+    })
+}
+
+pub fn range_op(request: RangeRequest) -> RequestOp {
     RequestOp {
-        request: Some(Request::RequestRange(RangeRequest {
-            key: key.clone(),
-            ..Default::default()
-        })),
+        request: Some(Request::RequestRange(request)),
     }
 }
 
@@ -115,45 +128,40 @@ pub fn first_by_create(prefix: &[u8], order: SortOrder, max_create_revision: i64
 /// etcd's recipes get store errors through an internal client as plain Go
 /// errors, which grpc-go sends as UNKNOWN with the same text.
 pub fn as_recipe_error(status: Status) -> Status {
-    Status::new(Code::Unknown, status.message())
+    recipe_error(status.message())
 }
 
+/// A Txn as a client sends it (the KV service's own checks and reads).
 pub async fn txn(context: &ServiceContext, request: TxnRequest) -> Result<TxnResponse, Status> {
-    txn_inner(context, request).await.map_err(as_recipe_error)
+    super::kv::txn(context, request)
+        .await
+        .map_err(as_recipe_error)
 }
 
-async fn txn_inner(context: &ServiceContext, request: TxnRequest) -> Result<TxnResponse, Status> {
-    let outcome = if write::is_read_only(&request) {
-        let space = context.write_path.space();
-        let at = space.clock().watermark();
-        write::read_only_txn(space, &request, at)?
-    } else {
-        match context
-            .write_path
-            .write(WriteRequest::Txn(request))
-            .await?
-            .response
-        {
-            WriteResponse::Txn(response) => response,
-            other => return Err(super::kv::mismatched_response("Txn", &other)),
-        }
-    };
-    let mut response = outcome;
-    context.fill_header(&mut response.header);
-    Ok(response)
-}
-
-/// A range read at the watermark (every acknowledged write is visible:
-/// writes are acknowledged only once the watermark passed them).
-pub fn range(
+/// A linearizable Range as a client sends it; the header and the keys.
+pub async fn range(
     context: &ServiceContext,
-    request: &RangeRequest,
+    request: RangeRequest,
 ) -> Result<(Option<ResponseHeader>, Vec<KeyValue>), Status> {
-    let space = context.write_path.space();
-    let mut response = write::read_range(space, request, space.clock().watermark())
-        .map_err(|error| as_recipe_error(error.into()))?;
-    context.fill_header(&mut response.header);
+    let response = super::kv::range(context, request)
+        .await
+        .map_err(as_recipe_error)?;
     Ok((response.header, response.kvs))
+}
+
+/// A DeleteRange of one key as a client sends it; the response header.
+pub async fn delete(
+    context: &ServiceContext,
+    key: Bytes,
+) -> Result<Option<ResponseHeader>, Status> {
+    let request = DeleteRangeRequest {
+        key,
+        ..Default::default()
+    };
+    let response = super::kv::delete_range(context, request)
+        .await
+        .map_err(as_recipe_error)?;
+    Ok(response.header)
 }
 
 /// etcd's `waitDeletes`: waits until no key under `prefix` with create
@@ -166,7 +174,7 @@ pub async fn wait_deletes(
 ) -> Result<Option<ResponseHeader>, Status> {
     loop {
         let request = first_by_create(prefix, SortOrder::Descend, max_create_revision);
-        let (header, kvs) = range(context, &request)?;
+        let (header, kvs) = range(context, request).await?;
         let Some(newest) = kvs.into_iter().next() else {
             return Ok(header);
         };
@@ -181,31 +189,17 @@ pub async fn wait_delete(
     key: &Bytes,
     revision: i64,
 ) -> Result<(), Status> {
-    let space = context.write_path.space();
-    let shards = [space.shard_map().shard_of(key)];
+    let key_range = KeyRange::Single(key.clone());
     let mut after = revision;
     loop {
-        let through = space.clock().wait_applied(after + 1).await;
-        match read_changes(
-            space,
-            &shards,
-            after,
-            through,
-            crate::watch::CATCH_UP_CHUNK_CHANGES,
-        ) {
-            Ok(chunk) => {
-                let deleted = chunk
-                    .changes
-                    .iter()
-                    .any(|change| change.key == *key && change.version.is_none());
-                if deleted {
-                    return Ok(());
-                }
-                after = chunk.through;
-            }
+        match first_change(context, &key_range, after).await {
+            Ok((_, None)) => return Ok(()),
+            Ok((at, Some(_))) => after = at,
             // History compacted under us: look at the key itself instead.
-            Err(_) => {
-                if space.memtable(shards[0]).get(key, through).is_none() {
+            Err(through) => {
+                let space = context.write_path.space();
+                let shard = space.shard_map().shard_of(key);
+                if space.memtable(shard).get(key, through).is_none() {
                     return Ok(());
                 }
                 after = through;
@@ -214,33 +208,32 @@ pub async fn wait_delete(
     }
 }
 
-/// Waits for the first change of `key` after `revision`; returns it as a
-/// key-value (`None` for a delete) with the revision it happened at.
+/// Waits for the first change in `key_range` after `revision`: the
+/// revision it happened at and the key-value written (`None` for a delete).
 pub async fn next_change(
     context: &ServiceContext,
-    range_start: &Bytes,
-    range_end: &Bytes,
+    key_range: &KeyRange,
     revision: i64,
-) -> Result<(i64, Option<KeyValue>, Bytes), Status> {
+) -> Result<(i64, Option<KeyValue>), Status> {
+    first_change(context, key_range, revision)
+        .await
+        .map_err(|_| KvError::Compacted.into())
+}
+
+/// [`next_change`], or `Err(through)` when the history after `revision`
+/// was compacted (`through`: the watermark it read up to).
+async fn first_change(
+    context: &ServiceContext,
+    key_range: &KeyRange,
+    revision: i64,
+) -> Result<(i64, Option<KeyValue>), i64> {
     let space = context.write_path.space();
-    let key_range = crate::store::key_range::KeyRange::from_bytes(range_start, range_end);
-    let shards = space.shards_for(&key_range);
+    let shards = space.shards_for(key_range);
     let mut after = revision;
     loop {
         let through = space.clock().wait_applied(after + 1).await;
-        let chunk = read_changes(
-            space,
-            &shards,
-            after,
-            through,
-            crate::watch::CATCH_UP_CHUNK_CHANGES,
-        )
-        .map_err(|_| {
-            Status::new(
-                Code::OutOfRange,
-                "etcdserver: mvcc: required revision has been compacted",
-            )
-        })?;
+        let chunk = read_changes(space, &shards, after, through, CATCH_UP_CHUNK_CHANGES)
+            .map_err(|_| through)?;
         if let Some(change) = chunk
             .changes
             .iter()
@@ -251,7 +244,7 @@ pub async fn next_change(
                 .version
                 .as_ref()
                 .map(|version| version.to_key_value(&change.key, revision));
-            return Ok((revision, value, change.key.clone()));
+            return Ok((revision, value));
         }
         after = chunk.through;
     }
@@ -261,6 +254,10 @@ pub async fn next_change(
 /// UNKNOWN with the error's text.
 pub fn recipe_error(message: &str) -> Status {
     Status::new(Code::Unknown, message)
+}
+
+fn recipe_error_from(error: KvError) -> Status {
+    as_recipe_error(error.into())
 }
 
 #[cfg(test)]
