@@ -14,7 +14,7 @@ use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::{WatchRequest, WatchResponse, watch_request::RequestUnion};
 use crate::watch::CATCH_UP_CHUNK_CHANGES;
 use crate::watch::feed::{EventFeed, Subscription};
-use crate::watch::history::{check_not_compacted, read_changes};
+use crate::watch::history::{Compacted, check_not_compacted, read_changes};
 use crate::watch::stream::WatchStream;
 use crate::watch::watcher::HeaderStamp;
 
@@ -135,10 +135,7 @@ impl StreamTask<'_> {
                 // Answer with the current revision, but only once every
                 // watch was given everything up to it (bookmarkable).
                 let current = self.current_revision();
-                if !self.watches.is_empty() {
-                    self.feed.advanced_past(current - 1).await;
-                    self.catch_up(current).await?;
-                }
+                self.catch_up(current).await?;
                 self.send(&WatchStream::progress_response(current, &self.stamp))
                     .await
             }
@@ -178,18 +175,12 @@ impl StreamTask<'_> {
         // feed still holds batches read before the compaction (etcd cancels
         // on `minRev < compactRev`).
         if let Err(compacted) = check_not_compacted(&space, watcher.next_revision - 1) {
-            let response = watcher.compacted_response(compacted.compact_revision, &self.stamp);
-            self.outbox.push(response);
-            self.watches.end(id);
+            self.end_compacted(id, compacted);
             return false;
         }
         // The feed may lag the watermark briefly; what it lacks comes from
         // history, so a watch behind gets everything up to `head` at once.
-        if let Some(batches) = self
-            .feed
-            .batches_from(watcher.next_revision)
-            .filter(|batches| !batches.is_empty())
-        {
+        if let Some(batches) = self.feed.batches_from(watcher.next_revision) {
             // One delivery for all batches: a watch that is behind gets its
             // backlog in one response (as etcd's catch-up does).
             let through = batches.last().map_or(head, |batch| batch.through);
@@ -219,12 +210,19 @@ impl StreamTask<'_> {
                 watcher.next_revision <= head
             }
             Err(compacted) => {
-                let response = watcher.compacted_response(compacted.compact_revision, &self.stamp);
-                self.outbox.push(response);
-                self.watches.end(id);
+                self.end_compacted(id, compacted);
                 false
             }
         }
+    }
+
+    /// Ends watch `id`, whose history is gone, with etcd's cancel.
+    fn end_compacted(&mut self, id: i64, compacted: Compacted) {
+        if let Some(watcher) = self.watches.get_mut(id) {
+            let response = watcher.compacted_response(compacted.compact_revision, &self.stamp);
+            self.outbox.push(response);
+        }
+        self.watches.end(id);
     }
 
     /// etcd's periodic progress notification: to each watch that asked for

@@ -87,14 +87,15 @@ impl EventFeed {
     }
 
     /// The batches covering `next_revision` onwards, or `None` when the
-    /// feed no longer holds `next_revision` (the caller reads history).
+    /// feed does not hold `next_revision` (already dropped, or not read
+    /// yet): the caller reads history.
     pub fn batches_from(&self, next_revision: i64) -> Option<Vec<Rc<HistoryChunk>>> {
         let state = self.state.borrow();
         let oldest_after = state
             .batches
             .front()
             .map_or(state.head, |batch| batch.after);
-        if next_revision <= oldest_after {
+        if next_revision <= oldest_after || next_revision > state.head {
             return None;
         }
         Some(
