@@ -139,11 +139,13 @@ impl LoggedChange {
 }
 
 impl ShardCommandRecord {
-    /// The record of a write's changes on one shard.
+    /// The record of a write's changes on one shard, and of the lease it
+    /// revokes if this shard is the lease's home.
     pub fn for_changes<'a>(
         revision: i64,
         participants: Vec<u32>,
         changes: impl IntoIterator<Item = (&'a Bytes, &'a Version)>,
+        revoked_lease: Option<i64>,
     ) -> Self {
         Self {
             revision,
@@ -152,16 +154,19 @@ impl ShardCommandRecord {
                 .into_iter()
                 .map(|(key, version)| LoggedChange::from_version(key, version))
                 .collect(),
+            lease_revoke: revoked_lease.unwrap_or(0),
             ..Default::default()
         }
     }
 
     /// The record of a write that ran entirely on this shard.
     pub fn for_change_set(change_set: &ChangeSet) -> Self {
-        Self {
-            lease_revoke: change_set.revoked_lease.unwrap_or(0),
-            ..Self::for_changes(change_set.revision, Vec::new(), &change_set.changes)
-        }
+        Self::for_changes(
+            change_set.revision,
+            Vec::new(),
+            &change_set.changes,
+            change_set.revoked_lease,
+        )
     }
 
     pub fn lease_grant(id: i64, ttl_seconds: i64) -> Self {
@@ -269,6 +274,7 @@ mod tests {
                     sub_revision: 0,
                 },
             )],
+            None,
         );
         entry.data = Bytes::from(encode(&command));
         let record = WalRecord::entry(&entry);

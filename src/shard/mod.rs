@@ -327,14 +327,12 @@ impl<D: StorageDevice> ShardWorker<D> {
                         changes.iter().map(|(key, version)| (key, version)),
                         revision,
                     );
-                    self.propose(&ShardCommandRecord {
-                        lease_revoke: revoked_lease.unwrap_or(0),
-                        ..ShardCommandRecord::for_changes(
-                            revision,
-                            participants,
-                            changes.iter().map(|(key, version)| (key, version)),
-                        )
-                    });
+                    self.propose(&ShardCommandRecord::for_changes(
+                        revision,
+                        participants,
+                        changes.iter().map(|(key, version)| (key, version)),
+                        revoked_lease,
+                    ));
                     self.persist().await;
                     let _ = durable.send(());
                 }
@@ -407,12 +405,7 @@ impl<D: StorageDevice> ShardWorker<D> {
                     pending,
                     revoked_lease,
                 } => {
-                    if let Some(lease) = revoked_lease {
-                        self.space.leases().remove(lease);
-                    }
-                    if let Some(pending) = pending {
-                        pending.complete();
-                    }
+                    finish_write(&self.space, revoked_lease, pending);
                     // The requester may have gone away; the write stands.
                     let _ = reply.send(Ok(outcome));
                 }
@@ -431,6 +424,23 @@ impl<D: StorageDevice> ShardWorker<D> {
                 }
             }
         }
+    }
+}
+
+/// The last step of a write, once every part of it is durable: a revoked
+/// lease leaves the table, then the revision completes (readers may see
+/// it). The caller still holds the write's shards, so no put can attach to
+/// the lease in between.
+pub fn finish_write(
+    space: &KeySpace,
+    revoked_lease: Option<i64>,
+    pending: Option<PendingRevision>,
+) {
+    if let Some(lease) = revoked_lease {
+        space.leases().remove(lease);
+    }
+    if let Some(pending) = pending {
+        pending.complete();
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures_channel::oneshot;
 
-use super::{HeldCommand, ShardCommand, WriteOutcome, run_write};
+use super::{HeldCommand, ShardCommand, WriteOutcome, finish_write, run_write};
 use crate::store::error::KvError;
 use crate::store::key_space::KeySpace;
 use crate::store::revision::RevisionSlot;
@@ -179,15 +179,8 @@ impl WritePath {
         for (shard, done) in waits {
             done.await.map_err(|_| KvError::ShardUnavailable(shard))?;
         }
-        // Every part is durable: the lease ends, readers may see the
-        // revision; then release the shards (no put can attach to the lease
-        // after this).
-        if let Some(lease) = changes.revoked_lease {
-            self.space.leases().remove(lease);
-        }
-        if let Some(pending) = pending {
-            pending.complete();
-        }
+        // Every part is durable: finish, then release the shards.
+        finish_write(&self.space, changes.revoked_lease, pending);
         drop(holds);
         Ok(outcome)
     }

@@ -59,6 +59,13 @@ impl KeySpace {
         &self.leases
     }
 
+    /// Whether any shard has a key attached to `lease`.
+    pub fn has_keys_with_lease(&self, lease: i64) -> bool {
+        self.memtables
+            .iter()
+            .any(|memtable| memtable.has_keys_with_lease(lease))
+    }
+
     /// Every key attached to `lease`, across shards, in key order. Exact
     /// only while every shard is held (a revocation) or on the owning core.
     pub fn keys_with_lease(&self, lease: i64) -> Vec<Bytes> {

@@ -345,6 +345,14 @@ impl Memtable {
         }
     }
 
+    /// Whether any key's newest version is attached to `lease`.
+    pub fn has_keys_with_lease(&self, lease: i64) -> bool {
+        self.lease_keys
+            .range((lease, Bytes::new())..)
+            .next()
+            .is_some_and(|entry| entry.key().0 == lease)
+    }
+
     /// Keys whose newest version is attached to `lease`, in key order.
     pub fn keys_with_lease(&self, lease: i64) -> Vec<Bytes> {
         let start = (lease, Bytes::new());
@@ -480,9 +488,11 @@ mod tests {
         memtable.insert(Bytes::from_static(b"a"), 2, leased.clone());
         memtable.insert(Bytes::from_static(b"b"), 3, leased.clone());
         assert_eq!(memtable.keys_with_lease(7).len(), 2);
+        assert!(memtable.has_keys_with_lease(7) && !memtable.has_keys_with_lease(6));
         memtable.insert(Bytes::from_static(b"a"), 4, live("2", 2, 2));
         memtable.insert(Bytes::from_static(b"b"), 5, Version::tombstone());
         assert!(memtable.keys_with_lease(7).is_empty());
+        assert!(!memtable.has_keys_with_lease(7));
         memtable.insert(Bytes::from_static(b"b"), 6, leased);
         assert_eq!(memtable.keys_with_lease(7), vec![Bytes::from_static(b"b")]);
         assert!(memtable.keys_with_lease(8).is_empty());

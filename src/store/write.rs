@@ -211,7 +211,7 @@ pub fn prepare(
             if !(context.lease_exists)(*lease) {
                 return Err(KvError::LeaseNotFound);
             }
-            let changes_something = !space.keys_with_lease(*lease).is_empty();
+            let changes_something = space.has_keys_with_lease(*lease);
             Ok(PreparedWrite {
                 request,
                 txn_path: None,
