@@ -19,10 +19,9 @@ use etcd_client::{
     WatchOptions, WatchStream,
 };
 
-use wl_support::{connect, server_name, start_server, start_server_in, within};
+use wl_support::{CALL, connect, err, ok, server_name, start_server, start_server_in, within};
 
 /// Bound for one unary call or one awaited stream message.
-const CALL: Duration = Duration::from_secs(10);
 /// The slack the spec allows after a lease's TTL.
 const EXPIRY_SLACK: Duration = Duration::from_secs(1);
 /// etcd extends every lease by the election timeout (1 s by default) when
@@ -31,35 +30,6 @@ const PROMOTE_EXTENSION: Duration = Duration::from_secs(1);
 
 fn key_of(kv: &etcd_client::KeyValue) -> String {
     String::from_utf8_lossy(kv.key()).into_owned()
-}
-
-fn grpc_code(e: &etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
-        other => format!("{other}"),
-    }
-}
-
-async fn ok<T>(what: &str, fut: impl Future<Output = Result<T, etcd_client::Error>>) -> T {
-    match within(CALL, what, fut).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => panic!("{what} failed on {}: {}", server_name(), grpc_code(&e)),
-        Err(e) => panic!("{e} ({})", server_name()),
-    }
-}
-
-async fn err<T: std::fmt::Debug>(
-    what: &str,
-    fut: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> String {
-    match within(CALL, what, fut).await {
-        Ok(Ok(v)) => panic!(
-            "{what}: expected an error from {}, got {v:?}",
-            server_name()
-        ),
-        Ok(Err(e)) => grpc_code(&e),
-        Err(e) => panic!("{e} ({})", server_name()),
-    }
 }
 
 async fn rev_now(c: &mut Client) -> i64 {

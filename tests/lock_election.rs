@@ -31,38 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions, LeaderKey, LockOptions, ProclaimOptions, ResignOptions};
-use wl_support::{connect, server_name, start_server, within};
-
-const CALL: Duration = Duration::from_secs(10);
-
-fn grpc_err(e: &etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
-        other => format!("{other}"),
-    }
-}
-
-async fn ok<T>(what: &str, fut: impl Future<Output = Result<T, etcd_client::Error>>) -> T {
-    match within(CALL, what, fut).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => panic!("{what} failed on {}: {}", server_name(), grpc_err(&e)),
-        Err(e) => panic!("{e} ({})", server_name()),
-    }
-}
-
-async fn err<T: std::fmt::Debug>(
-    what: &str,
-    fut: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> String {
-    match within(CALL, what, fut).await {
-        Ok(Ok(v)) => panic!(
-            "{what}: expected an error from {}, got {v:?}",
-            server_name()
-        ),
-        Ok(Err(e)) => grpc_err(&e),
-        Err(e) => panic!("{e} ({})", server_name()),
-    }
-}
+use wl_support::{CALL, connect, err, grpc_code, ok, server_name, start_server, within};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -160,7 +129,7 @@ async fn lock_service() {
     let u = ok("unlock 1", c.unlock(key1.clone())).await;
     assert_eq!(u.header().unwrap().revision(), 4, "unlock deletes the key");
     let r = join(waiter, CALL, "waiting Lock").await;
-    let r = r.unwrap_or_else(|e| panic!("waiting Lock failed: {}", grpc_err(&e)));
+    let r = r.unwrap_or_else(|e| panic!("waiting Lock failed: {}", grpc_code(&e)));
     let key2 = text(r.key());
     assert_eq!(key2, format!("mylock/{l2:x}"));
     assert_eq!(
@@ -223,7 +192,7 @@ async fn lock_service() {
         "Lock waiting for an expiring holder",
     )
     .await;
-    let r = r.unwrap_or_else(|e| panic!("waiting Lock failed: {}", grpc_err(&e)));
+    let r = r.unwrap_or_else(|e| panic!("waiting Lock failed: {}", grpc_code(&e)));
     assert_eq!(text(r.key()), format!("exp/{long:x}"));
     let mut c2 = c.clone();
     let waiter = tokio::spawn(async move {
@@ -234,7 +203,7 @@ async fn lock_service() {
     assert_blocked(&waiter, "Lock behind a live holder").await;
     ok("revoke the holder's lease", c.lease_revoke(long)).await;
     let r = join(waiter, CALL, "Lock after revoke").await;
-    let r = r.unwrap_or_else(|e| panic!("waiting Lock failed: {}", grpc_err(&e)));
+    let r = r.unwrap_or_else(|e| panic!("waiting Lock failed: {}", grpc_code(&e)));
     assert_eq!(text(r.key()), format!("exp/{l1:x}"));
 }
 
@@ -348,7 +317,7 @@ async fn election_service() {
         let mut s = match co.observe("el").await {
             Ok(s) => s,
             Err(e) => {
-                let _ = otx.send(Err(format!("Observe failed: {}", grpc_err(&e))));
+                let _ = otx.send(Err(format!("Observe failed: {}", grpc_code(&e))));
                 return;
             }
         };
@@ -356,7 +325,7 @@ async fn election_service() {
             let item = match s.message().await {
                 Ok(Some(m)) => Ok(observed(&m)),
                 Ok(None) => Err("the Observe stream ended".to_string()),
-                Err(e) => Err(format!("Observe stream error: {}", grpc_err(&e))),
+                Err(e) => Err(format!("Observe stream error: {}", grpc_code(&e))),
             };
             let stop = item.is_err();
             if otx.send(item).is_err() || stop {
@@ -439,7 +408,7 @@ async fn election_service() {
     .await;
     assert_eq!(rs.header().unwrap().revision(), 5);
     let r = join(second, CALL, "second Campaign").await;
-    let r = r.unwrap_or_else(|e| panic!("second Campaign failed: {}", grpc_err(&e)));
+    let r = r.unwrap_or_else(|e| panic!("second Campaign failed: {}", grpc_code(&e)));
     let k2 = leader_of(&r);
     let key2 = format!("el/{l2:x}");
     assert_eq!(

@@ -1,5 +1,5 @@
 //! Helpers shared by the Watch / Lease / Lock / Election end-to-end tests
-//! (`watch_guarantees`, `etcdctl_watch_lease`, `lease_expiry`).
+//! (`watch_guarantees`, `etcdctl_watch_lease`, `lease_expiry`, `lock_election`).
 //!
 //! Unlike `common::start_metastore_or_etcd`, the server flags given here go
 //! to etcd too (MetaStore accepts etcd's flag names), so a test that needs
@@ -98,4 +98,39 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         end.pop();
     }
     vec![0]
+}
+
+/// How long one client call may take before a test fails instead of hanging.
+pub const CALL: Duration = Duration::from_secs(10);
+
+/// A client error as `Code: message` (gRPC statuses) or its text.
+pub fn grpc_code(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => format!("{other}"),
+    }
+}
+
+/// Awaits a client call that must succeed within [`CALL`].
+pub async fn ok<T>(what: &str, fut: impl Future<Output = Result<T, etcd_client::Error>>) -> T {
+    match within(CALL, what, fut).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => panic!("{what} failed on {}: {}", server_name(), grpc_code(&e)),
+        Err(e) => panic!("{e} ({})", server_name()),
+    }
+}
+
+/// Awaits a client call that must fail within [`CALL`]; its [`grpc_code`].
+pub async fn err<T: std::fmt::Debug>(
+    what: &str,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> String {
+    match within(CALL, what, fut).await {
+        Ok(Ok(v)) => panic!(
+            "{what}: expected an error from {}, got {v:?}",
+            server_name()
+        ),
+        Ok(Err(e)) => grpc_code(&e),
+        Err(e) => panic!("{e} ({})", server_name()),
+    }
 }
