@@ -1,7 +1,64 @@
-//! `loadgen`: the etcd-benchmark-compatible load generator. Its workloads
-//! arrive with the loadgen issue; until then it says so and exits non-zero.
+//! `loadgen`: a load generator for etcd-compatible servers, flag-compatible
+//! with etcd's `benchmark` tool, plus capacity planning (`plan`).
+//!
+//! - [`cli`]: the command line.
+//! - [`grpc_client`]: a small gRPC client over `h2`.
+//! - [`pacing`]: the shared schedule (budget, open-loop due times).
+//! - [`runner`]: worker threads, connections and clients.
+//! - [`recorder`], [`report`]: HDR histograms and etcd-shaped reports.
+//! - [`keys`]: etcd's key layout and a small RNG.
+//! - [`workload`]: put, range, txn-put, txn-mixed, watch, watch-latency,
+//!   lease-keepalive.
+//! - [`plan`]: stepping the offered rate up to find the SLO knee, with a
+//!   chart and a table.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("loadgen: no workloads yet (see the loadgen issue); nothing was run");
-    std::process::ExitCode::from(2)
+mod cli;
+mod grpc_client;
+mod keys;
+mod pacing;
+mod plan;
+mod progress;
+mod recorder;
+mod report;
+mod runner;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use progress::Progress;
+use workload::RunError;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Workload(workload) => {
+            let progress = Progress::new(cli.global.quiet || cli.global.json);
+            workload::run(&cli.global, workload, &progress).map(|report| {
+                if cli.global.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).expect("reports serialize")
+                    );
+                } else {
+                    print!("{}", report.render());
+                }
+                report.failures()
+            })
+        }
+        Command::Plan(args) => plan::run(&cli.global, args),
+    };
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(error) => {
+            match error {
+                RunError::Usage(message) => eprintln!("loadgen: {message}"),
+                RunError::Setup(status) => eprintln!("loadgen: {status}"),
+            }
+            ExitCode::from(2)
+        }
+    }
 }
