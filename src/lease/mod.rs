@@ -4,6 +4,8 @@
 //!   exist, their TTLs and deadlines. Pure apart from reading the clock the
 //!   caller passes in.
 //! - [`id`]: etcd's lease ID generator, for grants without an ID.
+//! - [`expiry`]: the expiry task's deadline heap, which finds expired
+//!   leases without scanning the table.
 //!
 //! Where leases live:
 //! - A lease is logged by its *home shard* ([`home_shard`]): the grant is a
@@ -21,6 +23,7 @@
 //!   restarted server gives every lease its full TTL again, and the core-0
 //!   expiry task revokes leases whose deadline passed.
 
+pub mod expiry;
 pub mod id;
 pub mod table;
 

@@ -3,12 +3,13 @@
 //! Shared by all cores. Keep-alives from any core renew a deadline with one
 //! atomic store; grants and revocations come from shard workers once their
 //! log records are durable. Time is passed in, never read here, so tests
-//! drive it.
+//! drive it. Expiry is found by the expiry task's own deadline heap
+//! ([`super::expiry`]); the table only hands it the IDs of new leases.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
-use crossbeam_skiplist::SkipMap;
+use crossbeam_skiplist::{SkipMap, SkipSet};
 
 use super::id::LeaseIdGenerator;
 use super::{MIN_LEASE_TTL_SECONDS, home_shard};
@@ -36,6 +37,13 @@ pub struct LeaseTable {
     /// not expire leases).
     epoch: Instant,
     ids: LeaseIdGenerator,
+    /// Leases inserted since the expiry task last looked: how a new lease
+    /// reaches its heap without a lock on the grant path. A lock-free set
+    /// from the skiplist crate we already use (a `SegQueue` would need
+    /// `crossbeam-queue` as a new dependency); keyed by ID alone, since the
+    /// task reads the current deadline from `leases` anyway, so inserting a
+    /// lease twice before it is drained leaves one entry.
+    inserted: SkipSet<i64>,
 }
 
 /// The TTL a grant of `requested` seconds gets.
@@ -49,6 +57,7 @@ impl LeaseTable {
             leases: SkipMap::new(),
             epoch,
             ids,
+            inserted: SkipSet::new(),
         }
     }
 
@@ -63,7 +72,9 @@ impl LeaseTable {
         )
     }
 
-    fn millis(&self, now: Instant) -> i64 {
+    /// `now` as milliseconds after the table's epoch, the unit deadlines
+    /// are kept in.
+    pub(super) fn millis(&self, now: Instant) -> i64 {
         now.saturating_duration_since(self.epoch).as_millis() as i64
     }
 
@@ -89,6 +100,9 @@ impl LeaseTable {
     /// Adds a granted (or restored) lease with its full TTL from `now`.
     /// Re-adding an existing lease (replaying a snapshot and then its WAL)
     /// just restarts its TTL.
+    ///
+    /// Every lease enters through here (grants, and snapshot and WAL replay
+    /// at startup), so every lease is announced to the expiry task.
     pub fn insert(&self, id: i64, ttl_seconds: i64, now: Instant) {
         self.leases.insert(
             id,
@@ -97,6 +111,21 @@ impl LeaseTable {
                 deadline_millis: AtomicI64::new(self.deadline(ttl_seconds, now)),
             },
         );
+        // After the lease is in `leases`, so whoever takes this ID finds it.
+        self.inserted.insert(id);
+    }
+
+    /// Takes one lease ID inserted since the last call (for the expiry
+    /// task, the only caller). The lease may have been removed since.
+    pub(super) fn take_inserted(&self) -> Option<i64> {
+        self.inserted.pop_front().map(|entry| *entry.value())
+    }
+
+    /// The lease's current deadline (milliseconds after the epoch).
+    pub(super) fn deadline_millis(&self, id: i64) -> Option<i64> {
+        self.leases
+            .get(&id)
+            .map(|entry| entry.value().deadline_millis.load(Ordering::Acquire))
     }
 
     /// Removes a revoked lease; false if it was not there.
@@ -143,16 +172,6 @@ impl LeaseTable {
         self.leases.is_empty()
     }
 
-    /// Leases whose deadline is at or before `now`.
-    pub fn expired(&self, now: Instant) -> Vec<i64> {
-        let now_millis = self.millis(now);
-        self.leases
-            .iter()
-            .filter(|entry| entry.value().deadline_millis.load(Ordering::Acquire) <= now_millis)
-            .map(|entry| *entry.key())
-            .collect()
-    }
-
     /// The leases `shard` is home to, for its snapshot.
     pub fn leases_homed_on(&self, shard_map: &ShardMap, shard: ShardId) -> Vec<SnapshotLease> {
         self.leases
@@ -178,22 +197,21 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_expires_at_its_deadline_unless_renewed() {
+    fn an_expired_lease_cannot_be_renewed() {
         let (table, start) = table();
         table.insert(7, 10, start);
-        assert!(
-            table
-                .expired(start + Duration::from_millis(9_999))
-                .is_empty()
-        );
         assert_eq!(table.renew(7, start + Duration::from_secs(5)), Some(10));
-        assert!(table.expired(start + Duration::from_secs(14)).is_empty());
-        assert_eq!(table.expired(start + Duration::from_secs(15)), vec![7]);
+        assert_eq!(
+            table.deadline_millis(7),
+            Some(15_000),
+            "a renewal restarts the TTL"
+        );
         assert_eq!(
             table.renew(7, start + Duration::from_secs(15)),
             None,
             "an expired lease cannot be renewed"
         );
+        assert_eq!(table.deadline_millis(7), Some(15_000));
     }
 
     #[test]

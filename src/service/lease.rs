@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
+use crate::lease::expiry::LeaseExpiryQueue;
 use crate::lease::table::effective_ttl;
 use crate::lease::{EXPIRY_CHECK_INTERVAL, MAX_LEASE_TTL_SECONDS};
 use crate::proto::etcdserverpb::{
@@ -165,11 +166,14 @@ fn leases(
     Ok(response)
 }
 
-/// Revokes leases whose deadline passed. Runs on one core for the node.
+/// Revokes leases whose deadline passed. Runs on one core for the node,
+/// which owns the deadline heap. A lease whose revocation fails stays in
+/// the table, so the queue reports it again at the next check.
 pub async fn expire_leases(write_path: Rc<WritePath>) {
+    let mut queue = LeaseExpiryQueue::new();
     loop {
         monoio::time::sleep(EXPIRY_CHECK_INTERVAL).await;
-        let expired = write_path.space().leases().expired(Instant::now());
+        let expired = queue.expired(write_path.space().leases(), Instant::now());
         for lease in expired {
             match write_path.write(WriteRequest::LeaseRevoke(lease)).await {
                 // Revoked by a client meanwhile: nothing to do.
