@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the hot pure paths: memtable insert/lookup/scan and
-//! gRPC frame decoding. Run with `cargo bench --bench core_paths`; compare
+//! Micro-benchmarks of the hot paths: memtable insert/lookup/scan, gRPC
+//! frame decoding and the cross-core hop (WAL group commit is in
+//! `benches/wal.rs`). Run with `cargo bench --bench core_paths`; compare
 //! before/after on the same machine, never against fixed numbers.
 
 use std::hint::black_box;
@@ -98,5 +99,48 @@ fn codec_benches(criterion: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, memtable_benches, codec_benches);
+/// A request's hop to the core that owns its shard and back, as the server
+/// makes it: a bounded `flume` channel into a task on the owner's monoio
+/// runtime (pinned to another core when there is one), and the reply on a
+/// channel back. Measures the round trip, so one hop is about half.
+fn cross_core_hop_benches(criterion: &mut Criterion) {
+    let (request_sender, request_receiver) = flume::bounded::<(u64, flume::Sender<u64>)>(1024);
+    let owner = std::thread::spawn(move || {
+        if let Some(core) = core_affinity::get_core_ids().and_then(|cores| cores.last().copied()) {
+            core_affinity::set_for_current(core);
+        }
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("monoio runtime");
+        runtime.block_on(async move {
+            while let Ok((value, reply)) = request_receiver.recv_async().await {
+                let _ = reply.send(value + 1);
+            }
+        });
+    });
+    let (reply_sender, reply_receiver) = flume::bounded::<u64>(1);
+    criterion.bench_function(
+        "cross-core hop round trip (flume to a monoio task and back)",
+        |bench| {
+            let mut value = 0;
+            bench.iter(|| {
+                request_sender
+                    .send((value, reply_sender.clone()))
+                    .expect("owner alive");
+                value = reply_receiver.recv().expect("owner replies");
+                value
+            })
+        },
+    );
+    drop(request_sender);
+    owner.join().expect("owner thread");
+}
+
+criterion_group!(
+    benches,
+    memtable_benches,
+    codec_benches,
+    cross_core_hop_benches
+);
 criterion_main!(benches);

@@ -108,8 +108,22 @@ impl ResponseSink {
     /// Sends one message, waiting for HTTP/2 flow-control capacity so a slow
     /// reader pushes back instead of growing our buffers.
     pub async fn send<M: prost::Message>(&mut self, message: &M) -> Result<(), Status> {
+        self.send_all(std::slice::from_ref(message)).await
+    }
+
+    /// Sends several messages as one write: encoded back to back into one
+    /// buffer, so h2 handles one DATA payload instead of one per message.
+    /// A watch stream emits a response per watcher per revision; with
+    /// hundreds of watchers per stream, per-message sends cost more than
+    /// encoding them.
+    pub async fn send_all<M: prost::Message>(&mut self, messages: &[M]) -> Result<(), Status> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         self.buffer.clear();
-        encode_message(message, &mut self.buffer).map_err(|error| error.to_status())?;
+        for message in messages {
+            encode_message(message, &mut self.buffer).map_err(|error| error.to_status())?;
+        }
         let mut data = self.buffer.split().freeze();
         if self.stream.is_none() {
             let stream = self

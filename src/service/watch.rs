@@ -21,6 +21,10 @@ use crate::watch::watcher::HeaderStamp;
 /// etcd's `grpcOverheadBytes`, added to `--max-request-bytes` for the
 /// fragmenting threshold.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// Responses collected from a stream's watches before they are written as
+/// one send: bounds what waits in memory while keeping the per-write cost
+/// of h2 off each of a revision's many small responses.
+const FLUSH_RESPONSES: usize = 256;
 
 /// What woke the stream's loop.
 enum Wakeup {
@@ -98,9 +102,7 @@ impl StreamTask<'_> {
 
     async fn flush(&mut self) -> Result<(), Status> {
         let outbox = std::mem::take(&mut self.outbox);
-        for response in &outbox {
-            self.send(response).await?;
-        }
+        self.responses.send_all(&outbox).await?;
         self.outbox = outbox;
         self.outbox.clear();
         Ok(())
@@ -150,11 +152,17 @@ impl StreamTask<'_> {
             return Ok(());
         }
         for id in self.watches.ids() {
+            // Still behind after a step: it read a history chunk, which is
+            // large; send it before reading the next.
             while self.step(id, head) {
                 self.flush().await?;
             }
-            self.flush().await?;
+            // Small feed deliveries of many watches go out together.
+            if self.outbox.len() >= FLUSH_RESPONSES {
+                self.flush().await?;
+            }
         }
+        self.flush().await?;
         self.update_subscription();
         Ok(())
     }
