@@ -14,7 +14,7 @@ use crate::proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
     ProclaimResponse, ResignRequest, ResignResponse,
 };
-use crate::store::key_range::KeyRange;
+use crate::store::key_range::{KeyRange, prefix_end};
 
 /// etcd's `v3election.ErrMissingLeaderKey`.
 const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
@@ -168,7 +168,7 @@ async fn observe(
     responses: &mut ResponseSink,
 ) -> Result<(), Status> {
     let prefix = recipes::recipe_prefix(&request.name);
-    let prefix_range = KeyRange::from_bytes(&prefix, &recipes::prefix_end(&prefix));
+    let prefix_range = KeyRange::from_bytes(&prefix, &prefix_end(&prefix));
     loop {
         let (mut header, kvs) = recipes::range(
             context,

@@ -16,26 +16,13 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::store::error::KvError;
-use crate::store::key_range::KeyRange;
+use crate::store::key_range::{KeyRange, prefix_end};
 use crate::watch::CATCH_UP_CHUNK_CHANGES;
 use crate::watch::history::read_changes;
 
 /// etcd's `concurrency.DefaultSessionTTL`: the lease a recipe grants when
 /// the request names none.
 pub const DEFAULT_SESSION_TTL_SECONDS: i64 = 60;
-
-/// The end of the range of keys starting with `prefix` (etcd's
-/// `GetPrefixRangeEnd`).
-pub fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(b"\0")
-}
 
 /// The session lease: the one given, or a fresh one with etcd's default
 /// session TTL (a session never keeps it alive: the server-side recipes
@@ -265,10 +252,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefix_ends_and_session_keys() {
-        assert_eq!(prefix_end(b"abc"), Bytes::from_static(b"abd"));
-        assert_eq!(prefix_end(b"a\xff"), Bytes::from_static(b"b"));
-        assert_eq!(prefix_end(b"\xff\xff"), Bytes::from_static(b"\0"));
+    fn session_keys() {
         assert_eq!(
             session_key(b"lock/", 0x694d),
             Bytes::from_static(b"lock/694d")

@@ -71,9 +71,31 @@ impl KeyRange {
     }
 }
 
+/// The end of the range of keys starting with `prefix` (etcd's
+/// `GetPrefixRangeEnd`): the prefix with its last byte below 0xff
+/// incremented and what follows dropped; `\0` (every key) if there is none.
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Bytes::from(end);
+        }
+    }
+    Bytes::from_static(b"\0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_ends_match_etcd() {
+        assert_eq!(prefix_end(b"abc"), Bytes::from_static(b"abd"));
+        assert_eq!(prefix_end(b"a\xff"), Bytes::from_static(b"b"));
+        assert_eq!(prefix_end(b"\xff\xff"), Bytes::from_static(b"\0"));
+        assert_eq!(prefix_end(b""), Bytes::from_static(b"\0"));
+    }
 
     #[test]
     fn request_forms() {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use metastore::grpc::Status;
+use metastore::store::key_range::prefix_end;
 
 use crate::cli::{Consistency, GlobalOptions, KeyArgs, RangeArgs, Workload};
 use crate::keys::KeyGenerator;
@@ -163,19 +164,6 @@ fn range_spec(args: &RangeArgs) -> Result<RangeSpec, RunError> {
     })
 }
 
-/// etcd's `GetPrefixRangeEnd`: the key with its last byte below 0xff
-/// incremented and the rest dropped; `\0` (every key) if there is none.
-pub fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(b"\0")
-}
-
 fn sections(names: &[&str], outcome: &Outcome) -> Vec<Section> {
     names
         .iter()
@@ -186,17 +174,4 @@ fn sections(names: &[&str], outcome: &Outcome) -> Vec<Section> {
             Section::new(name, recorder, outcome.elapsed)
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_end_matches_etcd() {
-        assert_eq!(&prefix_end(b"abc")[..], b"abd");
-        assert_eq!(&prefix_end(b"a\xff")[..], b"b");
-        assert_eq!(&prefix_end(b"\xff\xff")[..], b"\0");
-        assert_eq!(&prefix_end(b"")[..], b"\0");
-    }
 }

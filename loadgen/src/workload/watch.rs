@@ -20,9 +20,10 @@ use metastore::grpc::{Code, Status};
 use metastore::proto::etcdserverpb::{
     PutRequest, PutResponse, WatchCreateRequest, WatchRequest, WatchResponse, watch_request,
 };
+use metastore::store::key_range::prefix_end;
 
+use super::RunError;
 use super::kv::PUT_PATH;
-use super::{RunError, prefix_end};
 use crate::cli::{WatchArgs, WatchLatencyArgs};
 use crate::grpc_client::{CallStream, Channel};
 use crate::keys::{KeyGenerator, Rng, random_value};
