@@ -111,13 +111,12 @@ impl Channel {
     /// Opens a call whose messages are sent and received one at a time
     /// (bidirectional streaming; unary calls use it too).
     pub async fn open(&self, path: &'static str) -> Result<CallStream, Status> {
-        let sender = self
+        let mut sender = self
             .sender
             .clone()
             .ready()
             .await
             .map_err(|error| transport_status(self.authority.as_str(), &error))?;
-        let mut sender = sender;
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())

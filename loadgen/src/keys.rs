@@ -47,12 +47,16 @@ impl KeyGenerator {
 
     /// The key for request `sequence`, drawing from `rng` unless sequential.
     pub fn key(&self, sequence: u64, rng: &mut Rng) -> Bytes {
-        let number = if self.sequential {
-            sequence % self.key_space_size
+        if self.sequential {
+            self.sequential_key(sequence)
         } else {
-            rng.below(self.key_space_size)
-        };
-        self.key_number(number)
+            self.key_number(rng.below(self.key_space_size))
+        }
+    }
+
+    /// The `sequence`-th key in order, wrapping at the key space.
+    pub fn sequential_key(&self, sequence: u64) -> Bytes {
+        self.key_number(sequence % self.key_space_size)
     }
 
     /// The key with number `number` (which must be below the key space).
@@ -78,10 +82,6 @@ impl KeyGenerator {
 
     pub fn prefix(&self) -> &Bytes {
         &self.prefix
-    }
-
-    pub fn key_space_size(&self) -> u64 {
-        self.key_space_size
     }
 }
 

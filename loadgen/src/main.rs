@@ -29,7 +29,6 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 use progress::Progress;
-use workload::RunError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,10 +53,7 @@ fn main() -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(error) => {
-            match error {
-                RunError::Usage(message) => eprintln!("loadgen: {message}"),
-                RunError::Setup(status) => eprintln!("loadgen: {status}"),
-            }
+            eprintln!("loadgen: {error}");
             ExitCode::from(2)
         }
     }

@@ -151,13 +151,7 @@ pub fn run(global: &GlobalOptions, args: &PlanArgs) -> Result<u64, RunError> {
 }
 
 fn summarize(offered_rate: f64, report: &RunReport, slo: Slo, step_duration: Duration) -> Step {
-    let worst = |percentile: f64| {
-        report
-            .sections
-            .iter()
-            .filter_map(|section| section.latency.as_ref()?.percentile(percentile))
-            .fold(0.0, f64::max)
-    };
+    let worst = |percentile: f64| worst_percentile(report, percentile);
     // The schedule offers `rate` per second for the step's duration; what
     // completed in the step (plus its drain) is the achieved rate.
     let elapsed = report
@@ -166,7 +160,7 @@ fn summarize(offered_rate: f64, report: &RunReport, slo: Slo, step_duration: Dur
         .map(|section| section.elapsed_seconds)
         .fold(step_duration.as_secs_f64(), f64::max);
     let achieved_rate = report.requests() as f64 / elapsed;
-    let objective_value = objective_value(report, slo.percentile);
+    let objective_value = worst(slo.percentile);
     let failures = report.failures();
     let passed = failures == 0
         && report.requests() > 0
@@ -185,9 +179,10 @@ fn summarize(offered_rate: f64, report: &RunReport, slo: Slo, step_duration: Dur
     }
 }
 
-/// The objective's percentile, worst over sections; computed from the
-/// recorded histogram even when it is not one of the printed percentiles.
-fn objective_value(report: &RunReport, percentile: f64) -> f64 {
+/// A latency percentile in seconds, worst over the report's sections;
+/// computed from the recorded histograms, so any percentile works (the
+/// objective's need not be one of the printed ones).
+fn worst_percentile(report: &RunReport, percentile: f64) -> f64 {
     report
         .sections
         .iter()

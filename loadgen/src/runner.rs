@@ -225,6 +225,19 @@ pub async fn connect_thread_channels(
     Ok(channels)
 }
 
+/// Of `count` clients (or streams), those whose connection is among
+/// `channels` (this thread's, from [`connect_thread_channels`]), with it.
+pub fn local_clients<'a>(
+    topology: &'a Topology,
+    channels: &'a [Option<Channel>],
+    count: usize,
+) -> impl Iterator<Item = (usize, &'a Channel)> + 'a {
+    (0..count).filter_map(move |index| {
+        let channel = channels[topology.connection_of_client(index)].as_ref()?;
+        Some((index, channel))
+    })
+}
+
 /// Runs `budget` requests (at `rate` per second if given) spread over the
 /// topology's clients; `make_client(index)` builds client `index` on its
 /// thread.
@@ -269,10 +282,9 @@ where
     async fn prepare(&self, thread_index: usize) -> Result<Self::Prepared, Status> {
         let channels = connect_thread_channels(thread_index, &self.topology).await?;
         let mut clients = Vec::new();
-        for client_index in 0..self.topology.clients {
-            let Some(channel) = &channels[self.topology.connection_of_client(client_index)] else {
-                continue;
-            };
+        for (client_index, channel) in
+            local_clients(&self.topology, &channels, self.topology.clients)
+        {
             let mut client = (self.make_client)(client_index);
             client.prepare(channel).await?;
             clients.push((channel.clone(), client));

@@ -134,8 +134,8 @@ impl Client for TxnPutClient {
         // puts never repeat a key (a Txn may not put a key twice).
         let success = (0..self.ops_per_txn)
             .map(|op| {
-                let number = (ticket.sequence * self.ops_per_txn + op) % self.keys.key_space_size();
-                put_op(self.keys.key_number(number), self.value.clone())
+                let sequence = ticket.sequence * self.ops_per_txn + op;
+                put_op(self.keys.sequential_key(sequence), self.value.clone())
             })
             .collect();
         let request = TxnRequest {

@@ -32,7 +32,8 @@ use crate::progress::Progress;
 use crate::recorder::Recorder;
 use crate::report::Section;
 use crate::runner::{
-    Client, Completion, ThreadPlan, Topology, connect_thread_channels, drive_client, run_threads,
+    Client, Completion, ThreadPlan, Topology, connect_thread_channels, drive_client, local_clients,
+    run_threads,
 };
 
 pub const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
@@ -228,10 +229,7 @@ impl ThreadPlan for WatchPlan {
         let mut creation = Recorder::new();
         let started = Instant::now();
         let mut streams = Vec::new();
-        for stream_index in 0..self.benchmark.streams {
-            let Some(channel) = &channels[topology.connection_of_client(stream_index)] else {
-                continue;
-            };
+        for (stream_index, channel) in local_clients(topology, &channels, self.benchmark.streams) {
             let mut stream = channel.open(WATCH_PATH).await?;
             for watcher in 0..self.benchmark.watchers_per_stream {
                 let index = stream_index * self.benchmark.watchers_per_stream + watcher;
@@ -246,15 +244,14 @@ impl ThreadPlan for WatchPlan {
             ));
         }
         let creation_elapsed = started.elapsed();
-        let putters = (0..topology.clients)
-            .filter_map(|client| {
-                let channel = channels[topology.connection_of_client(client)].as_ref()?;
+        let putters = local_clients(topology, &channels, topology.clients)
+            .map(|(_, channel)| {
                 let putter = StampedPutClient {
                     keys: Arc::clone(&self.keys),
                     padding: self.padding.clone(),
                     epoch: self.epoch,
                 };
-                Some((channel.clone(), putter))
+                (channel.clone(), putter)
             })
             .collect();
         Ok(Prepared {
@@ -415,7 +412,7 @@ impl Client for StampedPutClient {
     async fn execute(&mut self, channel: &Channel, ticket: Ticket) -> Completion {
         let sent = ticket.intended_start.saturating_duration_since(self.epoch);
         let request = PutRequest {
-            key: self.keys.key_number(ticket.sequence % self.keys_in_space()),
+            key: self.keys.sequential_key(ticket.sequence),
             value: stamped_value(sent, &self.padding),
             ..Default::default()
         };
@@ -424,12 +421,6 @@ impl Client for StampedPutClient {
             .await
             .map(drop)
             .into()
-    }
-}
-
-impl StampedPutClient {
-    fn keys_in_space(&self) -> u64 {
-        self.keys.key_space_size()
     }
 }
 
