@@ -122,10 +122,11 @@ pub fn run(
             })?;
             ("lease-keepalive", sections(&["lease-keepalive"], &outcome))
         }
-        Workload::Watch(args) => ("watch", watch::run_watch(&topology, args)?),
-        Workload::WatchLatency(args) => {
-            ("watch-latency", watch::run_watch_latency(&topology, args)?)
-        }
+        Workload::Watch(args) => ("watch", watch::run_watch(&topology, args, progress)?),
+        Workload::WatchLatency(args) => (
+            "watch-latency",
+            watch::run_watch_latency(&topology, args, progress)?,
+        ),
     };
     Ok(RunReport {
         workload: name.into(),

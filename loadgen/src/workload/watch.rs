@@ -60,7 +60,11 @@ struct WatchBenchmark {
     prev_kv: bool,
 }
 
-pub fn run_watch(topology: &Topology, args: &WatchArgs) -> Result<Vec<Section>, RunError> {
+pub fn run_watch(
+    topology: &Topology,
+    args: &WatchArgs,
+    progress: &Progress,
+) -> Result<Vec<Section>, RunError> {
     run(
         topology,
         WatchBenchmark {
@@ -74,12 +78,14 @@ pub fn run_watch(topology: &Topology, args: &WatchArgs) -> Result<Vec<Section>, 
             val_size: args.val_size,
             prev_kv: false,
         },
+        progress,
     )
 }
 
 pub fn run_watch_latency(
     topology: &Topology,
     args: &WatchLatencyArgs,
+    progress: &Progress,
 ) -> Result<Vec<Section>, RunError> {
     run(
         topology,
@@ -94,10 +100,15 @@ pub fn run_watch_latency(
             val_size: args.val_size,
             prev_kv: args.prevkv,
         },
+        progress,
     )
 }
 
-fn run(topology: &Topology, benchmark: WatchBenchmark) -> Result<Vec<Section>, RunError> {
+fn run(
+    topology: &Topology,
+    benchmark: WatchBenchmark,
+    progress: &Progress,
+) -> Result<Vec<Section>, RunError> {
     if benchmark.val_size < STAMP_LEN {
         return Err(RunError::Usage(format!(
             "--val-size must be at least {STAMP_LEN}: each value carries its put's send time"
@@ -120,13 +131,7 @@ fn run(topology: &Topology, benchmark: WatchBenchmark) -> Result<Vec<Section>, R
     };
     // The progress bar follows the puts; the events trail them closely.
     let budget = Budget::Total(benchmark.put_total);
-    let (outputs, elapsed) = run_threads(
-        topology,
-        budget,
-        benchmark.put_rate,
-        &Progress::new(false),
-        plan,
-    )?;
+    let (outputs, elapsed) = run_threads(topology, budget, benchmark.put_rate, progress, plan)?;
     let mut total = ThreadOutput::default();
     for output in &outputs {
         total.merge(output);
