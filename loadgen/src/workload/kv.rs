@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use metastore::grpc::Status;
 use metastore::proto::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
     request_op,
@@ -43,17 +44,22 @@ impl PutClient {
 
 impl Client for PutClient {
     async fn execute(&mut self, channel: &Channel, ticket: Ticket) -> Completion {
-        let request = PutRequest {
-            key: self.keys.key(ticket.sequence, &mut self.rng),
-            value: self.value.clone(),
-            ..Default::default()
-        };
-        channel
-            .unary::<_, PutResponse>(PUT_PATH, &request)
-            .await
-            .map(drop)
-            .into()
+        let key = self.keys.key(ticket.sequence, &mut self.rng);
+        put(channel, key, self.value.clone()).await.into()
     }
+}
+
+/// One Put; the response is not needed beyond its status.
+pub async fn put(channel: &Channel, key: Bytes, value: Bytes) -> Result<(), Status> {
+    let request = PutRequest {
+        key,
+        value,
+        ..Default::default()
+    };
+    channel
+        .unary::<_, PutResponse>(PUT_PATH, &request)
+        .await
+        .map(drop)
 }
 
 /// What `range` reads.

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use metastore::grpc::{Code, Status};
 use metastore::proto::etcdserverpb::{
-    PutRequest, PutResponse, WatchCreateRequest, WatchRequest, WatchResponse, watch_request,
+    WatchCreateRequest, WatchRequest, WatchResponse, watch_request,
 };
 use metastore::store::key_range::prefix_end;
 
 use super::RunError;
-use super::kv::PUT_PATH;
+use super::kv::put;
 use crate::cli::{WatchArgs, WatchLatencyArgs};
 use crate::grpc_client::{CallStream, Channel};
 use crate::keys::{KeyGenerator, Rng, random_value};
@@ -416,15 +416,9 @@ struct StampedPutClient {
 impl Client for StampedPutClient {
     async fn execute(&mut self, channel: &Channel, ticket: Ticket) -> Completion {
         let sent = ticket.intended_start.saturating_duration_since(self.epoch);
-        let request = PutRequest {
-            key: self.keys.sequential_key(ticket.sequence),
-            value: stamped_value(sent, &self.padding),
-            ..Default::default()
-        };
-        channel
-            .unary::<_, PutResponse>(PUT_PATH, &request)
+        let key = self.keys.sequential_key(ticket.sequence);
+        put(channel, key, stamped_value(sent, &self.padding))
             .await
-            .map(drop)
             .into()
     }
 }
