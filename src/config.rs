@@ -43,7 +43,12 @@ impl LogLevel {
 
 /// MetaStore: an etcd-compatible key-value server.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "metastore", version, about)]
+#[command(
+    name = "metastore",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Flags {
     /// Human-readable name for this member.
     #[arg(long, default_value = "default")]
@@ -86,6 +91,183 @@ pub struct Flags {
     /// (e.g. `10m`, `30s`, `500ms`).
     #[arg(long, default_value = "10m", value_parser = parse_positive_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// YAML configuration file whose keys are these flags' long names
+    /// (`data-dir: /var/lib/metastore`). Flags and `METASTORE_<FLAG>`
+    /// environment variables override it.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Comma-separated URLs serving /metrics, /health, /livez and /readyz over HTTP.
+    #[arg(long, default_value = "http://127.0.0.1:2381", value_delimiter = ',', value_parser = parse_client_url)]
+    pub listen_metrics_urls: Vec<ClientUrl>,
+    /// Which metrics to record: `basic` and `extensive` (etcd's names) both
+    /// record everything; `off` records nothing (for measuring its cost).
+    #[arg(long, value_enum, default_value = "basic")]
+    pub metrics: MetricsLevel,
+    /// Raise the NOSPACE alarm and refuse writes when the stored data passes
+    /// this many bytes; 0 means etcd's default (2 GiB), negative disables it.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
+    /// `periodic` (retention is a duration, or a number of hours) or
+    /// `revision` (retention is a number of revisions).
+    #[arg(long, value_enum, default_value = "periodic")]
+    pub auto_compaction_mode: AutoCompactionMode,
+    /// How much history automatic compaction keeps; 0 turns it off.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Client connections served at once over all cores; 0 means no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: u32,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: concurrent calls per client connection.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+    /// After this long without frames from a client, ping it (HTTP/2 PING).
+    #[arg(long, default_value = "2h", value_parser = parse_positive_duration)]
+    pub grpc_keepalive_interval: std::time::Duration,
+    /// Close a connection whose keepalive ping is not answered within this.
+    #[arg(long, default_value = "20s", value_parser = parse_positive_duration)]
+    pub grpc_keepalive_timeout: std::time::Duration,
+    /// Close a connection that has had no call in flight for this long; 0 never.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub grpc_max_connection_idle: std::time::Duration,
+    /// Requests per second admitted over the whole node; 0 means no limit.
+    /// Beyond it calls fail with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit_requests: u32,
+    /// Requests admitted at once above the rate (the token bucket's size);
+    /// default: one second's worth.
+    #[arg(long)]
+    pub rate_limit_burst: Option<u32>,
+    /// Per-method limits in requests per second, e.g. `Put=1000,etcdserverpb.KV/Range=5000`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_method_rate_limit)]
+    pub method_rate_limits: Vec<MethodRateLimit>,
+    /// Log unary requests that take longer than this (method, duration,
+    /// peer, key prefix); etcd 3.5's flag.
+    #[arg(long, default_value = "300ms", value_parser = parse_positive_duration)]
+    pub warning_unary_request_duration: std::time::Duration,
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// `metastore <subcommand>`: tools that run instead of the server.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Subcommand {
+    /// Work with snapshots taken by `Maintenance.Snapshot` (`etcdctl snapshot save`).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Create a new data directory holding a snapshot's data.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The data directory to create; it must not exist yet.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Shards of the new data directory (default: as many as the snapshot's server had).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_SHARDS as i64))]
+        shards: Option<u32>,
+    },
+}
+
+/// etcd's default `--quota-backend-bytes` (2 GiB).
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Our default SETTINGS_MAX_CONCURRENT_STREAMS (etcd advertises 2^32-1);
+/// clients queue calls beyond it rather than fail.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsLevel {
+    Basic,
+    Extensive,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AutoCompactionMode {
+    Periodic,
+    Revision,
+}
+
+/// What automatic compaction keeps, once validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep at least this much time of history.
+    Periodic(std::time::Duration),
+    /// Keep at least this many revisions.
+    Revision(i64),
+}
+
+/// `--method-rate-limits` entry: a method (`Put`, or `etcdserverpb.KV/Put`)
+/// and its requests per second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodRateLimit {
+    pub method: String,
+    pub requests_per_second: u32,
+}
+
+pub fn parse_method_rate_limit(text: &str) -> Result<MethodRateLimit, String> {
+    let (method, rate) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected METHOD=REQUESTS_PER_SECOND"))?;
+    let method = method.trim().trim_start_matches('/');
+    if method.is_empty() {
+        return Err(format!("{text:?}: the method name is empty"));
+    }
+    let requests_per_second = rate
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|rate| *rate > 0)
+        .ok_or_else(|| format!("{text:?}: the rate must be a positive whole number"))?;
+    Ok(MethodRateLimit {
+        method: method.to_owned(),
+        requests_per_second,
+    })
+}
+
+/// A duration written like Go's, zero allowed (`0` turns the feature off).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|error| error.to_string())
+}
+
+/// etcd's `--auto-compaction-retention`: in periodic mode a duration, or a
+/// whole number of hours; in revision mode a number of revisions. `None`
+/// when it is zero (off).
+pub fn parse_auto_compaction(
+    mode: AutoCompactionMode,
+    retention: &str,
+) -> Result<Option<AutoCompaction>, String> {
+    let retention = retention.trim();
+    let invalid =
+        |why: &str| format!("invalid value '{retention}' for '--auto-compaction-retention': {why}");
+    match mode {
+        AutoCompactionMode::Revision => {
+            let revisions = retention
+                .parse::<i64>()
+                .map_err(|_| invalid("revision mode takes a number of revisions"))?;
+            if revisions < 0 {
+                return Err(invalid("it must not be negative"));
+            }
+            Ok((revisions > 0).then_some(AutoCompaction::Revision(revisions)))
+        }
+        AutoCompactionMode::Periodic => {
+            let period = match retention.parse::<u64>() {
+                Ok(hours) => std::time::Duration::from_secs(hours.saturating_mul(3600)),
+                Err(_) => humantime::parse_duration(retention).map_err(|error| {
+                    invalid(&format!(
+                        "periodic mode takes a duration or a number of hours ({error})"
+                    ))
+                })?,
+            };
+            Ok((!period.is_zero()).then_some(AutoCompaction::Periodic(period)))
+        }
+    }
 }
 
 /// A positive duration written like Go's (`10m`, `1s`, `250ms`), as etcd's
@@ -158,6 +340,37 @@ pub struct ServerConfig {
     pub wal_options: crate::wal::WalOptions,
     pub snapshot_count: u64,
     pub watch_progress_interval: std::time::Duration,
+    /// Where /metrics and the health endpoints are served.
+    pub metrics_addresses: Vec<SocketAddr>,
+    pub metrics_level: MetricsLevel,
+    /// `None`: no quota.
+    pub quota_backend_bytes: Option<u64>,
+    /// `None`: no automatic compaction.
+    pub auto_compaction: Option<AutoCompaction>,
+    pub connection_limits: ConnectionLimits,
+}
+
+/// Protection limits on client connections and calls.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// `None`: no limit.
+    pub max_connections: Option<usize>,
+    pub max_concurrent_streams: u32,
+    pub keepalive_interval: std::time::Duration,
+    pub keepalive_timeout: std::time::Duration,
+    /// `None`: idle connections stay open.
+    pub max_connection_idle: Option<std::time::Duration>,
+    /// `None`: no node-wide rate limit.
+    pub rate_limit: Option<RateLimit>,
+    pub method_rate_limits: Vec<MethodRateLimit>,
+    pub slow_request_threshold: std::time::Duration,
+}
+
+/// A token bucket: `requests_per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
 }
 
 impl ServerConfig {
@@ -180,7 +393,42 @@ impl ServerConfig {
         } else {
             &flags.advertise_client_urls
         };
+        let quota_backend_bytes = match flags.quota_backend_bytes {
+            0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
+            bytes if bytes < 0 => None,
+            bytes => Some(bytes as u64),
+        };
+        let auto_compaction =
+            parse_auto_compaction(flags.auto_compaction_mode, &flags.auto_compaction_retention)?;
+        if flags.rate_limit_burst == Some(0) {
+            return Err(
+                "invalid value '0' for '--rate-limit-burst': the burst must be positive".to_owned(),
+            );
+        }
+        let connection_limits = ConnectionLimits {
+            max_connections: (flags.max_connections > 0).then_some(flags.max_connections as usize),
+            max_concurrent_streams: flags.max_concurrent_streams,
+            keepalive_interval: flags.grpc_keepalive_interval,
+            keepalive_timeout: flags.grpc_keepalive_timeout,
+            max_connection_idle: (!flags.grpc_max_connection_idle.is_zero())
+                .then_some(flags.grpc_max_connection_idle),
+            rate_limit: (flags.rate_limit_requests > 0).then(|| RateLimit {
+                requests_per_second: flags.rate_limit_requests,
+                burst: flags.rate_limit_burst.unwrap_or(flags.rate_limit_requests),
+            }),
+            method_rate_limits: flags.method_rate_limits.clone(),
+            slow_request_threshold: flags.warning_unary_request_duration,
+        };
         Ok(Self {
+            metrics_addresses: flags
+                .listen_metrics_urls
+                .iter()
+                .map(|url| url.address)
+                .collect(),
+            metrics_level: flags.metrics,
+            quota_backend_bytes,
+            auto_compaction,
+            connection_limits,
             name: flags.name.clone(),
             data_dir: flags.data_dir.clone(),
             advertise_client_urls: advertise_client_urls
@@ -238,6 +486,55 @@ mod tests {
             vec!["http://127.0.0.1:2379".to_owned()]
         );
         assert_eq!(config.data_dir, PathBuf::from("default.metastore"));
+        assert_eq!(
+            config.metrics_addresses,
+            vec!["127.0.0.1:2381".parse::<SocketAddr>().expect("address")]
+        );
+        assert_eq!(config.quota_backend_bytes, Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(config.auto_compaction, None);
+        assert_eq!(config.connection_limits.max_connections, None);
+        assert_eq!(config.connection_limits.rate_limit, None);
+    }
+
+    #[test]
+    fn auto_compaction_retention_follows_etcd() {
+        use std::time::Duration;
+        let periodic = AutoCompactionMode::Periodic;
+        assert_eq!(
+            parse_auto_compaction(periodic, "1"),
+            Ok(Some(AutoCompaction::Periodic(Duration::from_secs(3600))))
+        );
+        assert_eq!(
+            parse_auto_compaction(periodic, "30m"),
+            Ok(Some(AutoCompaction::Periodic(Duration::from_secs(1800))))
+        );
+        assert_eq!(parse_auto_compaction(periodic, "0"), Ok(None));
+        assert_eq!(
+            parse_auto_compaction(AutoCompactionMode::Revision, "1000"),
+            Ok(Some(AutoCompaction::Revision(1000)))
+        );
+        for (mode, bad) in [
+            (periodic, "soon"),
+            (AutoCompactionMode::Revision, "1h"),
+            (AutoCompactionMode::Revision, "-5"),
+        ] {
+            let error = parse_auto_compaction(mode, bad).unwrap_err();
+            assert!(error.contains("--auto-compaction-retention"), "{error}");
+        }
+    }
+
+    #[test]
+    fn method_rate_limits_parse() {
+        assert_eq!(
+            parse_method_rate_limit("etcdserverpb.KV/Put=100"),
+            Ok(MethodRateLimit {
+                method: "etcdserverpb.KV/Put".to_owned(),
+                requests_per_second: 100
+            })
+        );
+        for bad in ["Put", "Put=0", "=5", "Put=fast"] {
+            assert!(parse_method_rate_limit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    if let Some(command) = flags.command {
+        eprintln!("error: {command:?} is not available yet");
+        return ExitCode::from(2);
+    }
     let available_cores = std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1);
