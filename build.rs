@@ -14,6 +14,7 @@ const PROTO_FILES: &[&str] = &[
     "etcdserverpb/rpc.proto",
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",
+    "grpc/health/v1/health.proto",
 ];
 
 fn main() -> Result<()> {

@@ -405,6 +405,9 @@ impl ServerConfig {
                 "invalid value '0' for '--rate-limit-burst': the burst must be positive".to_owned(),
             );
         }
+        // Unknown method names are refused here, naming the flag.
+        crate::grpc::rate_limit::RateLimiter::new(None, &flags.method_rate_limits)
+            .map_err(|error| error.to_string())?;
         let connection_limits = ConnectionLimits {
             max_connections: (flags.max_connections > 0).then_some(flags.max_connections as usize),
             max_concurrent_streams: flags.max_concurrent_streams,

@@ -8,6 +8,8 @@
 //! - [`grpc`]: our gRPC layer over `h2`: framing, status, deadlines, calls.
 //! - [`proto`]: etcd's protobuf messages, generated from `proto/`.
 //! - [`service`]: the etcd services (KV, Maintenance, Cluster) on top of the store.
+//! - [`metrics`]: per-core recording (HDR histograms, counters), merged on scrape.
+//! - [`monitor`]: `/metrics`, `/health`, `/livez`, `/readyz` on their own thread.
 //! - [`lease`]: leases: the node's lease table, IDs, where leases are logged.
 //! - [`watch`]: watchers: matching, history catch-up, the per-core event feed.
 //! - [`status_map`]: every internal error to gRPC code + etcd's exact message.
@@ -20,6 +22,8 @@ pub mod config;
 pub mod data_dir;
 pub mod grpc;
 pub mod lease;
+pub mod metrics;
+pub mod monitor;
 pub mod proto;
 pub mod runtime;
 pub mod service;

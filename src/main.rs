@@ -23,6 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Fault injection for tests (`FAILPOINTS=name=action`); compiled to
+    // nothing unless the `fail` crate's `failpoints` feature is on, which
+    // only the test build turns on.
+    let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(config.log_level.as_filter()))
         .with_writer(std::io::stderr)

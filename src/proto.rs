@@ -43,6 +43,12 @@ pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
 }
 
+/// Package `grpc.health.v1`: the standard gRPC health checking protocol.
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod grpc_health_v1 {
+    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::etcdserverpb::{Compare, RangeRequest, compare};

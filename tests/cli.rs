@@ -66,7 +66,15 @@ fn bad_flags_and_values_exit_non_zero_naming_the_flag() {
 fn start(args: &[&str]) -> (std::process::Child, SocketAddr) {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut full = vec!["--listen-client-urls", url.as_str(), "--log-level", "warn"];
+    let metrics_url = format!("http://127.0.0.1:{}", free_port());
+    let mut full = vec![
+        "--listen-client-urls",
+        url.as_str(),
+        "--listen-metrics-urls",
+        metrics_url.as_str(),
+        "--log-level",
+        "warn",
+    ];
     full.extend_from_slice(args);
     let child = metastore()
         .args(&full)

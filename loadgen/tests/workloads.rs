@@ -40,8 +40,11 @@ fn start_metastore() -> Target {
     let data_dir = tempfile::tempdir().expect("temp dir");
     for attempt in 0..3 {
         let url = format!("http://127.0.0.1:{}", free_port());
+        let metrics_url = format!("http://127.0.0.1:{}", free_port());
         let flags = metastore::config::Flags::try_parse_from([
             "metastore",
+            "--listen-metrics-urls",
+            &metrics_url,
             "--data-dir",
             data_dir.path().join("data").to_str().unwrap(),
             "--listen-client-urls",

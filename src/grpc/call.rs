@@ -17,6 +17,9 @@ pub struct RequestStream {
     /// Holds at most one partial message: we pull DATA only when no whole
     /// message is buffered, and the decoder refuses oversize lengths up front.
     decoder: MessageDecoder,
+    /// The call's first message (a reference, not a copy), kept so the
+    /// slow-request log can name the key a slow call was about.
+    first_message: Option<Bytes>,
 }
 
 impl RequestStream {
@@ -24,13 +27,21 @@ impl RequestStream {
         Self {
             body,
             decoder: MessageDecoder::new(max_message_len),
+            first_message: None,
         }
+    }
+
+    pub fn first_message(&self) -> Option<&Bytes> {
+        self.first_message.as_ref()
     }
 
     /// The next message's bytes, or `None` once the client half-closed.
     pub async fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
         loop {
             if let Some(message) = self.decoder.decode().map_err(|error| error.to_status())? {
+                if self.first_message.is_none() {
+                    self.first_message = Some(message.clone());
+                }
                 return Ok(Some(message));
             }
             match self.body.data().await {

@@ -6,12 +6,17 @@
 //!   stream; unary, server-streaming and bidirectional calls all use them.
 //! - [`authority`]: accepts etcd 3.4 clients' URL-shaped `:authority`,
 //!   which h2 alone would reject.
-//! - [`server`]: accepts HTTP/2 connections (prior-knowledge h2c), checks
-//!   each request's headers and hands the call to a [`server::GrpcService`].
+//! - [`connection`]: one HTTP/2 connection (prior-knowledge h2c): our
+//!   limits, a task per call, keepalive pings, idle close, refusal.
+//! - [`server`]: one call: checks its headers, counts, rate limits, times
+//!   and isolates it, and hands it to a [`server::GrpcService`].
+//! - [`rate_limit`]: node-wide and per-method token buckets (GCRA).
 
 pub mod authority;
 pub mod call;
 pub mod codec;
+pub mod connection;
+pub mod rate_limit;
 pub mod server;
 pub mod status;
 pub mod timeout;

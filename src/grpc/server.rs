@@ -1,19 +1,27 @@
-//! Serving gRPC on one HTTP/2 connection.
+//! Serving one gRPC call (an HTTP/2 stream); `connection` serves the
+//! connection it arrives on.
 //!
-//! Each accepted stream becomes a task on the connection's core. The
-//! request headers are checked here, before any service code runs, so a
-//! malformed request always gets a clean gRPC error and never a panic.
+//! The request headers are checked here, before any service code runs, so
+//! a malformed request always gets a clean gRPC error and never a panic.
+//! Here too each call is counted, rate limited, timed, logged when slow,
+//! and isolated: a handler that panics fails its own call only.
 
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{Method, Request, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::call::{GRPC_CONTENT_TYPE, RequestStream, ResponseSink};
+use super::rate_limit::RateLimiter;
 use super::status::Status;
 use super::timeout::parse_grpc_timeout;
+use crate::metrics::CoreMetrics;
+use crate::metrics::methods::{self, CallType, find_method};
 
 /// HTTP/2 and gRPC limits, all set explicitly rather than inherited from
 /// the h2 crate's defaults (which change between versions).
@@ -96,46 +104,51 @@ pub trait GrpcService {
     ) -> Result<(), Status>;
 }
 
-fn builder(limits: &ServerLimits) -> h2::server::Builder {
-    let mut builder = h2::server::Builder::new();
-    builder
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_list_size)
-        .max_concurrent_reset_streams(limits.max_concurrent_reset_streams)
-        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
-        .initial_window_size(limits.initial_stream_window)
-        .initial_connection_window_size(limits.initial_connection_window)
-        .max_frame_size(limits.max_frame_size)
-        .max_send_buffer_size(limits.max_send_buffer_size);
-    builder
+/// How a core serves its connections: limits, metrics and protections.
+/// One per core, shared by its connections.
+pub struct Serving {
+    pub limits: ServerLimits,
+    /// The core's metrics: calls started and handled, panics, slow calls.
+    pub metrics: Rc<CoreMetrics>,
+    /// Node-wide and per-method rate limits (shared by all cores).
+    pub rate_limiter: Arc<RateLimiter>,
+    /// Unary calls slower than this are logged.
+    pub slow_request_threshold: Duration,
+    /// Ping a client this often; close its connection if the pong does not
+    /// come within `keepalive_timeout`.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Close a connection with no call in flight for this long.
+    pub max_connection_idle: Option<Duration>,
 }
 
-/// Serves every stream of one connection until the peer closes it.
-pub async fn serve_connection<Io, Service>(
-    io: Io,
-    service: Rc<Service>,
-    limits: Rc<ServerLimits>,
-) -> Result<(), h2::Error>
-where
-    Io: AsyncRead + AsyncWrite + Unpin + 'static,
-    Service: GrpcService + 'static,
-{
-    let mut connection = builder(&limits).handshake::<_, Bytes>(io).await?;
-    while let Some(accepted) = connection.accept().await {
-        let (request, respond) = accepted?;
-        let (service, limits) = (service.clone(), limits.clone());
-        monoio::spawn(async move { serve_stream(request, respond, &*service, &limits).await });
+impl Serving {
+    /// etcd's defaults around `limits`, no rate limits, metrics on.
+    pub fn with_limits(limits: ServerLimits) -> Self {
+        Self {
+            limits,
+            metrics: Rc::new(CoreMetrics::new(true)),
+            rate_limiter: Arc::new(RateLimiter::default()),
+            slow_request_threshold: Duration::from_millis(300),
+            keepalive_interval: Duration::from_secs(2 * 60 * 60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_connection_idle: None,
+        }
     }
-    Ok(())
 }
 
-async fn serve_stream<Service: GrpcService>(
+/// The message of a call refused by a rate limit: etcd's
+/// `ErrTooManyRequests`, which its clients already treat as "back off".
+pub const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+
+pub(super) async fn serve_stream<Service: GrpcService>(
     request: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     service: &Service,
-    limits: &ServerLimits,
+    serving: &Serving,
+    peer: SocketAddr,
 ) {
+    let started = Instant::now();
     let sink = ResponseSink::new(respond);
     let headers = request.headers();
     // Spec: a request whose content-type does not start with
@@ -187,15 +200,122 @@ async fn serve_stream<Service: GrpcService>(
             request.uri().path()
         )));
     };
-    let mut requests = RequestStream::new(request.into_body(), limits.max_receive_message_len);
+    let known = find_method(&method.service, &method.method);
+    if let Some(id) = known {
+        serving.metrics.call_started(id);
+    }
+    let mut requests =
+        RequestStream::new(request.into_body(), serving.limits.max_receive_message_len);
     let mut sink = sink;
-    let status =
-        match run_with_deadline(service.call(&method, &mut requests, &mut sink), deadline).await {
-            Some(Ok(())) => Status::ok(),
-            Some(Err(status)) => status,
-            None => Status::deadline_exceeded("context deadline exceeded"),
-        };
+    let status = if serving.rate_limiter.admit(known, started) {
+        run_isolated(
+            service,
+            &method,
+            &mut requests,
+            &mut sink,
+            deadline,
+            serving,
+        )
+        .await
+    } else {
+        serving.metrics.count(|counters| counters.rate_limited += 1);
+        Status::resource_exhausted(TOO_MANY_REQUESTS)
+    };
+    let elapsed = started.elapsed();
+    if let Some(id) = known {
+        serving.metrics.call_handled(id, status.code(), elapsed);
+        let unary = methods::method(id).call_type == CallType::Unary;
+        if unary && elapsed > serving.slow_request_threshold {
+            serving
+                .metrics
+                .count(|counters| counters.slow_requests += 1);
+            tracing::warn!(
+                method = %format_args!("/{}/{}", method.service, method.method),
+                took = ?elapsed,
+                %peer,
+                key = %key_prefix(&method, requests.first_message()),
+                code = %status.code(),
+                "request took too long"
+            );
+        }
+    }
     sink.finish(&status);
+}
+
+/// Runs the call under its deadline. A panic in the handler fails only
+/// this call (INTERNAL) and is counted; the core keeps serving.
+async fn run_isolated<Service: GrpcService>(
+    service: &Service,
+    method: &MethodPath,
+    requests: &mut RequestStream,
+    sink: &mut ResponseSink,
+    deadline: Option<Duration>,
+    serving: &Serving,
+) -> Status {
+    let work = async {
+        fail::fail_point!("grpc-handler-panic", |name: Option<String>| {
+            if name.is_none_or(|name| name == method.method) {
+                panic!("failpoint grpc-handler-panic in {}", method.method);
+            }
+            Ok(())
+        });
+        service.call(method, requests, sink).await
+    };
+    match AssertUnwindSafe(run_with_deadline(work, deadline))
+        .catch_unwind()
+        .await
+    {
+        Ok(Some(Ok(()))) => Status::ok(),
+        Ok(Some(Err(status))) => status,
+        Ok(None) => Status::deadline_exceeded("context deadline exceeded"),
+        Err(panic) => {
+            serving
+                .metrics
+                .count(|counters| counters.handler_panics += 1);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(method = %format_args!("/{}/{}", method.service, method.method), panic = %what, "a request handler panicked; the request failed and the server goes on");
+            Status::internal("grpc: the server panicked while handling the request")
+        }
+    }
+}
+
+/// The key a KV call names (Range, Put, DeleteRange: field 1 of the
+/// request), shortened and made printable, for the slow-request log.
+fn key_prefix(method: &MethodPath, first_message: Option<&Bytes>) -> String {
+    const SHOWN: usize = 32;
+    let keyed = method.service == "etcdserverpb.KV"
+        && matches!(method.method.as_str(), "Range" | "Put" | "DeleteRange");
+    let Some(key) = first_message
+        .filter(|_| keyed)
+        .and_then(|message| field_one_bytes(message))
+    else {
+        return String::new();
+    };
+    let shown = String::from_utf8_lossy(&key[..key.len().min(SHOWN)]).into_owned();
+    if key.len() > SHOWN {
+        format!("{shown}...")
+    } else {
+        shown
+    }
+}
+
+/// Field 1 of a protobuf message when it comes first and is
+/// length-delimited (how prost and Go encode `key`).
+fn field_one_bytes(message: &[u8]) -> Option<&[u8]> {
+    // Tag for field 1, wire type 2 (LEN).
+    let rest = message.strip_prefix(&[0x0a])?;
+    let mut length = 0usize;
+    for (index, byte) in rest.iter().enumerate().take(10) {
+        length |= usize::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return rest.get(index + 1..index + 1 + length);
+        }
+    }
+    None
 }
 
 /// `None` when the deadline passed first.
@@ -233,6 +353,35 @@ mod tests {
         for bad in ["", "/", "//", "/KV", "/KV/", "KV/Range", "/a/b/c"] {
             assert_eq!(MethodPath::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn slow_request_log_names_the_key() {
+        use prost::Message;
+        let put = MethodPath::parse("/etcdserverpb.KV/Put").expect("path");
+        let request = crate::proto::etcdserverpb::PutRequest {
+            key: Bytes::from_static(b"/registry/pods/default/web-0"),
+            value: Bytes::from(vec![b'x'; 300]),
+            ..Default::default()
+        };
+        let message = Bytes::from(request.encode_to_vec());
+        assert_eq!(
+            key_prefix(&put, Some(&message)),
+            "/registry/pods/default/web-0"
+        );
+        let long = crate::proto::etcdserverpb::RangeRequest {
+            key: Bytes::from(vec![b'k'; 100]),
+            ..Default::default()
+        };
+        let range = MethodPath::parse("/etcdserverpb.KV/Range").expect("path");
+        let shown = key_prefix(&range, Some(&Bytes::from(long.encode_to_vec())));
+        assert_eq!(shown, format!("{}...", "k".repeat(32)));
+        let status = MethodPath::parse("/etcdserverpb.Maintenance/Status").expect("path");
+        assert_eq!(key_prefix(&status, Some(&message)), "");
+        assert_eq!(
+            key_prefix(&put, Some(&Bytes::from_static(&[0x0a, 0x90]))),
+            ""
+        );
     }
 
     #[test]

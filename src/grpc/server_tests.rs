@@ -8,7 +8,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Request};
 
 use super::codec::encode_message;
-use super::server::{GrpcService, MethodPath, ServerLimits, serve_connection};
+use super::connection::serve_connection;
+use super::server::{GrpcService, MethodPath, ServerLimits, Serving};
 use super::status::{Code, Status};
 use super::{RequestStream, ResponseSink};
 
@@ -139,14 +140,14 @@ fn unary_streaming_and_error_paths_over_h2() {
         let address = listener.local_addr().expect("address");
         let mut limits = ServerLimits::for_max_request_bytes(1024);
         limits.max_receive_message_len = 1024;
-        let limits = Rc::new(limits);
+        let serving = Rc::new(Serving::with_limits(limits));
         monoio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("accept");
+            let (stream, peer) = listener.accept().await.expect("accept");
             let io = stream
                 .try_into_poll_io()
                 .map_err(|(error, _)| error)
                 .expect("poll io");
-            let _ = serve_connection(io, Rc::new(EchoService), limits).await;
+            let _ = serve_connection(io, peer, Rc::new(EchoService), serving).await;
         });
         let stream = monoio::net::TcpStream::connect(address)
             .await

@@ -5,11 +5,18 @@ use std::net::TcpListener as StdTcpListener;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 
+use super::control::CoreControl;
+use crate::config::ConnectionLimits;
+use crate::grpc::Status;
 use crate::grpc::authority::AuthorityRewritingIo;
-use crate::grpc::server::{ServerLimits, serve_connection};
+use crate::grpc::connection::{refuse_connection, serve_connection};
+use crate::grpc::rate_limit::RateLimiter;
+use crate::grpc::server::{ServerLimits, Serving};
+use crate::metrics::CoreMetrics;
 use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
 use crate::shard::SnapshotSchedule;
 use crate::shard::log_entry::{self, ShardCommandRecord};
@@ -26,6 +33,8 @@ use crate::wal::{DirectDevice, WalOptions};
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// The status of calls on a connection over `--max-connections`.
+const TOO_MANY_CONNECTIONS: &str = "metastore: too many client connections";
 
 /// Where a shard keeps its files.
 #[derive(Debug, Clone)]
@@ -72,6 +81,15 @@ pub struct CoreSetup {
     /// Passed by every core once its shards are replayed. Any core reads
     /// any shard, so none may serve before all are replayed.
     pub replayed: Arc<std::sync::Barrier>,
+    /// Requests from the monitoring thread (metrics, health probes).
+    pub control: flume::Receiver<super::control::CoreRequest>,
+    /// `false` with `--metrics off`.
+    pub metrics_enabled: bool,
+    pub connection_limits: ConnectionLimits,
+    /// Shared by every core: the limits are node-wide.
+    pub rate_limiter: Arc<RateLimiter>,
+    /// Client connections open on every core, against `--max-connections`.
+    pub open_connections: Arc<AtomicUsize>,
 }
 
 pub fn run_core(setup: CoreSetup) {
@@ -181,8 +199,14 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         reports,
         plans,
         replayed,
+        control,
+        metrics_enabled,
+        connection_limits,
+        rate_limiter,
+        open_connections,
         ..
     } = setup;
+    let metrics = Rc::new(CoreMetrics::new(metrics_enabled));
     let mut recovered = Vec::new();
     let mut inventories = Vec::new();
     for ((shard, receiver), directories) in owned_shards.into_iter().zip(&shard_directories) {
@@ -199,6 +223,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         .map_err(|_| "startup was abandoned".to_owned())?;
 
     let slot = space.clock().slot(core);
+    let shard_ids: Vec<ShardId> = recovered.iter().map(|shard| shard.shard).collect();
     for ((recovered, stats), directories) in
         recovered.into_iter().zip(log_stats).zip(shard_directories)
     {
@@ -238,7 +263,15 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             senders[shard].clone(),
         );
         monoio::spawn(
-            ShardWorker::new(shard, space.clone(), slot.clone(), group, schedule).run(commands),
+            ShardWorker::new(
+                shard,
+                space.clone(),
+                slot.clone(),
+                group,
+                schedule,
+                metrics.clone(),
+            )
+            .run(commands),
         );
     }
 
@@ -246,12 +279,27 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
     // workers have no commands until cores accept connections.
     replayed.wait();
 
+    let owned_senders = shard_ids
+        .iter()
+        .map(|shard| (*shard, senders[*shard].clone()))
+        .collect();
+    monoio::spawn(
+        CoreControl {
+            metrics: metrics.clone(),
+            space: space.clone(),
+            owned_shards: owned_senders,
+        }
+        .serve(control),
+    );
     let write_path = WritePath::new(space.clone(), senders, slot);
     let watch_feed = crate::watch::feed::EventFeed::new(space.clone());
     monoio::spawn(watch_feed.clone().run());
     if core == 0 {
         // One node-wide expiry task; leases are shared by all cores.
-        monoio::spawn(crate::service::lease::expire_leases(write_path.clone()));
+        monoio::spawn(crate::service::lease::expire_leases(
+            write_path.clone(),
+            metrics.clone(),
+        ));
     }
     let context = Rc::new(ServiceContext {
         identity,
@@ -260,9 +308,23 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         max_request_bytes,
         watch_feed,
         watch_progress_interval,
+        metrics: metrics.clone(),
     });
     let services = Rc::new(EtcdServices::new(context));
-    let limits = Rc::new(limits);
+    let serving = Rc::new(Serving {
+        limits,
+        metrics: metrics.clone(),
+        rate_limiter,
+        slow_request_threshold: connection_limits.slow_request_threshold,
+        keepalive_interval: connection_limits.keepalive_interval,
+        keepalive_timeout: connection_limits.keepalive_timeout,
+        max_connection_idle: connection_limits.max_connection_idle,
+    });
+    let admission = Rc::new(Admission {
+        open_connections,
+        max_connections: connection_limits.max_connections,
+        metrics: metrics.clone(),
+    });
     let mut accepts = Vec::new();
     for listener in listeners {
         let listener = monoio::net::TcpListener::from_std(listener)
@@ -270,7 +332,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         accepts.push(monoio::spawn(accept_loop(
             listener,
             services.clone(),
-            limits.clone(),
+            serving.clone(),
+            admission.clone(),
         )));
     }
     let _ = reports.send(CoreReport::Serving);
@@ -323,33 +386,87 @@ fn replay(
     }
 }
 
+/// The node-wide connection count and its limit, as one core sees them.
+struct Admission {
+    /// Shared by all cores; touched once per connection, never per call.
+    open_connections: Arc<AtomicUsize>,
+    max_connections: Option<usize>,
+    metrics: Rc<CoreMetrics>,
+}
+
+impl Admission {
+    /// Counts a new connection in, unless the node is at its limit.
+    fn admit(&self) -> Option<ConnectionSlot> {
+        let open = self.open_connections.fetch_add(1, Ordering::AcqRel);
+        if self.max_connections.is_some_and(|max| open >= max) {
+            self.open_connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics
+                .count(|counters| counters.connections_rejected += 1);
+            return None;
+        }
+        self.metrics.count(|counters| {
+            counters.connections_accepted += 1;
+            counters.connections_open += 1;
+        });
+        Some(ConnectionSlot {
+            open_connections: self.open_connections.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// One admitted connection; dropping it counts the connection out.
+struct ConnectionSlot {
+    open_connections: Arc<AtomicUsize>,
+    metrics: Rc<CoreMetrics>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open_connections.fetch_sub(1, Ordering::AcqRel);
+        self.metrics
+            .count(|counters| counters.connections_open -= 1);
+    }
+}
+
 async fn accept_loop(
     listener: monoio::net::TcpListener,
     services: Rc<EtcdServices>,
-    limits: Rc<ServerLimits>,
+    serving: Rc<Serving>,
+    admission: Rc<Admission>,
 ) {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                match stream.try_into_poll_io() {
-                    Ok(io) => {
-                        let io =
-                            AuthorityRewritingIo::new(io, limits.max_header_list_size as usize);
-                        let (services, limits) = (services.clone(), limits.clone());
-                        monoio::spawn(async move {
-                            if let Err(error) = serve_connection(io, services, limits).await {
-                                tracing::debug!(%peer, %error, "connection closed with an error");
-                            }
-                        });
-                    }
-                    Err((error, _)) => tracing::warn!(%peer, %error, "cannot drive connection"),
-                }
-            }
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
                 monoio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             }
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        let io = match stream.try_into_poll_io() {
+            Ok(io) => AuthorityRewritingIo::new(io, serving.limits.max_header_list_size as usize),
+            Err((error, _)) => {
+                tracing::warn!(%peer, %error, "cannot drive connection");
+                continue;
+            }
+        };
+        let Some(slot) = admission.admit() else {
+            tracing::warn!(%peer, "refusing a client connection: --max-connections are open");
+            let serving = serving.clone();
+            monoio::spawn(async move {
+                let status = Status::resource_exhausted(TOO_MANY_CONNECTIONS);
+                refuse_connection(io, &serving.limits, status).await;
+            });
+            continue;
+        };
+        let (services, serving) = (services.clone(), serving.clone());
+        monoio::spawn(async move {
+            if let Err(error) = serve_connection(io, peer, services, serving).await {
+                tracing::debug!(%peer, %error, "connection closed with an error");
+            }
+            drop(slot);
+        });
     }
 }

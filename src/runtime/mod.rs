@@ -8,6 +8,7 @@
 //! - Nothing blocks an executor thread; the main thread only waits for
 //!   signals.
 
+pub mod control;
 mod core_thread;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -20,6 +21,7 @@ use thiserror::Error;
 
 use crate::config::ServerConfig;
 use crate::data_dir::{DataDir, DataDirError};
+use crate::grpc::rate_limit::RateLimiter;
 use crate::grpc::server::ServerLimits;
 use crate::service::MemberIdentity;
 use crate::shard::raft_group::LogStats;
@@ -29,6 +31,10 @@ use crate::store::key_space::KeySpace;
 use crate::store::revision::RevisionClock;
 use crate::store::shard_map::{ShardId, ShardMap};
 use core_thread::{CoreReport, CoreSetup, ShardDirectories, StartupPlan, run_core};
+
+/// Requests from the monitoring thread a core may have queued; a scrape or
+/// probe sends one per core at a time, so a few suffice.
+const CONTROL_QUEUE_CAPACITY: usize = 16;
 
 /// etcd's first revision for an empty store.
 const INITIAL_REVISION: i64 = 1;
@@ -49,8 +55,12 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(String),
     #[error("recovery failed: {0}")]
     Recovery(String),
+    #[error("cannot serve metrics (--listen-metrics-urls): {0}")]
+    Monitor(std::io::Error),
 }
 
 /// Which I/O driver the executors use.
@@ -127,9 +137,19 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     let listeners = bind_listeners(config)?;
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     tracing::info!(cores = config.cores, shards = shard_map.shard_count(), driver = driver_name(), data_dir = %config.data_dir.display(), "starting");
-    let limits = ServerLimits::for_max_request_bytes(config.max_request_bytes);
+    let mut limits = ServerLimits::for_max_request_bytes(config.max_request_bytes);
+    limits.max_concurrent_streams = config.connection_limits.max_concurrent_streams;
+    let rate_limiter = Arc::new(
+        RateLimiter::new(
+            config.connection_limits.rate_limit,
+            &config.connection_limits.method_rate_limits,
+        )
+        .map_err(|error| StartError::Config(error.to_string()))?,
+    );
+    let open_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (report_sender, reports) = mpsc::channel();
     let mut plan_senders = Vec::new();
+    let mut control_senders = Vec::new();
     let replayed = Arc::new(std::sync::Barrier::new(config.cores));
     for (core, core_listeners) in listeners.into_iter().enumerate() {
         let owned: Vec<_> = shard_map
@@ -143,6 +163,8 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             .collect();
         let (plan_sender, plans) = mpsc::channel();
         plan_senders.push(plan_sender);
+        let (control_sender, control) = flume::bounded(CONTROL_QUEUE_CAPACITY);
+        control_senders.push(control_sender);
         let core_setup = CoreSetup {
             core,
             pin_to: core_ids.get(core % core_ids.len().max(1)).copied(),
@@ -167,6 +189,11 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             reports: report_sender.clone(),
             plans,
             replayed: replayed.clone(),
+            control,
+            connection_limits: config.connection_limits.clone(),
+            rate_limiter: rate_limiter.clone(),
+            open_connections: open_connections.clone(),
+            metrics_enabled: config.metrics_level != crate::config::MetricsLevel::Off,
         };
         std::thread::Builder::new()
             .name(format!("metastore-core-{core}"))
@@ -217,6 +244,21 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             }
         }
     }
+    crate::monitor::start(
+        &config.metrics_addresses,
+        crate::monitor::NodeHandles {
+            space,
+            log_stats: log_stats.clone(),
+            shard_senders: senders,
+            cores: control_senders,
+            data_dir: config.data_dir.clone(),
+            quota_bytes: config.quota_backend_bytes,
+            minimum_free_bytes: config.wal_options.segment_bytes,
+            health_passed: Default::default(),
+            health_failed: Default::default(),
+        },
+    )
+    .map_err(StartError::Monitor)?;
     // The data directory stays locked for the life of the process.
     std::mem::forget(data_dir);
     for url in &config.listen_client_urls {

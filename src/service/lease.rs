@@ -71,6 +71,9 @@ async fn grant(
     };
     let ttl = effective_ttl(request.ttl);
     context.write_path.grant_lease(id, ttl).await?;
+    context
+        .metrics
+        .count(|counters| counters.leases_granted += 1);
     let mut response = LeaseGrantResponse {
         id,
         ttl,
@@ -88,6 +91,9 @@ async fn revoke(
         .write_path
         .write(WriteRequest::LeaseRevoke(request.id))
         .await?;
+    context
+        .metrics
+        .count(|counters| counters.leases_revoked += 1);
     match outcome.response {
         WriteResponse::LeaseRevoke(mut response) => {
             context.fill_header(&mut response.header);
@@ -114,6 +120,11 @@ async fn keep_alive(
         };
         context.fill_header(&mut response.header);
         response.ttl = leases.renew(request.id, Instant::now()).unwrap_or(0);
+        if response.ttl > 0 {
+            context
+                .metrics
+                .count(|counters| counters.leases_renewed += 1);
+        }
         responses.send(&response).await?;
     }
     Ok(())
@@ -169,15 +180,16 @@ fn leases(
 /// Revokes leases whose deadline passed. Runs on one core for the node,
 /// which owns the deadline heap. A lease whose revocation fails stays in
 /// the table, so the queue reports it again at the next check.
-pub async fn expire_leases(write_path: Rc<WritePath>) {
+pub async fn expire_leases(write_path: Rc<WritePath>, metrics: Rc<crate::metrics::CoreMetrics>) {
     let mut queue = LeaseExpiryQueue::new();
     loop {
         monoio::time::sleep(EXPIRY_CHECK_INTERVAL).await;
         let expired = queue.expired(write_path.space().leases(), Instant::now());
         for lease in expired {
             match write_path.write(WriteRequest::LeaseRevoke(lease)).await {
+                Ok(_) => metrics.count(|counters| counters.leases_revoked += 1),
                 // Revoked by a client meanwhile: nothing to do.
-                Ok(_) | Err(KvError::LeaseNotFound) => {}
+                Err(KvError::LeaseNotFound) => {}
                 Err(error) => {
                     tracing::warn!(lease, %error, "cannot revoke an expired lease; will retry")
                 }

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod election;
+pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod lock;
@@ -40,6 +41,8 @@ pub struct ServiceContext {
     /// How often watches that asked for progress notifications get one
     /// (etcd's `--experimental-watch-progress-notify-interval`).
     pub watch_progress_interval: std::time::Duration,
+    /// This core's metrics (watch and lease gauges and counters).
+    pub metrics: Rc<crate::metrics::CoreMetrics>,
 }
 
 impl ServiceContext {
@@ -103,6 +106,7 @@ impl GrpcService for EtcdServices {
             ("v3electionpb.Election", name) => {
                 election::call(context, name, requests, responses).await
             }
+            ("grpc.health.v1.Health", name) => health::call(name, requests, responses).await,
             ("etcdserverpb.Cluster", name) => {
                 cluster::call(context, name, requests, responses).await
             }

@@ -43,6 +43,44 @@ struct StreamTask<'a> {
     subscription: Option<Subscription>,
     responses: &'a mut ResponseSink,
     outbox: Vec<WatchResponse>,
+    /// Keeps the core's watch stream and watcher gauges in step with this
+    /// stream, and takes its share back when the stream ends however it ends.
+    gauge: WatchGauge,
+}
+
+/// This stream's part of the core's `etcd_debugging_mvcc_watch_stream_total`
+/// and `etcd_debugging_mvcc_watcher_total`.
+struct WatchGauge {
+    metrics: Rc<crate::metrics::CoreMetrics>,
+    watchers: i64,
+}
+
+impl WatchGauge {
+    fn open(metrics: Rc<crate::metrics::CoreMetrics>) -> Self {
+        metrics.count(|counters| counters.watch_streams += 1);
+        Self {
+            metrics,
+            watchers: 0,
+        }
+    }
+
+    fn set_watchers(&mut self, watchers: usize) {
+        let change = watchers as i64 - self.watchers;
+        if change != 0 {
+            self.metrics.count(|counters| counters.watchers += change);
+            self.watchers = watchers as i64;
+        }
+    }
+}
+
+impl Drop for WatchGauge {
+    fn drop(&mut self) {
+        let watchers = self.watchers;
+        self.metrics.count(|counters| {
+            counters.watch_streams -= 1;
+            counters.watchers -= watchers;
+        });
+    }
 }
 
 pub async fn serve(
@@ -58,6 +96,7 @@ pub async fn serve(
         subscription: None,
         responses,
         outbox: Vec::new(),
+        gauge: WatchGauge::open(context.metrics.clone()),
     };
     let interval = context.watch_progress_interval;
     let mut ticker = monoio::time::interval_at(monoio::time::Instant::now() + interval, interval);
@@ -109,6 +148,7 @@ impl StreamTask<'_> {
     }
 
     fn update_subscription(&mut self) {
+        self.gauge.set_watchers(self.watches.len());
         if self.watches.is_empty() {
             self.subscription = None;
         } else if self.subscription.is_none() {

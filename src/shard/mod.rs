@@ -18,6 +18,7 @@ pub mod write_path;
 use bytes::Bytes;
 use futures_channel::oneshot;
 
+use crate::metrics::CoreMetrics;
 use crate::store::error::KvError;
 use crate::store::key_space::KeySpace;
 use crate::store::memtable::Version;
@@ -46,7 +47,12 @@ pub enum ShardCommand {
     Write {
         request: WriteRequest,
         reply: WriteReply,
+        /// When the sender queued it: the worker records the wait as the
+        /// cross-core hop latency.
+        queued_at: std::time::Instant,
     },
+    /// Answer at once: the health check's proof that the worker turns.
+    Probe { reply: oneshot::Sender<()> },
     /// Start no other write until the coordinator lets go (drops the sender
     /// behind `commands`); meanwhile obey only `commands`.
     Hold {
@@ -127,6 +133,8 @@ pub struct ShardWorker<D: StorageDevice> {
     slot: RevisionSlot,
     group: RaftGroup<D>,
     snapshots: SnapshotSchedule,
+    /// The owning core's metrics (WAL sync times, hop latency).
+    metrics: std::rc::Rc<CoreMetrics>,
 }
 
 /// When and where a shard snapshots (see `snapshotting`).
@@ -168,6 +176,7 @@ impl<D: StorageDevice> ShardWorker<D> {
         slot: RevisionSlot,
         group: RaftGroup<D>,
         snapshots: SnapshotSchedule,
+        metrics: std::rc::Rc<CoreMetrics>,
     ) -> Self {
         Self {
             shard,
@@ -175,6 +184,7 @@ impl<D: StorageDevice> ShardWorker<D> {
             slot,
             group,
             snapshots,
+            metrics,
         }
     }
 
@@ -267,8 +277,26 @@ impl<D: StorageDevice> ShardWorker<D> {
     }
 
     async fn handle(&mut self, command: ShardCommand, deferred: &mut Vec<DeferredReply>) {
+        self.group
+            .stats()
+            .commands
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match command {
-            ShardCommand::Write { request, reply } => {
+            ShardCommand::Probe { reply } => {
+                fail::fail_point!("shard-worker-stall", |shard: Option<String>| {
+                    // Tests stall one shard's core to see health checks fail.
+                    if shard.is_none_or(|shard| shard == self.shard.to_string()) {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                    }
+                });
+                let _ = reply.send(());
+            }
+            ShardCommand::Write {
+                request,
+                reply,
+                queued_at,
+            } => {
+                self.metrics.hop(queued_at.elapsed());
                 match run_write(&self.space, &self.slot, request) {
                     Err(error) => {
                         let _ = reply.send(Err(error));
@@ -386,9 +414,17 @@ impl<D: StorageDevice> ShardWorker<D> {
     /// fsync is fatal: the kernel may have dropped the dirty pages, so a
     /// retry could report success for data that is gone.
     async fn persist(&mut self) {
-        if let Err(error) = self.group.persist().await {
-            tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed; aborting (an fsync is never retried)");
-            std::process::abort();
+        let started = std::time::Instant::now();
+        match self.group.persist().await {
+            Ok(persisted) if persisted.entries > 0 => {
+                self.metrics
+                    .wal_synced(persisted.syncing, started.elapsed(), persisted.entries);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed; aborting (an fsync is never retried)");
+                std::process::abort();
+            }
         }
     }
 

@@ -44,6 +44,9 @@ pub struct LogStats {
     pub entries: AtomicU64,
     /// fdatasync calls on the WAL (one per persisted batch).
     pub fsyncs: AtomicU64,
+    /// Commands the shard's worker has taken (every kind), for the
+    /// per-shard request metric. Written by the owning core only.
+    pub commands: AtomicU64,
 }
 
 impl LogStats {
@@ -55,6 +58,14 @@ impl LogStats {
             self.entries.load(Ordering::Relaxed) as f64 / fsyncs as f64
         }
     }
+}
+
+/// What one [`RaftGroup::persist`] made durable, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Persisted {
+    pub entries: usize,
+    /// Time spent in the WAL's write + fdatasync.
+    pub syncing: std::time::Duration,
 }
 
 pub struct RaftGroup<D: StorageDevice> {
@@ -194,8 +205,8 @@ impl<D: StorageDevice> RaftGroup<D> {
     /// Makes everything proposed so far durable with one WAL write and one
     /// fdatasync, and lets Raft commit it. Returns the number of entries
     /// that became durable. An error here is fatal: the caller aborts.
-    pub async fn persist(&mut self) -> Result<usize, GroupError> {
-        let mut persisted = 0;
+    pub async fn persist(&mut self) -> Result<Persisted, GroupError> {
+        let mut persisted = Persisted::default();
         while self.node.has_ready() {
             let mut ready = self.node.ready();
             let entries = ready.take_entries();
@@ -207,13 +218,15 @@ impl<D: StorageDevice> RaftGroup<D> {
                 self.wal.append(&encode(&WalRecord::hard_state(hard_state)));
             }
             if self.wal.unsynced_records() > 0 {
+                let started = std::time::Instant::now();
                 self.wal.sync().await?;
+                persisted.syncing += started.elapsed();
                 self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .entries
                     .fetch_add(entries.len() as u64, Ordering::Relaxed);
             }
-            persisted += entries.len();
+            persisted.entries += entries.len();
             {
                 let mirror = self.node.store().mirror();
                 let mut writable = mirror.wl();
@@ -309,7 +322,7 @@ mod tests {
             );
             assert_eq!(group.term_of(last), Some(1));
             group.propose(b"after trimming".to_vec()).expect("propose");
-            assert_eq!(group.persist().await.expect("persist"), 1);
+            assert_eq!(group.persist().await.expect("persist").entries, 1);
             assert_eq!(stats.entries.load(Ordering::Relaxed), total + 2);
         });
     }

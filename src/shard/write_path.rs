@@ -58,8 +58,15 @@ impl WritePath {
             1 => {
                 let shard = *participants.first().expect("one participant");
                 let (reply, response) = oneshot::channel();
-                self.send(shard, ShardCommand::Write { request, reply })
-                    .await?;
+                self.send(
+                    shard,
+                    ShardCommand::Write {
+                        request,
+                        reply,
+                        queued_at: std::time::Instant::now(),
+                    },
+                )
+                .await?;
                 response
                     .await
                     .map_err(|_| KvError::ShardUnavailable(shard))??

@@ -184,6 +184,8 @@ pub fn probe(addr: SocketAddr) -> GrpcResult<()> {
 pub struct MetastoreServer {
     proc_: CapturedChild,
     port: u16,
+    /// Where /metrics and the health endpoints are served.
+    metrics_port: u16,
     /// The temp data dir this server owns, if the caller did not give one.
     _data_dir: Option<tempfile::TempDir>,
 }
@@ -242,6 +244,13 @@ impl MetastoreServer {
             if !has("--log-level") {
                 args.extend(["--log-level".into(), "info".into()]);
             }
+            let metrics_port = free_port();
+            if !has("--listen-metrics-urls") {
+                args.extend([
+                    "--listen-metrics-urls".into(),
+                    format!("http://127.0.0.1:{metrics_port}"),
+                ]);
+            }
             args.extend(extra_args.iter().map(|s| s.to_string()));
             cmd.args(&args);
             let mut proc_ = CapturedChild::spawn(cmd, "metastore")
@@ -252,6 +261,7 @@ impl MetastoreServer {
                     return MetastoreServer {
                         proc_,
                         port,
+                        metrics_port,
                         _data_dir: owned_dir,
                     };
                 }
@@ -272,6 +282,11 @@ impl MetastoreServer {
             }
         }
         panic!("failed to start metastore: {last_err}");
+    }
+
+    /// `http://127.0.0.1:<port>` of the metrics and health endpoints.
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
     }
 
     pub fn port(&self) -> u16 {
