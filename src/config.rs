@@ -538,6 +538,10 @@ mod tests {
         for bad in ["Put", "Put=0", "=5", "Put=fast"] {
             assert!(parse_method_rate_limit(bad).is_err(), "{bad}");
         }
+        let flags = Flags::try_parse_from(["metastore", "--method-rate-limits", "Teleport=5"])
+            .expect("parses");
+        let error = ServerConfig::from_flags(flags, 2).unwrap_err();
+        assert!(error.contains("--method-rate-limits"), "{error}");
     }
 
     #[test]

@@ -283,12 +283,15 @@ impl<D: StorageDevice> ShardWorker<D> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match command {
             ShardCommand::Probe { reply } => {
-                fail::fail_point!("shard-worker-stall", |shard: Option<String>| {
-                    // Tests stall one shard's core to see health checks fail.
-                    if shard.is_none_or(|shard| shard == self.shard.to_string()) {
-                        std::thread::sleep(std::time::Duration::from_secs(5));
-                    }
-                });
+                // Fault injection for tests: `return(N)` stalls shard N's
+                // core for 5 s at every probe, as a hung disk or a runaway
+                // task would.
+                #[cfg(debug_assertions)]
+                if let Some(target) = fail::eval("shard-worker-stall", |shard| shard)
+                    && target.is_none_or(|shard| shard == self.shard.to_string())
+                {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                }
                 let _ = reply.send(());
             }
             ShardCommand::Write {

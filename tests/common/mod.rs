@@ -195,16 +195,26 @@ impl MetastoreServer {
     /// a fresh data dir. `extra_args` are appended (later flags win in clap
     /// only if the server allows overrides, so do not repeat the defaults).
     pub fn start(extra_args: &[&str]) -> MetastoreServer {
-        Self::launch(None, extra_args)
+        Self::launch(None, extra_args, &[])
+    }
+
+    /// Like [`start`](Self::start) with extra environment variables (e.g.
+    /// `FAILPOINTS` for fault injection; test builds compile it in).
+    pub fn start_with_env(extra_args: &[&str], environment: &[(&str, &str)]) -> MetastoreServer {
+        Self::launch(None, extra_args, environment)
     }
 
     /// Like [`start`](Self::start) on an existing data directory that
     /// outlives the server (restart and crash tests).
     pub fn start_in(data_dir: &std::path::Path, extra_args: &[&str]) -> MetastoreServer {
-        Self::launch(Some(data_dir), extra_args)
+        Self::launch(Some(data_dir), extra_args, &[])
     }
 
-    fn launch(given_dir: Option<&std::path::Path>, extra_args: &[&str]) -> MetastoreServer {
+    fn launch(
+        given_dir: Option<&std::path::Path>,
+        extra_args: &[&str],
+        environment: &[(&str, &str)],
+    ) -> MetastoreServer {
         let mut last_err = String::new();
         for attempt in 0..3 {
             let port = free_port();
@@ -253,6 +263,7 @@ impl MetastoreServer {
             }
             args.extend(extra_args.iter().map(|s| s.to_string()));
             cmd.args(&args);
+            cmd.envs(environment.iter().copied());
             let mut proc_ = CapturedChild::spawn(cmd, "metastore")
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", env!("CARGO_BIN_EXE_metastore")));
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -496,6 +507,52 @@ impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.proc_.kill();
     }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/1.1 for the metrics and health endpoints
+// ---------------------------------------------------------------------------
+
+/// A plain HTTP/1.1 GET (or `method`); returns (status, body).
+pub fn http_request(url: &str, method: &str, path: &str) -> (u16, String) {
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send request");
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header block");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    (status, decode_body(head, body))
+}
+
+/// Undoes chunked transfer encoding if the server used it.
+pub fn decode_body(head: &str, body: &str) -> String {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut decoded = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        decoded.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    decoded
 }
 
 // ---------------------------------------------------------------------------
