@@ -62,6 +62,10 @@ pub struct CoreSetup {
     pub snapshot_count: u64,
     pub watch_progress_interval: std::time::Duration,
     pub log_stats: Vec<Arc<LogStats>>,
+    /// Every shard's log counters, indexed by shard (for `Status`).
+    pub all_log_stats: Arc<[Arc<LogStats>]>,
+    /// The data directory (for `Status`'s size on disk).
+    pub data_dir: PathBuf,
     pub listeners: Vec<StdTcpListener>,
     pub identity: MemberIdentity,
     pub limits: ServerLimits,
@@ -173,6 +177,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         snapshot_count,
         watch_progress_interval,
         log_stats,
+        all_log_stats,
+        data_dir,
         listeners,
         identity,
         limits,
@@ -236,7 +242,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             snapshot_count,
             directories.snapshots,
             senders[shard].clone(),
-        );
+        )
+        .after_snapshot(snapshot_position.map_or(0, |(index, _)| index));
         monoio::spawn(
             ShardWorker::new(shard, space.clone(), slot.clone(), group, schedule).run(commands),
         );
@@ -260,6 +267,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         max_request_bytes,
         watch_feed,
         watch_progress_interval,
+        data_dir,
+        log_stats: all_log_stats,
     });
     let services = Rc::new(EtcdServices::new(context));
     let limits = Rc::new(limits);
