@@ -11,6 +11,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod recipes;
+pub mod snapshot_stream;
 pub mod watch;
 
 use std::rc::Rc;
@@ -40,6 +41,11 @@ pub struct ServiceContext {
     /// How often watches that asked for progress notifications get one
     /// (etcd's `--experimental-watch-progress-notify-interval`).
     pub watch_progress_interval: std::time::Duration,
+    /// The data directory, whose shard files `Status` sizes.
+    pub data_dir: std::path::PathBuf,
+    /// Every shard's Raft log counters, indexed by shard: `Status`'s
+    /// member-wide Raft index is their sum.
+    pub log_stats: std::sync::Arc<[std::sync::Arc<crate::shard::raft_group::LogStats>]>,
 }
 
 impl ServiceContext {
