@@ -140,6 +140,26 @@ impl DataDir {
     }
 }
 
+/// Bytes of every file under the data directory's `shards/` (WAL segments
+/// and snapshot files): what the data takes on disk. Blocking (a directory
+/// walk); files that vanish meanwhile (a released segment) count as 0.
+pub fn shard_files_bytes(data_dir: &Path) -> u64 {
+    fn walk(path: &Path) -> u64 {
+        let Ok(listing) = fs::read_dir(path) else {
+            return 0;
+        };
+        listing
+            .flatten()
+            .map(|entry| match entry.metadata() {
+                Ok(metadata) if metadata.is_dir() => walk(&entry.path()),
+                Ok(metadata) => metadata.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(&data_dir.join("shards"))
+}
+
 fn parse_meta(path: &Path, bytes: &[u8]) -> Result<DataDirMeta, DataDirError> {
     let corrupt = |reason: String| DataDirError::CorruptMeta {
         path: path.to_owned(),

@@ -4,14 +4,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use metastore::config::{Flags, ServerConfig};
+use metastore::config::{Flags, ServerConfig, SnapshotCommand, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
     if let Some(command) = flags.command {
-        eprintln!("error: {command:?} is not available yet");
-        return ExitCode::from(2);
+        return run_subcommand(command);
     }
     let available_cores = std::thread::available_parallelism()
         .map(usize::from)
@@ -42,6 +41,46 @@ fn main() -> ExitCode {
     tracing::info!("received shutdown signal, exiting");
     node.log_summary();
     ExitCode::SUCCESS
+}
+
+/// Runs a tool instead of the server. Exit status 2 for a bad input (a
+/// corrupt snapshot file, a non-empty target), 1 for a failure while
+/// writing.
+fn run_subcommand(command: Subcommand) -> ExitCode {
+    match command {
+        Subcommand::Snapshot(SnapshotCommand::Restore {
+            file,
+            data_dir,
+            shards,
+        }) => {
+            let shards = shards.map(|shards| shards as usize);
+            match metastore::snapshot::restore::restore(&file, &data_dir, shards) {
+                Ok(summary) => {
+                    println!(
+                        "restored {} versions and {} leases at revision {} (compacted at {}) into {} with {} shards; cluster ID {:x}, member ID {:x}{}",
+                        summary.versions,
+                        summary.leases,
+                        summary.revision,
+                        summary.compacted_revision,
+                        data_dir.display(),
+                        summary.shards,
+                        summary.cluster_id,
+                        summary.member_id,
+                        if summary.verified_hash {
+                            ""
+                        } else {
+                            " (the file had no SHA-256 to verify)"
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(if error.is_usage_error() { 2 } else { 1 })
+                }
+            }
+        }
+    }
 }
 
 /// Blocks the main thread until SIGINT or SIGTERM.

@@ -172,6 +172,17 @@ impl LeaseTable {
         self.leases.is_empty()
     }
 
+    /// Every lease with its granted TTL, by ID (for a backup).
+    pub fn all_leases(&self) -> Vec<SnapshotLease> {
+        self.leases
+            .iter()
+            .map(|entry| SnapshotLease {
+                id: *entry.key(),
+                ttl_seconds: entry.value().ttl_seconds,
+            })
+            .collect()
+    }
+
     /// The leases `shard` is home to, for its snapshot.
     pub fn leases_homed_on(&self, shard_map: &ShardMap, shard: ShardId) -> Vec<SnapshotLease> {
         self.leases

@@ -63,7 +63,7 @@ impl NodeHandles {
         let (keys, bytes) = self.space.totals();
         NodeView {
             keys_total: keys as u64,
-            db_total_bytes: disk_usage(&self.data_dir.join("shards")) as i64,
+            db_total_bytes: crate::data_dir::shard_files_bytes(&self.data_dir) as i64,
             db_in_use_bytes: bytes,
             quota_bytes: self.quota_bytes.unwrap_or(0) as i64,
             current_revision: self.space.clock().watermark(),
@@ -192,21 +192,4 @@ fn write_probe_file(directory: &std::path::Path) -> Result<(), String> {
     file.sync_data().map_err(describe)?;
     drop(file);
     std::fs::remove_file(&path).map_err(describe)
-}
-
-/// Bytes of the regular files under `directory` (the shards' WAL segments
-/// and snapshots), as allocated on disk.
-pub fn disk_usage(directory: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(metadata) if metadata.is_dir() => disk_usage(&entry.path()),
-            Ok(metadata) => metadata.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
 }

@@ -71,6 +71,10 @@ pub struct CoreSetup {
     pub snapshot_count: u64,
     pub watch_progress_interval: std::time::Duration,
     pub log_stats: Vec<Arc<LogStats>>,
+    /// Every shard's log counters, indexed by shard (for `Status`).
+    pub all_log_stats: Arc<[Arc<LogStats>]>,
+    /// The data directory (for `Status`'s size on disk).
+    pub data_dir: PathBuf,
     pub listeners: Vec<StdTcpListener>,
     pub identity: MemberIdentity,
     pub limits: ServerLimits,
@@ -191,6 +195,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         snapshot_count,
         watch_progress_interval,
         log_stats,
+        all_log_stats,
+        data_dir,
         listeners,
         identity,
         limits,
@@ -261,7 +267,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             snapshot_count,
             directories.snapshots,
             senders[shard].clone(),
-        );
+        )
+        .after_snapshot(snapshot_position.map_or(0, |(index, _)| index));
         monoio::spawn(
             ShardWorker::new(
                 shard,
@@ -309,6 +316,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         watch_feed,
         watch_progress_interval,
         metrics: metrics.clone(),
+        data_dir,
+        log_stats: all_log_stats,
     });
     let services = Rc::new(EtcdServices::new(context));
     let serving = Rc::new(Serving {

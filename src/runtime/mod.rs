@@ -179,6 +179,8 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
                 .iter()
                 .map(|(shard, _)| log_stats[*shard].clone())
                 .collect(),
+            all_log_stats: log_stats.clone().into(),
+            data_dir: config.data_dir.clone(),
             owned_shards: owned,
             wal_options: config.wal_options,
             listeners: core_listeners,

@@ -1,21 +1,26 @@
-//! `etcdserverpb.Maintenance`: Status, enough for `etcdctl endpoint status`
-//! and `endpoint health`. The rest arrives with the operations issue.
+//! `etcdserverpb.Maintenance` for a single member: Status, Hash, HashKV,
+//! Defragment, Snapshot (in `snapshot_stream`) and MoveLeader. `Alarm` is
+//! not served yet.
+//!
+//! Everything that scans the key space or walks the disk runs on a helper
+//! thread ([`off_core`]), never on the core's executor: a hash of a large
+//! store must not stall the other requests of the core.
 
-use super::{RAFT_TERM, ServiceContext, missing_method, unary};
+use std::sync::atomic::Ordering;
+
+use super::{RAFT_TERM, ServiceContext, missing_method, snapshot_stream, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
-use crate::proto::etcdserverpb::{StatusRequest, StatusResponse};
+use crate::proto::etcdserverpb::{
+    DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest,
+    HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, StatusRequest,
+    StatusResponse,
+};
+use crate::store::content_hash;
 
 /// The etcd API level MetaStore speaks; clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.4.0";
 
-const NOT_YET_SERVED: &[&str] = &[
-    "Alarm",
-    "Defragment",
-    "Hash",
-    "HashKV",
-    "Snapshot",
-    "MoveLeader",
-];
+const NOT_YET_SERVED: &[&str] = &["Alarm"];
 
 pub async fn call(
     context: &ServiceContext,
@@ -26,10 +31,35 @@ pub async fn call(
     match method {
         "Status" => {
             unary(requests, responses, async |_: StatusRequest| {
-                Ok(status(context))
+                status(context).await
             })
             .await
         }
+        "Hash" => {
+            unary(requests, responses, async |_: HashRequest| {
+                hash(context).await
+            })
+            .await
+        }
+        "HashKV" => {
+            unary(requests, responses, async |request: HashKvRequest| {
+                hash_kv(context, request).await
+            })
+            .await
+        }
+        "Defragment" => {
+            unary(requests, responses, async |_: DefragmentRequest| {
+                defragment(context).await
+            })
+            .await
+        }
+        "MoveLeader" => {
+            unary(requests, responses, async |request: MoveLeaderRequest| {
+                move_leader(context, request)
+            })
+            .await
+        }
+        "Snapshot" => snapshot_stream::serve(context, requests, responses).await,
         other => Err(missing_method(
             "etcdserverpb.Maintenance",
             other,
@@ -38,24 +68,129 @@ pub async fn call(
     }
 }
 
-fn status(context: &ServiceContext) -> StatusResponse {
+/// Runs blocking `work` on a thread of its own and waits for it without
+/// blocking the executor.
+async fn off_core<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    let (sender, receiver) = futures_channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("metastore-{name}"))
+        .spawn(move || {
+            let _ = sender.send(work());
+        })
+        .map_err(|error| Status::internal(format!("cannot start a {name} thread: {error}")))?;
+    receiver
+        .await
+        .map_err(|_| Status::internal(format!("the {name} thread failed")))
+}
+
+/// etcd's Status for one member. The Raft figures aggregate the shards'
+/// Raft groups: index and applied index are the sums of every shard's
+/// commit and applied indexes (monotonic while the data directory lives);
+/// the term is the one every response header reports.
+async fn status(context: &ServiceContext) -> Result<StatusResponse, Status> {
     let space = context.write_path.space();
-    let (_, bytes) = space.totals();
-    // Without a Raft log yet, every applied revision stands for one applied
-    // entry; the raft issue replaces this with real log indexes.
-    let applied = space.clock().watermark() as u64;
+    let (_, in_use) = space.totals();
+    let data_dir = context.data_dir.clone();
+    let db_size = off_core("status", move || {
+        crate::data_dir::shard_files_bytes(&data_dir)
+    })
+    .await?;
+    let sum = |read: fn(&crate::shard::raft_group::LogStats) -> u64| -> u64 {
+        context.log_stats.iter().map(|stats| read(stats)).sum()
+    };
+    let raft_index = sum(|stats| stats.committed_index.load(Ordering::Relaxed));
+    let raft_applied_index = sum(|stats| stats.applied_index.load(Ordering::Relaxed));
     let mut response = StatusResponse {
         header: None,
         version: ETCD_API_VERSION.to_owned(),
-        db_size: bytes,
+        db_size: db_size as i64,
         leader: context.identity.member_id,
-        raft_index: applied,
+        raft_index,
         raft_term: RAFT_TERM,
-        raft_applied_index: applied,
+        raft_applied_index,
+        // Alarms are raised elsewhere; none are reported yet.
         errors: Vec::new(),
-        db_size_in_use: bytes,
+        db_size_in_use: in_use.max(0),
         is_learner: false,
     };
     context.fill_header(&mut response.header);
-    response
+    Ok(response)
+}
+
+/// `Hash`: every stored version at or below the current revision (see
+/// `content_hash::hash_stored`).
+async fn hash(context: &ServiceContext) -> Result<HashResponse, Status> {
+    let space = context.write_path.space().clone();
+    let revision = space.clock().watermark();
+    let hash = off_core("hash", move || content_hash::hash_stored(&space, revision)).await?;
+    let mut response = HashResponse {
+        header: Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        }),
+        hash,
+    };
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+/// `HashKV`: etcd's `HashByRev` (see `content_hash::hash_kv`); the header
+/// carries the current revision, as etcd's does.
+async fn hash_kv(
+    context: &ServiceContext,
+    request: HashKvRequest,
+) -> Result<HashKvResponse, Status> {
+    let space = context.write_path.space().clone();
+    let current = space.clock().watermark();
+    let hashed = off_core("hash", move || {
+        content_hash::hash_kv(&space, request.revision, current)
+    })
+    .await??;
+    let mut response = HashKvResponse {
+        header: Some(ResponseHeader {
+            revision: current,
+            ..Default::default()
+        }),
+        hash: hashed.hash,
+        compact_revision: hashed.compacted_revision,
+    };
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+/// `Defragment`: has every shard write a snapshot and release the WAL
+/// segments below it, which is where space is reclaimed (the memtables free
+/// compacted versions at once). Each snapshot is written on a thread of its
+/// own while the shard keeps serving, so unlike etcd's defrag nothing waits
+/// for it but this call.
+async fn defragment(context: &ServiceContext) -> Result<DefragmentResponse, Status> {
+    tracing::info!("starting defragment");
+    context
+        .write_path
+        .snapshot_every_shard()
+        .await
+        .map_err(|error| Status::internal(format!("etcdserver: defragment failed: {error}")))?;
+    tracing::info!("finished defragment");
+    let mut response = DefragmentResponse { header: None };
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+/// `MoveLeader` as etcd answers it for a single member: to itself it is a
+/// no-op; any other target is not a member.
+fn move_leader(
+    context: &ServiceContext,
+    request: MoveLeaderRequest,
+) -> Result<MoveLeaderResponse, Status> {
+    if request.target_id != context.identity.member_id {
+        return Err(Status::failed_precondition(
+            "etcdserver: bad leader transferee",
+        ));
+    }
+    let mut response = MoveLeaderResponse { header: None };
+    context.fill_header(&mut response.header);
+    Ok(response)
 }

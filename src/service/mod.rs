@@ -12,6 +12,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod recipes;
+pub mod snapshot_stream;
 pub mod watch;
 
 use std::rc::Rc;
@@ -43,6 +44,11 @@ pub struct ServiceContext {
     pub watch_progress_interval: std::time::Duration,
     /// This core's metrics (watch and lease gauges and counters).
     pub metrics: Rc<crate::metrics::CoreMetrics>,
+    /// The data directory, whose shard files `Status` sizes.
+    pub data_dir: std::path::PathBuf,
+    /// Every shard's Raft log counters, indexed by shard: `Status`'s
+    /// member-wide Raft index is their sum.
+    pub log_stats: std::sync::Arc<[std::sync::Arc<crate::shard::raft_group::LogStats>]>,
 }
 
 impl ServiceContext {

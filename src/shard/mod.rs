@@ -72,6 +72,12 @@ pub enum ShardCommand {
         ttl_seconds: i64,
         reply: oneshot::Sender<Result<(), KvError>>,
     },
+    /// Write a snapshot now (Defragment): covers the log through the
+    /// watermark, after which the WAL below it is released. Answered once
+    /// that snapshot is written (at once if the last one covers it all).
+    Snapshot {
+        done: oneshot::Sender<Result<(), String>>,
+    },
     /// The worker's snapshot thread finished writing a snapshot through
     /// `raft_index` (or failed).
     SnapshotWritten {
@@ -150,6 +156,13 @@ pub struct SnapshotSchedule {
     logged: std::collections::VecDeque<(u64, i64)>,
     entries_since_snapshot: u64,
     in_flight: bool,
+    /// Raft index the newest snapshot covers (0: none): a requested
+    /// snapshot that would cover no more is not written.
+    last_snapshot_index: u64,
+    /// Requests for a snapshot that starts after they arrived.
+    requested: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Requests the snapshot in flight answers.
+    answered_by_in_flight: Vec<oneshot::Sender<Result<(), String>>>,
 }
 
 impl SnapshotSchedule {
@@ -165,7 +178,16 @@ impl SnapshotSchedule {
             logged: Default::default(),
             entries_since_snapshot: 0,
             in_flight: false,
+            last_snapshot_index: 0,
+            requested: Vec::new(),
+            answered_by_in_flight: Vec::new(),
         }
+    }
+
+    /// Records the Raft index the snapshot loaded at startup covers.
+    pub fn after_snapshot(mut self, raft_index: u64) -> Self {
+        self.last_snapshot_index = raft_index;
+        self
     }
 }
 
@@ -206,11 +228,15 @@ impl<D: StorageDevice> ShardWorker<D> {
         }
     }
 
-    /// Starts a snapshot thread once enough entries were logged: it covers
-    /// the log through the last entry at or below the node's watermark.
+    /// Starts a snapshot thread once enough entries were logged, or when
+    /// one was requested: it covers the log through the last entry at or
+    /// below the node's watermark.
     fn maybe_snapshot(&mut self) {
         let schedule = &mut self.snapshots;
-        if schedule.in_flight || schedule.entries_since_snapshot < schedule.every_entries {
+        let requested = !schedule.requested.is_empty();
+        if schedule.in_flight
+            || (!requested && schedule.entries_since_snapshot < schedule.every_entries)
+        {
             return;
         }
         let watermark = self.space.clock().watermark();
@@ -220,8 +246,21 @@ impl<D: StorageDevice> ShardWorker<D> {
             .take_while(|(_, revision)| *revision <= watermark)
             .last()
             .map(|(index, _)| *index);
-        let Some(raft_index) = covered else { return };
-        let Some(raft_term) = self.group.term_of(raft_index) else {
+        let covered = match (covered, schedule.logged.front()) {
+            (Some(index), _) => Some(index),
+            (None, _) if !requested => None,
+            // Entries logged before this run (replayed at startup, so at or
+            // below the watermark) or without a revision: all covered.
+            (None, None) => Some(self.group.last_index()),
+            (None, Some((first, _))) => Some(first - 1),
+        };
+        let covered = covered.filter(|index| *index > schedule.last_snapshot_index);
+        let raft_term = covered.and_then(|index| self.group.term_of(index));
+        let (Some(raft_index), Some(raft_term)) = (covered, raft_term) else {
+            // Nothing a new snapshot would release: the request is done.
+            for done in schedule.requested.drain(..) {
+                let _ = done.send(Ok(()));
+            }
             return;
         };
         let point = snapshotting::SnapshotPoint {
@@ -245,9 +284,13 @@ impl<D: StorageDevice> ShardWorker<D> {
             Ok(_) => {
                 schedule.in_flight = true;
                 schedule.entries_since_snapshot = 0;
+                schedule.answered_by_in_flight = std::mem::take(&mut schedule.requested);
             }
             Err(error) => {
-                tracing::warn!(shard, %error, "cannot start a snapshot thread; will retry")
+                tracing::warn!(shard, %error, "cannot start a snapshot thread; will retry");
+                for done in schedule.requested.drain(..) {
+                    let _ = done.send(Err(format!("cannot start a snapshot thread: {error}")));
+                }
             }
         }
     }
@@ -258,8 +301,11 @@ impl<D: StorageDevice> ShardWorker<D> {
         result: Result<std::path::PathBuf, String>,
     ) {
         self.snapshots.in_flight = false;
+        // Requesters (Defragment) are answered once the log is released.
+        let answer = result.as_ref().map(|_| ()).map_err(Clone::clone);
         match result {
             Ok(path) => {
+                self.snapshots.last_snapshot_index = raft_index;
                 if let Err(error) = self.group.compact_through(raft_index).await {
                     tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed while releasing the log; aborting");
                     std::process::abort();
@@ -273,6 +319,9 @@ impl<D: StorageDevice> ShardWorker<D> {
             Err(error) => {
                 tracing::warn!(shard = self.shard, %error, "snapshot failed; the log is kept and a later one will be tried")
             }
+        }
+        for done in self.snapshots.answered_by_in_flight.drain(..) {
+            let _ = done.send(answer.clone());
         }
     }
 
@@ -373,6 +422,7 @@ impl<D: StorageDevice> ShardWorker<D> {
                 self.space.memtable(self.shard).compact(revision);
                 deferred.push(DeferredReply::Compacted(done));
             }
+            ShardCommand::Snapshot { done } => self.snapshots.requested.push(done),
             ShardCommand::SnapshotWritten { raft_index, result } => {
                 // Releasing the log re-logs the hard state; answer what is
                 // pending first so those replies do not wait behind it.

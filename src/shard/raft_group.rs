@@ -47,6 +47,10 @@ pub struct LogStats {
     /// Commands the shard's worker has taken (every kind), for the
     /// per-shard request metric. Written by the owning core only.
     pub commands: AtomicU64,
+    /// The group's commit index after its last persist (for `Status`).
+    pub committed_index: AtomicU64,
+    /// The group's applied index after its last persist (for `Status`).
+    pub applied_index: AtomicU64,
 }
 
 impl LogStats {
@@ -164,6 +168,11 @@ impl<D: StorageDevice> RaftGroup<D> {
         Ok(self.node.raft.raft_log.last_index())
     }
 
+    /// The index of the last entry in the log.
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
     /// The term of the entry at `index`, if the log still has it.
     pub fn term_of(&self, index: u64) -> Option<u64> {
         self.node.raft.raft_log.term(index).ok()
@@ -245,6 +254,13 @@ impl<D: StorageDevice> RaftGroup<D> {
             self.node.advance_apply();
         }
         self.trim_mirror()?;
+        let log = &self.node.raft.raft_log;
+        self.stats
+            .committed_index
+            .store(log.committed, Ordering::Relaxed);
+        self.stats
+            .applied_index
+            .store(log.applied, Ordering::Relaxed);
         Ok(persisted)
     }
 

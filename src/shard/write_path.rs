@@ -192,6 +192,27 @@ impl WritePath {
         Ok(outcome)
     }
 
+    /// Has every shard write a snapshot now and release its WAL below it
+    /// (Defragment). The snapshots are written on threads of their own; the
+    /// shards keep serving meanwhile.
+    pub async fn snapshot_every_shard(&self) -> Result<(), String> {
+        let mut waits = Vec::new();
+        for shard in self.space.shard_map().all_shards() {
+            let (done, written) = oneshot::channel();
+            self.send(shard, ShardCommand::Snapshot { done })
+                .await
+                .map_err(|error| error.to_string())?;
+            waits.push((shard, written));
+        }
+        for (shard, written) in waits {
+            written
+                .await
+                .map_err(|_| format!("shard {shard} is unavailable"))?
+                .map_err(|error| format!("shard {shard}: {error}"))?;
+        }
+        Ok(())
+    }
+
     /// Compacts every shard at `revision` after etcd's checks.
     pub async fn compact(&self, revision: i64) -> Result<(), KvError> {
         self.space.begin_compaction(revision)?;

@@ -6,7 +6,10 @@
 //! ([`SnapshotEntry`]). The byte layout and the reasons behind it are in
 //! `docs/snapshot-format.md`.
 //!
-//! This module is pure apart from the file helpers in [`files`] (named
+//! [`backup`] is the whole-node backup file (`Maintenance.Snapshot`) made of
+//! such images, and [`restore`] turns one into a new data directory.
+//!
+//! This module is pure apart from [`restore`] and the file helpers in [`files`] (named
 //! atomic writes and picking the newest valid file at startup); it starts no
 //! tasks and takes no locks.
 //!
@@ -23,8 +26,10 @@
 //!   little-endian, unaligned and with 64-bit offsets (see `Cargo.toml`), and
 //!   the header is little-endian.
 
+pub mod backup;
 mod files;
 mod format;
+pub mod restore;
 
 #[cfg(test)]
 mod tests;

@@ -224,11 +224,39 @@ impl Memtable {
         }
     }
 
+    /// Every stored version, in key order then revision descending (the
+    /// skip list's order), as owned handles (the `Bytes` are shared, not
+    /// copied). Lazy and lock-free: safe from any thread while the owner
+    /// writes; versions above the watermark may appear and the caller
+    /// filters them, and a concurrent compaction may remove some below its
+    /// point (the caller re-checks the compaction point afterwards).
+    pub fn versions(&self) -> impl Iterator<Item = (Bytes, i64, Version)> + '_ {
+        self.versions.iter().map(|entry| {
+            let position = entry.key();
+            (
+                position.key.clone(),
+                position.revision,
+                entry.value().clone(),
+            )
+        })
+    }
+
     /// Inserts `version` of `key` at `revision`. Owning core only.
+    ///
+    /// Normally revisions arrive in ascending order. Loading a snapshot may
+    /// insert a key's versions in any order (shard snapshots list them
+    /// newest first): an insert below the key's newest version adds history
+    /// only, and leaves liveness and the lease index to the newest one.
     pub fn insert(&self, key: Bytes, revision: i64, version: Version) {
-        let previous = self
-            .newest(&key)
-            .filter(|(_, newest)| !newest.is_tombstone());
+        let newest = self.newest(&key);
+        if newest
+            .as_ref()
+            .is_some_and(|(newest_revision, _)| *newest_revision > revision)
+        {
+            self.insert_history_only(key, revision, version);
+            return;
+        }
+        let previous = newest.filter(|(_, newest)| !newest.is_tombstone());
         let was_live = previous.is_some();
         let is_live = !version.is_tombstone();
         let previous_lease = previous.map_or(0, |(_, newest)| newest.lease);
@@ -258,6 +286,21 @@ impl Memtable {
             }
             _ => {}
         }
+        self.approximate_bytes
+            .fetch_add(bytes, AtomicOrdering::Relaxed);
+        self.versions.insert(VersionKey { key, revision }, version);
+    }
+
+    /// Stores an older version behind a key's newest one (snapshot load).
+    fn insert_history_only(&self, key: Bytes, revision: i64, version: Version) {
+        self.history.insert(
+            ChangePosition {
+                revision,
+                sub_revision: version.sub_revision,
+            },
+            key.clone(),
+        );
+        let bytes = (key.len() + version.value.len()) as i64;
         self.approximate_bytes
             .fetch_add(bytes, AtomicOrdering::Relaxed);
         self.versions.insert(VersionKey { key, revision }, version);
@@ -477,6 +520,37 @@ mod tests {
             changes(&memtable, 0, 9),
             vec![(4, 0, "c".into(), true)],
             "changes below the compaction point are freed, the point's own stay"
+        );
+    }
+
+    #[test]
+    fn newest_first_inserts_give_the_same_liveness_and_lease_index() {
+        let mut leased = live("1", 2, 1);
+        leased.lease = 7;
+        let versions = [
+            (b"a", 2, leased.clone()),
+            (b"a", 3, Version::tombstone()),
+            (b"b", 4, leased.clone()),
+            (b"b", 5, live("2", 4, 2)),
+            (b"c", 6, live("x", 6, 1)),
+            (b"c", 7, leased),
+        ];
+        let ascending = Memtable::new();
+        let descending = Memtable::new();
+        for (key, revision, version) in versions.iter().cloned() {
+            ascending.insert(Bytes::from_static(key), revision, version);
+        }
+        for (key, revision, version) in versions.iter().rev().cloned() {
+            descending.insert(Bytes::from_static(key), revision, version);
+        }
+        for memtable in [&ascending, &descending] {
+            assert_eq!(memtable.live_keys(), 2, "a is deleted, b and c live");
+            assert_eq!(memtable.keys_with_lease(7), vec![Bytes::from_static(b"c")]);
+            assert_eq!(memtable.version_count(), 6);
+        }
+        assert_eq!(
+            ascending.approximate_bytes(),
+            descending.approximate_bytes()
         );
     }
 

@@ -8,8 +8,10 @@
 //! - [`request_check`]: etcd's request validation, same order, same errors.
 //! - [`range`]: Range semantics (filters, sort, limit, count).
 //! - [`write`]: Put/DeleteRange/Txn evaluation into a change set.
+//! - [`content_hash`]: `HashKV`/`Hash`, equal on equal data for any shard count.
 //! - [`error`]: the layer's error enum.
 
+pub mod content_hash;
 pub mod error;
 pub mod key_range;
 pub mod key_space;
