@@ -3,12 +3,19 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use metastore::config::{Flags, ServerConfig, SnapshotCommand, Subcommand};
+use metastore::config::{self, ConfigError, ServerConfig, SnapshotCommand, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let flags = match config::load(std::env::args_os(), |name| std::env::var_os(name)) {
+        Ok(flags) => flags,
+        // Usage errors, --help and --version, printed and exited as clap does.
+        Err(ConfigError::CommandLine(error)) => error.exit(),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(command) = flags.command {
         return run_subcommand(command);
     }

@@ -98,23 +98,26 @@ fn wait_until_serving(address: SocketAddr) {
     }
 }
 
-fn member_ids(address: SocketAddr) -> (u64, u64) {
+fn member_list(address: SocketAddr) -> MemberListResponse {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
         let mut client = GrpcClient::connect(address).await.expect("connect");
-        let response: MemberListResponse = client
+        client
             .unary(
                 "/etcdserverpb.Cluster/MemberList",
                 &MemberListRequest::default(),
             )
             .await
-            .expect("member list");
-        let header = response.header.expect("header");
-        (header.cluster_id, header.member_id)
+            .expect("member list")
     })
+}
+
+fn member_ids(address: SocketAddr) -> (u64, u64) {
+    let header = member_list(address).header.expect("header");
+    (header.cluster_id, header.member_id)
 }
 
 #[test]
@@ -188,4 +191,46 @@ fn no_arguments_serve_on_2379_with_default_data_dir() {
     );
     child.kill().expect("kill");
     child.wait().expect("wait");
+}
+
+/// The config file places the data directory and the client port, and an
+/// environment variable overrides the file's member name (the unit tests in
+/// `config::load` cover every pair of sources); an unknown key exits 2.
+#[test]
+fn config_file_and_environment_configure_the_server() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let data_dir = directory.path().join("from-file");
+    let config_file = directory.path().join("metastore.yaml");
+    let config_file = config_file.to_str().expect("utf-8 path");
+    let port = free_port();
+    let yaml = format!(
+        "data-dir: {}\nlisten-client-urls: [http://127.0.0.1:{port}]\n\
+         listen-metrics-urls: http://127.0.0.1:{}\nname: from-file\ncores: 1\nlog-level: info\n",
+        data_dir.display(),
+        free_port(),
+    );
+    std::fs::write(config_file, yaml).expect("write config file");
+    let mut child = metastore()
+        .args(["--config-file", config_file, "--log-level", "warn"])
+        .env("METASTORE_NAME", "from-env")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    wait_until_serving(address);
+    assert!(data_dir.is_dir(), "the data directory is the file's");
+    let members = member_list(address).members;
+    let names: Vec<&str> = members.iter().map(|member| member.name.as_str()).collect();
+    assert_eq!(names, ["from-env"], "the environment overrides the file");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+
+    std::fs::write(config_file, "name: a\ndata-dri: /tmp/elsewhere\n").expect("write");
+    let (code, stderr) = run_to_exit(&["--config-file", config_file]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("'data-dri' (line 2)") && stderr.contains(config_file),
+        "an unknown key is named with its file: {stderr}"
+    );
 }

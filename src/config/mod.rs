@@ -1,12 +1,18 @@
-//! The command line, with etcd's flag names where they apply.
+//! The command line, with etcd's flag names where they apply, and (in
+//! `load`) the environment variables and config file that fill in the flags
+//! it leaves out.
 //!
 //! Every value is validated before anything starts; a bad flag or value
-//! exits non-zero with a message naming the flag.
+//! exits non-zero with a message naming the flag and where it came from.
+
+mod load;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+
+pub use load::{ConfigError, ENVIRONMENT_PREFIX, command, load};
 
 /// etcd's default `--max-request-bytes` (1.5 MiB).
 pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 1536 * 1024;
