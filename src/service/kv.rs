@@ -164,7 +164,10 @@ async fn compact(
     context: &ServiceContext,
     request: CompactionRequest,
 ) -> Result<CompactionResponse, Status> {
-    context.write_path.compact(request.revision).await?;
+    context
+        .write_path
+        .compact(request.revision, request.physical)
+        .await?;
     let mut response = CompactionResponse::default();
     context.fill_header(&mut response.header);
     Ok(response)
