@@ -61,6 +61,11 @@ pub struct CoreSetup {
     /// Entries logged between snapshots, per shard.
     pub snapshot_count: u64,
     pub watch_progress_interval: std::time::Duration,
+    /// The node's alarms, shared by every core.
+    pub alarms: crate::service::alarm::AlarmSet,
+    pub quota_bytes: Option<u64>,
+    /// Run by core 0; `None`: off.
+    pub auto_compaction: Option<crate::config::AutoCompaction>,
     pub log_stats: Vec<Arc<LogStats>>,
     pub listeners: Vec<StdTcpListener>,
     pub identity: MemberIdentity,
@@ -172,6 +177,9 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         wal_options,
         snapshot_count,
         watch_progress_interval,
+        alarms,
+        quota_bytes,
+        auto_compaction,
         log_stats,
         listeners,
         identity,
@@ -252,6 +260,13 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
     if core == 0 {
         // One node-wide expiry task; leases are shared by all cores.
         monoio::spawn(crate::service::lease::expire_leases(write_path.clone()));
+        if let Some(policy) = auto_compaction {
+            monoio::spawn(crate::service::auto_compaction::run(
+                write_path.clone(),
+                policy,
+                crate::service::auto_compaction::REVISION_MODE_INTERVAL,
+            ));
+        }
     }
     let context = Rc::new(ServiceContext {
         identity,
@@ -260,6 +275,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         max_request_bytes,
         watch_feed,
         watch_progress_interval,
+        alarms,
+        quota_bytes,
     });
     let services = Rc::new(EtcdServices::new(context));
     let limits = Rc::new(limits);

@@ -49,6 +49,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Alarms(#[from] crate::service::alarm::AlarmError),
     #[error("recovery failed: {0}")]
     Recovery(String),
 }
@@ -101,6 +103,7 @@ impl Node {
 pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     let data_dir = DataDir::open(&config.data_dir, config.shards, config.cores)?;
     let shard_map = ShardMap::new(data_dir.meta.shard_count, config.cores);
+    let alarms = crate::service::alarm::AlarmSet::open(&config.data_dir)?;
     let identity = MemberIdentity {
         name: config.name.clone(),
         cluster_id: data_dir.meta.cluster_id,
@@ -153,6 +156,9 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
                 .collect(),
             snapshot_count: config.snapshot_count,
             watch_progress_interval: config.watch_progress_interval,
+            alarms: alarms.clone(),
+            quota_bytes: config.quota_backend_bytes,
+            auto_compaction: config.auto_compaction,
             log_stats: owned
                 .iter()
                 .map(|(shard, _)| log_stats[*shard].clone())

@@ -8,14 +8,7 @@ use crate::proto::etcdserverpb::{StatusRequest, StatusResponse};
 /// The etcd API level MetaStore speaks; clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.4.0";
 
-const NOT_YET_SERVED: &[&str] = &[
-    "Alarm",
-    "Defragment",
-    "Hash",
-    "HashKV",
-    "Snapshot",
-    "MoveLeader",
-];
+const NOT_YET_SERVED: &[&str] = &["Defragment", "Hash", "HashKV", "Snapshot", "MoveLeader"];
 
 pub async fn call(
     context: &ServiceContext,
@@ -27,6 +20,12 @@ pub async fn call(
         "Status" => {
             unary(requests, responses, async |_: StatusRequest| {
                 Ok(status(context))
+            })
+            .await
+        }
+        "Alarm" => {
+            unary(requests, responses, async |request| {
+                super::alarm::alarm(context, request).await
             })
             .await
         }
@@ -52,7 +51,7 @@ fn status(context: &ServiceContext) -> StatusResponse {
         raft_index: applied,
         raft_term: RAFT_TERM,
         raft_applied_index: applied,
-        errors: Vec::new(),
+        errors: context.alarms.status_errors(),
         db_size_in_use: bytes,
         is_learner: false,
     };

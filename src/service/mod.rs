@@ -4,12 +4,15 @@
 //! share it. Services translate between protobuf and the store and fill
 //! response headers; they hold no state of their own.
 
+pub mod alarm;
+pub mod auto_compaction;
 pub mod cluster;
 pub mod election;
 pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod quota;
 pub mod recipes;
 pub mod watch;
 
@@ -40,6 +43,10 @@ pub struct ServiceContext {
     /// How often watches that asked for progress notifications get one
     /// (etcd's `--experimental-watch-progress-notify-interval`).
     pub watch_progress_interval: std::time::Duration,
+    /// The node's alarms (shared by every core); NOSPACE caps writes.
+    pub alarms: alarm::AlarmSet,
+    /// `--quota-backend-bytes`; `None`: no quota (see `quota`).
+    pub quota_bytes: Option<u64>,
 }
 
 impl ServiceContext {
