@@ -187,18 +187,18 @@ impl<D: StorageDevice> ShardWorker<D> {
 
     /// The worker loop. Returns when every sender is gone (shutdown).
     ///
-    /// While a compaction is being freed, each iteration runs the commands
-    /// already queued (if any) as one turn, then one bounded compaction
-    /// step, then yields to the core's other tasks; otherwise it waits for
-    /// the next command.
+    /// While a compaction is being freed, each iteration waits for a
+    /// command at most a short pause (running a turn if one came), then
+    /// takes one bounded compaction step; otherwise it waits for the next
+    /// command.
     pub async fn run(mut self, commands: flume::Receiver<ShardCommand>) {
         let mut deferred = Vec::new();
         loop {
             let first = if self.compaction.is_some() {
-                match commands.try_recv() {
-                    Ok(command) => Some(command),
-                    Err(flume::TryRecvError::Empty) => None,
-                    Err(flume::TryRecvError::Disconnected) => return,
+                match compacting::pause(&commands).await {
+                    compacting::Paused::Command(command) => Some(command),
+                    compacting::Paused::Elapsed => None,
+                    compacting::Paused::Closed => return,
                 }
             } else {
                 match commands.recv_async().await {
@@ -211,7 +211,6 @@ impl<D: StorageDevice> ShardWorker<D> {
             }
             if self.compaction.is_some() {
                 self.compaction_step();
-                compacting::yield_now().await;
             }
         }
     }
