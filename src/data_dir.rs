@@ -182,22 +182,25 @@ fn parse_meta(path: &Path, bytes: &[u8]) -> Result<DataDirMeta, DataDirError> {
     Ok(meta)
 }
 
-/// Writes the meta file atomically: temp file, fsync, rename, fsync dir.
+/// Writes the meta file atomically.
 fn write_meta(dir: &Path, meta: &DataDirMeta) -> Result<(), DataDirError> {
-    let temp_path = dir.join(format!("{META_FILE}.tmp"));
     let final_path = dir.join(META_FILE);
     let bytes = serde_json::to_vec_pretty(meta).map_err(|error| DataDirError::CorruptMeta {
         path: final_path.clone(),
         reason: error.to_string(),
     })?;
-    let mut file = File::create(&temp_path).map_err(io_error(&temp_path))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&temp_path))?;
-    fs::rename(&temp_path, &final_path).map_err(io_error(&final_path))?;
-    File::open(dir)
-        .and_then(|directory| directory.sync_all())
-        .map_err(io_error(dir))
+    write_atomically(dir, META_FILE, &bytes).map_err(io_error(&final_path))
+}
+
+/// Replaces `dir/file_name` with `bytes` so that a crash leaves either the
+/// old file or the new one: temp file, fsync, rename, fsync dir.
+pub fn write_atomically(dir: &Path, file_name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let temp_path = dir.join(format!("{file_name}.tmp"));
+    let mut file = File::create(&temp_path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&temp_path, dir.join(file_name))?;
+    File::open(dir)?.sync_all()
 }
 
 /// A non-zero ID, unpredictable across processes (std's per-process

@@ -3,6 +3,7 @@
 //! Clients match on these strings, so they must never drift.
 
 use crate::grpc::{Code, Status};
+use crate::service::alarm::AlarmError;
 use crate::store::error::KvError;
 
 pub fn kv_error_status(error: &KvError) -> Status {
@@ -33,6 +34,10 @@ pub fn kv_error_status(error: &KvError) -> Status {
         KvError::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
         KvError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
         KvError::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
+        KvError::NoSpace => (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        ),
         // etcd's nearest equivalent: the server cannot serve right now.
         KvError::ShardUnavailable(_) => (Code::Unavailable, "etcdserver: server stopped"),
     };
@@ -42,6 +47,18 @@ pub fn kv_error_status(error: &KvError) -> Status {
 impl From<KvError> for Status {
     fn from(error: KvError) -> Self {
         kv_error_status(&error)
+    }
+}
+
+/// An alarm change that could not be made durable. etcd has no such
+/// error (its alarms go through Raft); the server is stopping, or the
+/// data directory cannot be written.
+impl From<AlarmError> for Status {
+    fn from(error: AlarmError) -> Self {
+        match error {
+            AlarmError::Stopped => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+            other => Status::new(Code::Internal, format!("etcdserver: {other}")),
+        }
     }
 }
 
@@ -63,6 +80,14 @@ mod tests {
         assert_eq!(
             (status.code(), status.message()),
             (Code::NotFound, "etcdserver: requested lease not found")
+        );
+        let status = kv_error_status(&KvError::NoSpace);
+        assert_eq!(
+            (status.code(), status.message()),
+            (
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded"
+            )
         );
     }
 }

@@ -183,7 +183,7 @@ fn health_endpoints_report_a_healthy_server_in_etcds_formats() {
     assert_eq!(status, 200);
     assert_eq!(
         verbose,
-        "[+]serializable_read ok\n[+]linearizable_read ok\n[+]disk_space ok\n[+]data_dir_writable ok\nok\n"
+        "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n[+]disk_space ok\n[+]data_dir_writable ok\nok\n"
     );
     let (_, excluded) = http(&url, "GET", "/readyz?verbose&exclude=linearizable_read");
     assert!(!excluded.contains("linearizable_read"), "{excluded}");

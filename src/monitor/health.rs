@@ -21,12 +21,14 @@ pub enum Check {
     /// A read that waits for every revision handed out so far to be
     /// applied (etcd's linearizable read) completes within the deadline.
     LinearizableRead,
-    /// No NOSPACE alarm, and the data directory's file system has room
-    /// for another WAL segment.
+    /// No NOSPACE alarm (the quota is not full), and the data directory's
+    /// file system has room for another WAL segment.
     DiskSpace,
     /// A file can be created, written, synced and removed in the data
     /// directory.
     DataDirWritable,
+    /// No CORRUPT alarm (etcd's readyz check of the same name).
+    DataCorruption,
 }
 
 impl Check {
@@ -36,6 +38,7 @@ impl Check {
             Check::LinearizableRead => "linearizable_read",
             Check::DiskSpace => "disk_space",
             Check::DataDirWritable => "data_dir_writable",
+            Check::DataCorruption => "data_corruption",
         }
     }
 }
@@ -46,6 +49,7 @@ impl Check {
 pub const LIVEZ_CHECKS: &[Check] = &[Check::SerializableRead];
 /// `/readyz`: should clients be sent here?
 pub const READYZ_CHECKS: &[Check] = &[
+    Check::DataCorruption,
     Check::SerializableRead,
     Check::LinearizableRead,
     Check::DiskSpace,

@@ -83,30 +83,30 @@ async fn probe_reply(
     text(status, body)
 }
 
-/// etcd 3.4's `/health`: alarms first, then a read; linearizable unless
+/// etcd 3.4's `/health`: any raised alarm not `?exclude=`d fails it
+/// ("ALARM NOSPACE"), then a read must succeed: linearizable unless
 /// `?serializable=true`.
 async fn health_reply(node: &NodeHandles, query: &Query) -> Reply {
-    let read = if query.serializable {
-        Check::SerializableRead
-    } else {
-        Check::LinearizableRead
-    };
-    let mut checks = Vec::new();
-    if !query.exclude.iter().any(|alarm| alarm == "NOSPACE") {
-        checks.push(Check::DiskSpace);
-    }
-    checks.push(read);
-    let outcomes = node.run_checks(&checks).await;
-    let failure = outcomes.iter().find_map(|outcome| {
-        outcome
-            .result
-            .as_ref()
-            .err()
-            .map(|reason| match outcome.check {
-                Check::DiskSpace => format!("ALARM NOSPACE: {reason}"),
-                _ => format!("RANGE ERROR:{reason}"),
+    let failure = match node.raised_alarms(&query.exclude).first() {
+        Some(alarm) => {
+            node.count_health(false);
+            Some(format!("ALARM {}", alarm.as_str_name()))
+        }
+        None => {
+            let read = if query.serializable {
+                Check::SerializableRead
+            } else {
+                Check::LinearizableRead
+            };
+            let outcomes = node.run_checks(&[read]).await;
+            outcomes.into_iter().find_map(|outcome| {
+                outcome
+                    .result
+                    .err()
+                    .map(|reason| format!("RANGE ERROR:{reason}"))
             })
-    });
+        }
+    };
     let (status, body) = health::render_health(failure);
     let mut reply = text(status, body);
     reply.headers_mut().insert(

@@ -11,6 +11,7 @@ use futures_channel::oneshot;
 use super::health::{Check, CheckOutcome};
 use crate::metrics::exposition::{NodeView, ShardView};
 use crate::metrics::{CoreSnapshot, exposition};
+use crate::proto::etcdserverpb::AlarmType;
 use crate::runtime::control::CoreRequest;
 use crate::shard::ShardCommand;
 use crate::shard::raft_group::LogStats;
@@ -34,6 +35,9 @@ pub struct NodeHandles {
     pub data_dir: PathBuf,
     /// `None`: no quota.
     pub quota_bytes: Option<u64>,
+    /// The node's alarms (NOSPACE fails the disk check, CORRUPT the
+    /// corruption check; `/health` reports any).
+    pub alarms: crate::service::alarm::AlarmSet,
     /// Free bytes the disk check wants: one WAL segment, so the next
     /// rotation cannot fail for lack of space.
     pub minimum_free_bytes: u64,
@@ -139,6 +143,10 @@ impl NodeHandles {
                     .map_err(|error| error.to_string())
             }
             Check::DiskSpace => self.check_disk_space(),
+            Check::DataCorruption => match self.raised_alarms(&[]).contains(&AlarmType::Corrupt) {
+                true => Err("alarm CORRUPT is raised".to_owned()),
+                false => Ok(()),
+            },
             Check::DataDirWritable => {
                 let directory = self.data_dir.clone();
                 tokio::task::spawn_blocking(move || write_probe_file(&directory))
@@ -168,7 +176,20 @@ impl NodeHandles {
         Ok(())
     }
 
+    /// The types of the raised alarms, minus the `excluded` names.
+    pub fn raised_alarms(&self, excluded: &[String]) -> Vec<AlarmType> {
+        self.alarms
+            .list(AlarmType::None as i32)
+            .into_iter()
+            .filter_map(|raised| AlarmType::try_from(raised.alarm).ok())
+            .filter(|alarm| !excluded.iter().any(|name| name == alarm.as_str_name()))
+            .collect()
+    }
+
     fn check_disk_space(&self) -> Result<(), String> {
+        if self.alarms.no_space_raised() {
+            return Err("alarm NOSPACE is raised (the quota is full)".to_owned());
+        }
         let stats = rustix::fs::statvfs(&self.data_dir)
             .map_err(|error| format!("cannot stat the data directory's file system: {error}"))?;
         let free = stats.f_bavail.saturating_mul(stats.f_frsize);

@@ -70,6 +70,11 @@ pub struct CoreSetup {
     /// Entries logged between snapshots, per shard.
     pub snapshot_count: u64,
     pub watch_progress_interval: std::time::Duration,
+    /// The node's alarms, shared by every core.
+    pub alarms: crate::service::alarm::AlarmSet,
+    pub quota_bytes: Option<u64>,
+    /// Run by core 0; `None`: off.
+    pub auto_compaction: Option<crate::config::AutoCompaction>,
     pub log_stats: Vec<Arc<LogStats>>,
     /// Every shard's log counters, indexed by shard (for `Status`).
     pub all_log_stats: Arc<[Arc<LogStats>]>,
@@ -194,6 +199,9 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         wal_options,
         snapshot_count,
         watch_progress_interval,
+        alarms,
+        quota_bytes,
+        auto_compaction,
         log_stats,
         all_log_stats,
         data_dir,
@@ -307,6 +315,13 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             write_path.clone(),
             metrics.clone(),
         ));
+        if let Some(policy) = auto_compaction {
+            monoio::spawn(crate::service::auto_compaction::run(
+                write_path.clone(),
+                policy,
+                crate::service::auto_compaction::REVISION_MODE_INTERVAL,
+            ));
+        }
     }
     let context = Rc::new(ServiceContext {
         identity,
@@ -318,6 +333,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         metrics: metrics.clone(),
         data_dir,
         log_stats: all_log_stats,
+        alarms,
+        quota_bytes,
     });
     let services = Rc::new(EtcdServices::new(context));
     let serving = Rc::new(Serving {

@@ -57,6 +57,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Alarms(#[from] crate::service::alarm::AlarmError),
     #[error("recovery failed: {0}")]
     Recovery(String),
     #[error("cannot serve metrics (--listen-metrics-urls): {0}")]
@@ -85,6 +87,9 @@ pub fn shard_directories(data_dir: &Path, shard: ShardId) -> ShardDirectories {
 pub struct Node {
     /// Per-shard log counters, indexed by shard.
     pub log_stats: Vec<Arc<LogStats>>,
+    /// The node's alarms, for health probes: `alarms.no_space_raised()`
+    /// is one relaxed load.
+    pub alarms: crate::service::alarm::AlarmSet,
 }
 
 impl Node {
@@ -111,6 +116,7 @@ impl Node {
 pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     let data_dir = DataDir::open(&config.data_dir, config.shards, config.cores)?;
     let shard_map = ShardMap::new(data_dir.meta.shard_count, config.cores);
+    let alarms = crate::service::alarm::AlarmSet::open(&config.data_dir)?;
     let identity = MemberIdentity {
         name: config.name.clone(),
         cluster_id: data_dir.meta.cluster_id,
@@ -175,6 +181,9 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
                 .collect(),
             snapshot_count: config.snapshot_count,
             watch_progress_interval: config.watch_progress_interval,
+            alarms: alarms.clone(),
+            quota_bytes: config.quota_backend_bytes,
+            auto_compaction: config.auto_compaction,
             log_stats: owned
                 .iter()
                 .map(|(shard, _)| log_stats[*shard].clone())
@@ -255,6 +264,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             cores: control_senders,
             data_dir: config.data_dir.clone(),
             quota_bytes: config.quota_backend_bytes,
+            alarms: alarms.clone(),
             minimum_free_bytes: config.wal_options.segment_bytes,
             health_passed: Default::default(),
             health_failed: Default::default(),
@@ -266,7 +276,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     for url in &config.listen_client_urls {
         tracing::info!(address = %url.address, "ready to serve client requests");
     }
-    Ok(Node { log_stats })
+    Ok(Node { log_stats, alarms })
 }
 
 /// Binds one `SO_REUSEPORT` listener per core for every client URL, so the

@@ -2,7 +2,7 @@
 
 use prost::Message;
 
-use super::{ServiceContext, missing_method, unary};
+use super::{ServiceContext, missing_method, quota, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::request_op::Request;
 use crate::proto::etcdserverpb::{
@@ -86,6 +86,8 @@ pub(super) async fn range(
 }
 
 async fn put(context: &ServiceContext, request: PutRequest) -> Result<PutResponse, Status> {
+    // etcd's quota check runs before the request's own checks.
+    quota::admit(context, quota::put_cost(&request)).await?;
     request_check::check_put(&request)?;
     check_request_size(context, &request)?;
     match context
@@ -126,6 +128,7 @@ pub(super) async fn txn(
     context: &ServiceContext,
     request: TxnRequest,
 ) -> Result<TxnResponse, Status> {
+    quota::admit(context, quota::txn_cost(&request)).await?;
     request_check::check_txn(&request, context.max_txn_ops)?;
     let mut response = if write::is_read_only(&request) {
         let at = read_revision(context, is_serializable(&request)).await;
@@ -164,7 +167,10 @@ async fn compact(
     context: &ServiceContext,
     request: CompactionRequest,
 ) -> Result<CompactionResponse, Status> {
-    context.write_path.compact(request.revision).await?;
+    context
+        .write_path
+        .compact(request.revision, request.physical)
+        .await?;
     let mut response = CompactionResponse::default();
     context.fill_header(&mut response.header);
     Ok(response)

@@ -59,6 +59,7 @@ async fn grant(
     context: &ServiceContext,
     request: LeaseGrantRequest,
 ) -> Result<LeaseGrantResponse, Status> {
+    super::quota::admit(context, super::quota::LEASE_GRANT_COST).await?;
     if request.ttl > MAX_LEASE_TTL_SECONDS {
         return Err(KvError::LeaseTtlTooLarge.into());
     }

@@ -20,7 +20,7 @@ use crate::store::content_hash;
 /// The etcd API level MetaStore speaks; clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.4.0";
 
-const NOT_YET_SERVED: &[&str] = &["Alarm"];
+const NOT_YET_SERVED: &[&str] = &[];
 
 pub async fn call(
     context: &ServiceContext,
@@ -60,6 +60,12 @@ pub async fn call(
             .await
         }
         "Snapshot" => snapshot_stream::serve(context, requests, responses).await,
+        "Alarm" => {
+            unary(requests, responses, async |request| {
+                super::alarm::alarm(context, request).await
+            })
+            .await
+        }
         other => Err(missing_method(
             "etcdserverpb.Maintenance",
             other,
@@ -111,8 +117,7 @@ async fn status(context: &ServiceContext) -> Result<StatusResponse, Status> {
         raft_index,
         raft_term: RAFT_TERM,
         raft_applied_index,
-        // Alarms are raised elsewhere; none are reported yet.
-        errors: Vec::new(),
+        errors: context.alarms.status_errors(),
         db_size_in_use: in_use.max(0),
         is_learner: false,
     };

@@ -4,6 +4,8 @@
 //! share it. Services translate between protobuf and the store and fill
 //! response headers; they hold no state of their own.
 
+pub mod alarm;
+pub mod auto_compaction;
 pub mod cluster;
 pub mod election;
 pub mod health;
@@ -11,6 +13,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod quota;
 pub mod recipes;
 pub mod snapshot_stream;
 pub mod watch;
@@ -49,6 +52,10 @@ pub struct ServiceContext {
     /// Every shard's Raft log counters, indexed by shard: `Status`'s
     /// member-wide Raft index is their sum.
     pub log_stats: std::sync::Arc<[std::sync::Arc<crate::shard::raft_group::LogStats>]>,
+    /// The node's alarms (shared by every core); NOSPACE caps writes.
+    pub alarms: alarm::AlarmSet,
+    /// `--quota-backend-bytes`; `None`: no quota (see `quota`).
+    pub quota_bytes: Option<u64>,
 }
 
 impl ServiceContext {

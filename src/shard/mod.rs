@@ -8,6 +8,7 @@
 //! order so two coordinators never deadlock, then sends each participant
 //! its part to apply.
 
+pub mod compacting;
 pub mod log_entry;
 pub mod log_storage;
 pub mod raft_group;
@@ -59,10 +60,13 @@ pub enum ShardCommand {
         held: oneshot::Sender<()>,
         commands: flume::Receiver<HeldCommand>,
     },
-    /// Free history below `revision` (the compaction point is already
-    /// recorded in the key space).
+    /// Log a compaction at `revision` and free the history below it, in
+    /// steps between turns (the compaction point is already recorded in
+    /// the key space). `done` is answered once the record is durable, or,
+    /// with `physical`, once the history is freed too (etcd's flag).
     Compact {
         revision: i64,
+        physical: bool,
         done: oneshot::Sender<()>,
     },
     /// Log a lease grant (this is the lease's home shard); the lease joins
@@ -141,6 +145,8 @@ pub struct ShardWorker<D: StorageDevice> {
     snapshots: SnapshotSchedule,
     /// The owning core's metrics (WAL sync times, hop latency).
     metrics: std::rc::Rc<CoreMetrics>,
+    /// The compaction being freed in steps between turns, if any.
+    compaction: Option<compacting::ShardCompaction>,
 }
 
 /// When and where a shard snapshots (see `snapshotting`).
@@ -207,24 +213,95 @@ impl<D: StorageDevice> ShardWorker<D> {
             group,
             snapshots,
             metrics,
+            compaction: None,
         }
     }
 
     /// The worker loop. Returns when every sender is gone (shutdown).
+    ///
+    /// While a compaction is being freed, each iteration waits for a
+    /// command at most a short pause (running a turn if one came), then
+    /// takes one bounded compaction step; otherwise it waits for the next
+    /// command.
     pub async fn run(mut self, commands: flume::Receiver<ShardCommand>) {
         let mut deferred = Vec::new();
-        while let Ok(first) = commands.recv_async().await {
-            let mut next = Some(first);
-            let mut taken = 0;
-            while let Some(command) = next.take() {
-                self.handle(command, &mut deferred).await;
-                taken += 1;
-                if taken < MAX_COMMANDS_PER_TURN {
-                    next = commands.try_recv().ok();
+        loop {
+            let first = if self.compaction.is_some() {
+                match compacting::pause(&commands).await {
+                    compacting::Paused::Command(command) => Some(command),
+                    compacting::Paused::Elapsed => None,
+                    compacting::Paused::Closed => return,
                 }
+            } else {
+                match commands.recv_async().await {
+                    Ok(command) => Some(command),
+                    Err(_) => return,
+                }
+            };
+            if let Some(first) = first {
+                self.turn(first, &commands, &mut deferred).await;
             }
-            self.persist_and_reply(&mut deferred).await;
-            self.maybe_snapshot();
+            if self.compaction.is_some() {
+                self.compaction_step();
+            }
+        }
+    }
+
+    /// One turn: `first` and the commands queued behind it, then one
+    /// persist for all of them, then their replies.
+    async fn turn(
+        &mut self,
+        first: ShardCommand,
+        commands: &flume::Receiver<ShardCommand>,
+        deferred: &mut Vec<DeferredReply>,
+    ) {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(command) = next.take() {
+            self.handle(command, deferred).await;
+            taken += 1;
+            if taken < MAX_COMMANDS_PER_TURN {
+                next = commands.try_recv().ok();
+            }
+        }
+        self.persist_and_reply(deferred).await;
+        self.maybe_snapshot();
+    }
+
+    /// Frees one bounded step of the running compaction.
+    fn compaction_step(&mut self) {
+        let memtable = self.space.memtable(self.shard);
+        let finished = self
+            .compaction
+            .as_mut()
+            .is_some_and(|compaction| compaction.step(memtable));
+        if finished && let Some(compaction) = self.compaction.take() {
+            compaction.finish(self.shard);
+        }
+    }
+
+    /// Logs a compaction record and starts (or raises) the stepwise freeing
+    /// of history. The first step runs after this turn's persist, so the
+    /// record is durable before anything is freed.
+    fn start_compaction(
+        &mut self,
+        revision: i64,
+        physical: bool,
+        done: oneshot::Sender<()>,
+        deferred: &mut Vec<DeferredReply>,
+    ) {
+        self.propose(&ShardCommandRecord::compaction(revision));
+        let compaction = match &mut self.compaction {
+            Some(running) => {
+                running.raise_to(revision);
+                running
+            }
+            none => none.insert(compacting::ShardCompaction::new(revision)),
+        };
+        if physical {
+            compaction.notify_when_freed(done);
+        } else {
+            deferred.push(DeferredReply::Compacted(done));
         }
     }
 
@@ -417,11 +494,11 @@ impl<D: StorageDevice> ShardWorker<D> {
                     let _ = durable.send(());
                 }
             }
-            ShardCommand::Compact { revision, done } => {
-                self.propose(&ShardCommandRecord::compaction(revision));
-                self.space.memtable(self.shard).compact(revision);
-                deferred.push(DeferredReply::Compacted(done));
-            }
+            ShardCommand::Compact {
+                revision,
+                physical,
+                done,
+            } => self.start_compaction(revision, physical, done, deferred),
             ShardCommand::Snapshot { done } => self.snapshots.requested.push(done),
             ShardCommand::SnapshotWritten { raft_index, result } => {
                 // Releasing the log re-logs the hard state; answer what is

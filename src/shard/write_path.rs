@@ -213,14 +213,20 @@ impl WritePath {
         Ok(())
     }
 
-    /// Compacts every shard at `revision` after etcd's checks.
-    pub async fn compact(&self, revision: i64) -> Result<(), KvError> {
+    /// Compacts every shard at `revision` after etcd's checks. Returns once
+    /// every shard logged the compaction durably; with `physical` (etcd's
+    /// flag), once every shard also freed the history below it.
+    pub async fn compact(&self, revision: i64, physical: bool) -> Result<(), KvError> {
         self.space.begin_compaction(revision)?;
         let mut waits = Vec::new();
         for shard in self.space.shard_map().all_shards() {
             let (done, finished) = oneshot::channel();
-            self.send(shard, ShardCommand::Compact { revision, done })
-                .await?;
+            let command = ShardCommand::Compact {
+                revision,
+                physical,
+                done,
+            };
+            self.send(shard, command).await?;
             waits.push((shard, finished));
         }
         for (shard, finished) in waits {

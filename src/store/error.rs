@@ -32,6 +32,10 @@ pub enum KvError {
     /// A request op with no operation set (etcd answers "key not found").
     #[error("empty request op")]
     EmptyRequestOp,
+    /// The NOSPACE alarm is raised, or the write would pass the quota
+    /// (`--quota-backend-bytes`).
+    #[error("database space exceeded")]
+    NoSpace,
     /// The shard that owns a key is not running (the server is stopping).
     #[error("shard {0} is unavailable")]
     ShardUnavailable(usize),

@@ -109,6 +109,48 @@ pub struct HistoricalChange {
     pub version: Option<Version>,
 }
 
+/// Where an incremental compaction of one memtable stands (see
+/// [`Memtable::compact_step`]).
+#[derive(Debug, Clone)]
+pub struct CompactionCursor {
+    /// History below this revision is freed; each key keeps its newest
+    /// version at or below it (unless that is a tombstone).
+    revision: i64,
+    /// The next step's starting point.
+    position: CompactionPosition,
+}
+
+#[derive(Debug, Clone)]
+enum CompactionPosition {
+    /// Trimming the revision index from its oldest entry.
+    RevisionIndex,
+    /// Walking the versions in key order.
+    Versions {
+        /// The first version the next step visits; `None` before the first.
+        resume_at: Option<VersionKey>,
+        /// The key whose newest version at or below the compaction
+        /// revision was already visited: its older versions are freed.
+        settled_key: Option<Bytes>,
+        /// That version, when it is a tombstone: freed once the walk has
+        /// passed its key (see `compact_step`).
+        doomed_tombstone: Option<VersionKey>,
+    },
+    Finished,
+}
+
+impl CompactionCursor {
+    pub fn new(revision: i64) -> Self {
+        Self {
+            revision,
+            position: CompactionPosition::RevisionIndex,
+        }
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+}
+
 /// A shard's memtable.
 #[derive(Default)]
 pub struct Memtable {
@@ -306,41 +348,98 @@ impl Memtable {
         self.versions.insert(VersionKey { key, revision }, version);
     }
 
-    /// Frees history below `compact_revision`: for every key, the newest
-    /// version at or below it is kept (unless it is a tombstone) and every
-    /// older version is removed. Owning core only.
+    /// Frees history below `compact_revision` in one go: for every key, the
+    /// newest version at or below it is kept (unless it is a tombstone) and
+    /// every older version is removed. Owning core only; used by replay,
+    /// before anything is served (the worker compacts in steps instead).
     pub fn compact(&self, compact_revision: i64) {
-        // Watchers may start at the compaction point itself, so its own
-        // changes stay readable.
-        let below = ChangePosition {
-            revision: compact_revision,
-            sub_revision: 0,
-        };
-        while let Some(oldest) = self.history.front() {
-            if *oldest.key() >= below {
-                break;
+        let mut cursor = CompactionCursor::new(compact_revision);
+        while !self.compact_step(&mut cursor, usize::MAX) {}
+    }
+
+    /// Does at most `budget` units of a compaction's work (one unit: one
+    /// revision-index entry removed or one version visited) and returns
+    /// whether the compaction is finished. Owning core only.
+    ///
+    /// Between steps the owner may insert versions, but only above the
+    /// compaction revision (every revision at or below it was applied
+    /// before it was chosen: it is at or below the watermark), so the
+    /// version a key keeps cannot change under the cursor, and the result
+    /// is the one-shot compaction's.
+    pub fn compact_step(&self, cursor: &mut CompactionCursor, budget: usize) -> bool {
+        let mut spent = 0;
+        if matches!(cursor.position, CompactionPosition::RevisionIndex) {
+            // Watchers may start at the compaction point itself, so its own
+            // changes stay readable.
+            let below = ChangePosition {
+                revision: cursor.revision,
+                sub_revision: 0,
+            };
+            while let Some(oldest) = self.history.front() {
+                if *oldest.key() >= below {
+                    break;
+                }
+                if spent == budget {
+                    return false;
+                }
+                oldest.remove();
+                spent += 1;
             }
-            oldest.remove();
+            cursor.position = CompactionPosition::Versions {
+                resume_at: None,
+                settled_key: None,
+                doomed_tombstone: None,
+            };
         }
-        let mut current_key: Option<Bytes> = None;
-        let mut kept_one = false;
-        for entry in self.versions.iter() {
-            let found = entry.key();
-            if current_key.as_ref() != Some(&found.key) {
-                current_key = Some(found.key.clone());
-                kept_one = false;
+        let CompactionPosition::Versions {
+            resume_at,
+            settled_key,
+            doomed_tombstone,
+        } = &mut cursor.position
+        else {
+            return true;
+        };
+        let start = resume_at.take().map_or(Bound::Unbounded, Bound::Included);
+        for entry in self.versions.range((start, Bound::Unbounded)) {
+            if spent == budget {
+                *resume_at = Some(entry.key().clone());
+                return false;
             }
-            if found.revision > compact_revision {
+            spent += 1;
+            let found = entry.key();
+            if doomed_tombstone
+                .as_ref()
+                .is_some_and(|tombstone| tombstone.key != found.key)
+            {
+                // Past its key: every older version of it is gone.
+                self.remove_version(doomed_tombstone.take());
+            }
+            if found.revision > cursor.revision {
                 continue;
             }
-            if kept_one {
+            if settled_key.as_ref() == Some(&found.key) {
+                // Older than the version this key keeps at the point.
                 self.remove_entry(&entry);
             } else {
-                kept_one = true;
+                // The newest version at or below the point: kept, unless
+                // it is a tombstone (nothing can read a deleted key there),
+                // which goes last, once its key is passed: until then the
+                // key's newest version stays the tombstone, never an older
+                // live version a write could mistake for the current one.
+                *settled_key = Some(found.key.clone());
                 if entry.value().is_tombstone() {
-                    self.remove_entry(&entry);
+                    *doomed_tombstone = Some(found.clone());
                 }
             }
+        }
+        self.remove_version(doomed_tombstone.take());
+        cursor.position = CompactionPosition::Finished;
+        true
+    }
+
+    fn remove_version(&self, position: Option<VersionKey>) {
+        if let Some(entry) = position.and_then(|position| self.versions.get(&position)) {
+            self.remove_entry(&entry);
         }
     }
 
@@ -570,5 +669,116 @@ mod tests {
         memtable.insert(Bytes::from_static(b"b"), 6, leased);
         assert_eq!(memtable.keys_with_lease(7), vec![Bytes::from_static(b"b")]);
         assert!(memtable.keys_with_lease(8).is_empty());
+    }
+
+    /// Everything a memtable holds, for comparing two of them.
+    fn contents(
+        memtable: &Memtable,
+    ) -> (Vec<(VersionKey, Version)>, Vec<ChangePosition>, usize, i64) {
+        (
+            memtable
+                .versions
+                .iter()
+                .map(|entry| (entry.key().clone(), entry.value().clone()))
+                .collect(),
+            memtable.history.iter().map(|entry| *entry.key()).collect(),
+            memtable.live_keys(),
+            memtable.approximate_bytes(),
+        )
+    }
+
+    /// A random change of one of a few keys: mostly puts, some deletes.
+    fn random_change(rng: &mut rand::rngs::StdRng, revision: i64) -> (Bytes, Version) {
+        use rand::RngExt;
+        let key = Bytes::from(format!("k{}", rng.random_range(0..12u32)));
+        let version = if rng.random_bool(0.2) {
+            Version::tombstone()
+        } else {
+            live(&format!("v{revision}"), 1, rng.random_range(1..5i64))
+        };
+        (key, version)
+    }
+
+    /// Chunked compaction, with the owner inserting above the compaction
+    /// point between chunks, ends exactly like one-shot compaction, which
+    /// in turn matches a model of etcd's rule. Prints its seed; rerun one
+    /// with `MEMTABLE_TEST_SEED=<seed>`.
+    #[test]
+    fn chunked_compaction_matches_one_shot() {
+        use rand::{RngExt, SeedableRng};
+        let seed = std::env::var("MEMTABLE_TEST_SEED")
+            .ok()
+            .map(|text| text.parse().expect("MEMTABLE_TEST_SEED must be a u64"))
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |elapsed| elapsed.as_nanos() as u64)
+            });
+        println!("chunked_compaction_matches_one_shot: MEMTABLE_TEST_SEED={seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for round in 0..200 {
+            let (one_shot, chunked) = (Memtable::new(), Memtable::new());
+            let mut revision = 1;
+            for _ in 0..rng.random_range(0..150) {
+                revision += 1;
+                let (key, version) = random_change(&mut rng, revision);
+                one_shot.insert(key.clone(), revision, version.clone());
+                chunked.insert(key, revision, version);
+            }
+            let point = rng.random_range(1..=revision);
+            let before = contents(&one_shot);
+            one_shot.compact(point);
+            let mut cursor = CompactionCursor::new(point);
+            while !chunked.compact_step(&mut cursor, rng.random_range(0..20)) {
+                // What a write evaluates against at every pause: each key's
+                // newest version, if live (and so the live-key count).
+                for key in (0..12).map(|key| format!("k{key}")) {
+                    let live = |memtable: &Memtable| {
+                        memtable
+                            .newest(key.as_bytes())
+                            .filter(|(_, version)| !version.is_tombstone())
+                    };
+                    assert_eq!(
+                        live(&chunked),
+                        live(&one_shot),
+                        "round {round}: {key} mid-compaction"
+                    );
+                }
+                if rng.random_bool(0.3) {
+                    revision += 1;
+                    let (key, version) = random_change(&mut rng, revision);
+                    one_shot.insert(key.clone(), revision, version.clone());
+                    chunked.insert(key, revision, version);
+                }
+            }
+            assert_eq!(
+                contents(&chunked),
+                contents(&one_shot),
+                "round {round}, compacted at {point}"
+            );
+            let expected: Vec<_> = before
+                .0
+                .iter()
+                .filter(|(position, version)| {
+                    let newest_at_point = before
+                        .0
+                        .iter()
+                        .find(|(other, _)| other.key == position.key && other.revision <= point);
+                    position.revision > point
+                        || (newest_at_point.is_some_and(|(newest, _)| newest == position)
+                            && !version.is_tombstone())
+                })
+                .cloned()
+                .collect();
+            let survivors: Vec<_> = contents(&one_shot)
+                .0
+                .into_iter()
+                .filter(|(position, _)| before.0.iter().any(|(old, _)| old == position))
+                .collect();
+            assert_eq!(
+                survivors, expected,
+                "round {round}: etcd's rule, compacted at {point}"
+            );
+        }
     }
 }
