@@ -295,7 +295,7 @@ impl Memtable {
             .as_ref()
             .is_some_and(|(newest_revision, _)| *newest_revision > revision)
         {
-            self.insert_history_only(key, revision, version);
+            self.store_version(key, revision, version);
             return;
         }
         let previous = newest.filter(|(_, newest)| !newest.is_tombstone());
@@ -311,14 +311,6 @@ impl Memtable {
                 self.lease_keys.insert((lease, key.clone()), ());
             }
         }
-        self.history.insert(
-            ChangePosition {
-                revision,
-                sub_revision: version.sub_revision,
-            },
-            key.clone(),
-        );
-        let bytes = (key.len() + version.value.len()) as i64;
         match (was_live, is_live) {
             (false, true) => {
                 self.live_keys.fetch_add(1, AtomicOrdering::Relaxed);
@@ -328,13 +320,14 @@ impl Memtable {
             }
             _ => {}
         }
-        self.approximate_bytes
-            .fetch_add(bytes, AtomicOrdering::Relaxed);
-        self.versions.insert(VersionKey { key, revision }, version);
+        self.store_version(key, revision, version);
     }
 
-    /// Stores an older version behind a key's newest one (snapshot load).
-    fn insert_history_only(&self, key: Bytes, revision: i64, version: Version) {
+    /// Adds a version to the versions and the revision index and counts
+    /// its bytes; the key's liveness and lease are the caller's business
+    /// (an older version behind the newest, as a snapshot load inserts,
+    /// changes neither).
+    fn store_version(&self, key: Bytes, revision: i64, version: Version) {
         self.history.insert(
             ChangePosition {
                 revision,
