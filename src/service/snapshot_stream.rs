@@ -78,7 +78,10 @@ pub async fn serve(
     let (sender, chunks) = flume::bounded(QUEUED_CHUNKS);
     std::thread::Builder::new()
         .name("metastore-backup".to_owned())
-        .spawn(move || produce(&space, sender))
+        .spawn(move || {
+            crate::shard::snapshotting::run_in_background();
+            produce(&space, sender)
+        })
         .map_err(|error| Status::internal(format!("cannot start the snapshot thread: {error}")))?;
     let mut sent = 0u64;
     while let Ok(produced) = chunks.recv_async().await {

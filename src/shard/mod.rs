@@ -354,6 +354,7 @@ impl<D: StorageDevice> ShardWorker<D> {
         let spawned = std::thread::Builder::new()
             .name(format!("metastore-snapshot-{shard}"))
             .spawn(move || {
+                snapshotting::run_in_background();
                 let result = snapshotting::write_shard_snapshot(&space, shard, point, &directory);
                 let _ = report_to.send(ShardCommand::SnapshotWritten { raft_index, result });
             });
@@ -390,8 +391,19 @@ impl<D: StorageDevice> ShardWorker<D> {
                 self.snapshots
                     .logged
                     .retain(|(index, _)| *index > raft_index);
-                snapshotting::remove_older_snapshots(&self.snapshots.directory, &path);
-                tracing::debug!(shard = self.shard, raft_index, file = %path.display(), "snapshot written; log released");
+                // Unlinking a large file takes milliseconds: not on the core.
+                let directory = self.snapshots.directory.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("metastore-snapshot-cleanup-{}", self.shard))
+                    .spawn(move || snapshotting::remove_older_snapshots(&directory, &path));
+                if let Err(error) = spawned {
+                    tracing::warn!(shard = self.shard, %error, "cannot start a thread to remove old snapshots; a later snapshot will");
+                }
+                tracing::debug!(
+                    shard = self.shard,
+                    raft_index,
+                    "snapshot written; log released"
+                );
             }
             Err(error) => {
                 tracing::warn!(shard = self.shard, %error, "snapshot failed; the log is kept and a later one will be tried")
