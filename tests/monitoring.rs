@@ -216,8 +216,18 @@ fn a_stalled_shard_fails_the_probes() {
     let (status, body) = http(&url, "GET", "/health?serializable=true");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(r#""health":"false""#), "{body}");
-    // Other checks still pass while that core is stuck.
+    // Other checks still pass while that core is stuck, and a scrape
+    // answers within its deadline, without the stuck core's numbers.
     assert_eq!(http(&url, "GET", "/readyz/data_dir_writable").0, 200);
+    let started = std::time::Instant::now();
+    let (_, _) = http(&url, "GET", "/livez");
+    let (status, body) = http(&url, "GET", "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "probe and scrape each wait one deadline: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

@@ -77,6 +77,10 @@ pub fn metric_families(node: &NodeView, cores: &CoreSnapshot) -> Vec<MetricFamil
     families.extend(disk_families(cores));
     families.extend(store_families(node, cores));
     families.extend(metastore_families(node, cores));
+    // A family without a sample (`grpc_server_handled_total` before any
+    // call finished) is left out: the encoder refuses it, and Prometheus
+    // has nothing to show for it.
+    families.retain(|family| !family.get_metric().is_empty());
     families
 }
 
@@ -502,4 +506,18 @@ pub fn encode_text(families: &[MetricFamily]) -> Result<String, prometheus::Erro
     let mut text = Vec::new();
     prometheus::TextEncoder::new().encode(families, &mut text)?;
     Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_has_finished_no_call_still_exposes_its_metrics() {
+        let families = metric_families(&NodeView::default(), &CoreSnapshot::empty());
+        let text = encode_text(&families).expect("encodes");
+        assert!(text.contains("grpc_server_started_total{"), "{text}");
+        assert!(!text.contains("grpc_server_handled_total"), "{text}");
+        assert!(text.contains("etcd_server_has_leader 1"), "{text}");
+    }
 }

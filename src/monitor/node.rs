@@ -50,12 +50,22 @@ impl NodeHandles {
     /// Every core's metrics, merged; a core that does not answer in time
     /// is left out (and logged) rather than holding up the scrape.
     pub async fn gather_core_metrics(&self) -> CoreSnapshot {
-        let mut merged = CoreSnapshot::empty();
+        // Ask every core at once and wait once: a stalled core costs a
+        // scrape one deadline, and a core whose control queue is full
+        // (stalled, with earlier requests waiting) is not asked again.
+        let deadline = tokio::time::Instant::now() + CHECK_DEADLINE;
+        let mut answers = Vec::new();
         for (core, requests) in self.cores.iter().enumerate() {
             let (reply, answer) = oneshot::channel();
-            let asked = requests.send_async(CoreRequest::Metrics(reply)).await;
-            match (asked, tokio::time::timeout(CHECK_DEADLINE, answer).await) {
-                (Ok(()), Ok(Ok(snapshot))) => merged.merge(&snapshot),
+            match requests.try_send(CoreRequest::Metrics(reply)) {
+                Ok(()) => answers.push((core, answer)),
+                Err(_) => tracing::warn!(core, "core is not taking metrics requests"),
+            }
+        }
+        let mut merged = CoreSnapshot::empty();
+        for (core, answer) in answers {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(snapshot)) => merged.merge(&snapshot),
                 _ => tracing::warn!(core, "core did not report its metrics in time"),
             }
         }
