@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{EtcdServer, MetastoreServer, line_diff, require_tool};
@@ -21,25 +21,14 @@ struct CtlOutput {
 
 /// Runs `etcdctl --endpoints ENDPOINT args...` with optional stdin.
 fn etcdctl_raw(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut cmd = Command::new("etcdctl");
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCDCTL_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(endpoint)
-        .arg("--dial-timeout=3s")
-        .arg("--command-timeout=10s")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = common::etcdctl_command(endpoint, args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn etcdctl");
     if let Some(input) = stdin {
         let mut si = child.stdin.take().unwrap();

@@ -20,7 +20,7 @@ mod wl_support;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,22 +30,6 @@ use wl_support::{server_name, start_server};
 
 /// How long a background etcdctl may take to print what is expected.
 const WAIT: Duration = Duration::from_secs(15);
-
-fn etcdctl_cmd(endpoint: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new("etcdctl");
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCDCTL_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(endpoint)
-        .arg("--dial-timeout=3s")
-        .arg("--command-timeout=10s")
-        .args(args);
-    cmd
-}
 
 /// Output of a finished etcdctl.
 #[derive(Debug)]
@@ -95,7 +79,7 @@ struct Bg {
 
 impl Bg {
     fn spawn(endpoint: &str, args: &[&str], with_stdin: bool) -> Bg {
-        let mut cmd = etcdctl_cmd(endpoint, args);
+        let mut cmd = common::etcdctl_command(endpoint, args);
         cmd.stdin(if with_stdin {
             Stdio::piped()
         } else {

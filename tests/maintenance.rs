@@ -125,15 +125,7 @@ fn restore(file: &Path, data_dir: &Path, shards: Option<&str>) -> (Option<i32>, 
 }
 
 fn etcdctl_snapshot_save(endpoint: &str, file: &Path) -> (bool, String) {
-    let output = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            endpoint,
-            "--command-timeout=30s",
-            "snapshot",
-            "save",
-        ])
+    let output = common::etcdctl_command(endpoint, &["--command-timeout=30s", "snapshot", "save"])
         .arg(file)
         .stdin(Stdio::null())
         .output()

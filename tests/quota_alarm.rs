@@ -8,7 +8,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,21 +27,7 @@ const QUOTA: &str = "65536";
 const VALUE_BYTES: usize = 4096;
 
 fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let mut command = Command::new("etcdctl");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("ETCDCTL_") {
-            command.env_remove(name);
-        }
-    }
-    let output = command
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            endpoint,
-            "--dial-timeout=3s",
-            "--command-timeout=10s",
-        ])
-        .args(args)
+    let output = common::etcdctl_command(endpoint, args)
         .output()
         .expect("run etcdctl");
     (

@@ -373,6 +373,27 @@ pub fn start_metastore_or_etcd(metastore_args: &[&str]) -> Option<(TestServer, S
 // Real etcd
 // ---------------------------------------------------------------------------
 
+/// `etcdctl --endpoints ENDPOINT args...` (API v3, 3 s dial and 10 s
+/// command timeouts), with every `ETCDCTL_*` variable of the test's own
+/// environment removed so it cannot redirect or reshape the call. Later
+/// flags in `args` override these (e.g. `--command-timeout=30s`).
+pub fn etcdctl_command(endpoint: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("etcdctl");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ETCDCTL_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .arg("--dial-timeout=3s")
+        .arg("--command-timeout=10s")
+        .args(args);
+    command
+}
+
 /// Whether a program is on PATH.
 pub fn on_path(prog: &str) -> bool {
     std::env::var_os("PATH")
