@@ -122,21 +122,6 @@ pub struct Serving {
     pub max_connection_idle: Option<Duration>,
 }
 
-impl Serving {
-    /// etcd's defaults around `limits`, no rate limits, metrics on.
-    pub fn with_limits(limits: ServerLimits) -> Self {
-        Self {
-            limits,
-            metrics: Rc::new(CoreMetrics::new(true)),
-            rate_limiter: Arc::new(RateLimiter::default()),
-            slow_request_threshold: Duration::from_millis(300),
-            keepalive_interval: Duration::from_secs(2 * 60 * 60),
-            keepalive_timeout: Duration::from_secs(20),
-            max_connection_idle: None,
-        }
-    }
-}
-
 /// The message of a call refused by a rate limit: etcd's
 /// `ErrTooManyRequests`, which its clients already treat as "back off".
 pub const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";

@@ -2,6 +2,7 @@
 //! `serve_connection` with a test service, on a monoio runtime.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -9,9 +10,11 @@ use http::{HeaderMap, Request};
 
 use super::codec::encode_message;
 use super::connection::serve_connection;
+use super::rate_limit::RateLimiter;
 use super::server::{GrpcService, MethodPath, ServerLimits, Serving};
 use super::status::{Code, Status};
 use super::{RequestStream, ResponseSink};
+use crate::metrics::CoreMetrics;
 
 /// A tiny message for the test service.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -140,7 +143,15 @@ fn unary_streaming_and_error_paths_over_h2() {
         let address = listener.local_addr().expect("address");
         let mut limits = ServerLimits::for_max_request_bytes(1024);
         limits.max_receive_message_len = 1024;
-        let serving = Rc::new(Serving::with_limits(limits));
+        let serving = Rc::new(Serving {
+            limits,
+            metrics: Rc::new(CoreMetrics::new(true)),
+            rate_limiter: Arc::new(RateLimiter::default()),
+            slow_request_threshold: Duration::from_millis(300),
+            keepalive_interval: Duration::from_secs(2 * 60 * 60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_connection_idle: None,
+        });
         monoio::spawn(async move {
             let (stream, peer) = listener.accept().await.expect("accept");
             let io = stream
