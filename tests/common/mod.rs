@@ -352,18 +352,18 @@ pub enum TestServer {
     Etcd(EtcdServer),
 }
 
-/// MetaStore started with `metastore_args`, or, when `TEST_AGAINST_ETCD` is
-/// set, a real etcd (to check that a test's expectations are etcd's).
-/// Returns the server and its endpoint; `None` when etcd was asked for but
-/// is not installed.
-pub fn start_metastore_or_etcd(metastore_args: &[&str]) -> Option<(TestServer, String)> {
+/// MetaStore started with `args`, or, when `TEST_AGAINST_ETCD` is set, a
+/// real etcd given the same flags (MetaStore takes etcd's flag names), to
+/// check that a test's expectations are etcd's. Returns the server and its
+/// endpoint; `None` when etcd was asked for but is not installed.
+pub fn start_metastore_or_etcd(args: &[&str]) -> Option<(TestServer, String)> {
     if std::env::var_os("TEST_AGAINST_ETCD").is_some() {
-        let etcd = EtcdServer::start()?;
+        let etcd = EtcdServer::start_with(args)?;
         let endpoint = etcd.endpoint();
         eprintln!("running against real etcd at {endpoint}");
         Some((TestServer::Etcd(etcd), endpoint))
     } else {
-        let metastore = MetastoreServer::start(metastore_args);
+        let metastore = MetastoreServer::start(args);
         let endpoint = metastore.endpoint();
         Some((TestServer::Metastore(metastore), endpoint))
     }

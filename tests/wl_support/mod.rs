@@ -1,9 +1,5 @@
 //! Helpers shared by the Watch / Lease / Lock / Election end-to-end tests
 //! (`watch_guarantees`, `etcdctl_watch_lease`, `lease_expiry`, `lock_election`).
-//!
-//! Unlike `common::start_metastore_or_etcd`, the server flags given here go
-//! to etcd too (MetaStore accepts etcd's flag names), so a test that needs
-//! e.g. `--experimental-watch-progress-notify-interval` gets it from both.
 
 #![allow(dead_code)]
 
@@ -26,16 +22,7 @@ pub fn server_name() -> &'static str {
 /// Starts the server under test with `args` (etcd flag names, given to
 /// MetaStore and etcd alike). `None` when etcd was asked for but is missing.
 pub fn start_server(args: &[&str]) -> Option<(TestServer, String)> {
-    if against_etcd() {
-        let etcd = EtcdServer::start_with(args)?;
-        let endpoint = etcd.endpoint();
-        eprintln!("running against real etcd at {endpoint}");
-        Some((TestServer::Etcd(etcd), endpoint))
-    } else {
-        let metastore = MetastoreServer::start(args);
-        let endpoint = metastore.endpoint();
-        Some((TestServer::Metastore(metastore), endpoint))
-    }
+    crate::common::start_metastore_or_etcd(args)
 }
 
 /// Like [`start_server`] on a data directory that outlives the server, so a
