@@ -91,7 +91,7 @@ impl Storage for ShardLogStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{SnapshotMeta, encode_snapshot, write_snapshot_file};
+    use crate::snapshot::{SnapshotMeta, WritePace, encode_snapshot, write_snapshot_file};
 
     #[test]
     fn snapshot_requests_are_served_from_the_newest_file() {
@@ -114,7 +114,7 @@ mod tests {
             compacted_revision: -1,
         };
         let bytes = encode_snapshot(&meta, &[], std::iter::empty()).expect("encode");
-        write_snapshot_file(&directory, &meta, &bytes).expect("write");
+        write_snapshot_file(&directory, &meta, &bytes, WritePace::Unpaced).expect("write");
         let snapshot = storage.snapshot(30, 2).expect("served");
         assert_eq!(
             (snapshot.get_metadata().index, snapshot.get_metadata().term),

@@ -26,7 +26,7 @@ use crate::store::memtable::Version;
 use crate::store::revision::{PendingRevision, RevisionSlot};
 use crate::store::shard_map::ShardId;
 use crate::store::write::{self, ChangeSet, WriteContext, WriteRequest, WriteResponse};
-use crate::wal::StorageDevice;
+use crate::wal::{ReleasedSegments, StorageDevice};
 use log_entry::ShardCommandRecord;
 use raft_group::RaftGroup;
 
@@ -169,6 +169,9 @@ pub struct SnapshotSchedule {
     requested: Vec<oneshot::Sender<Result<(), String>>>,
     /// Requests the snapshot in flight answers.
     answered_by_in_flight: Vec<oneshot::Sender<Result<(), String>>>,
+    /// The task removing the WAL segments the newest snapshot released, if
+    /// it may still run; the next such task waits for it.
+    removing: Option<monoio::task::JoinHandle<()>>,
 }
 
 impl SnapshotSchedule {
@@ -187,6 +190,7 @@ impl SnapshotSchedule {
             last_snapshot_index: 0,
             requested: Vec::new(),
             answered_by_in_flight: Vec::new(),
+            removing: None,
         }
     }
 
@@ -380,14 +384,16 @@ impl<D: StorageDevice> ShardWorker<D> {
     ) {
         self.snapshots.in_flight = false;
         // Requesters (Defragment) are answered once the log is released.
-        let answer = result.as_ref().map(|_| ()).map_err(Clone::clone);
         match result {
             Ok(path) => {
                 self.snapshots.last_snapshot_index = raft_index;
-                if let Err(error) = self.group.compact_through(raft_index).await {
-                    tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed while releasing the log; aborting");
-                    std::process::abort();
-                }
+                let released = match self.group.compact_through(raft_index).await {
+                    Ok(released) => released,
+                    Err(error) => {
+                        tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed while releasing the log; aborting");
+                        std::process::abort();
+                    }
+                };
                 self.snapshots
                     .logged
                     .retain(|(index, _)| *index > raft_index);
@@ -404,14 +410,47 @@ impl<D: StorageDevice> ShardWorker<D> {
                     raft_index,
                     "snapshot written; log released"
                 );
+                let answer_to = std::mem::take(&mut self.snapshots.answered_by_in_flight);
+                self.remove_released_segments(released, answer_to);
             }
             Err(error) => {
-                tracing::warn!(shard = self.shard, %error, "snapshot failed; the log is kept and a later one will be tried")
+                tracing::warn!(shard = self.shard, %error, "snapshot failed; the log is kept and a later one will be tried");
+                for done in self.snapshots.answered_by_in_flight.drain(..) {
+                    let _ = done.send(Err(error.clone()));
+                }
             }
         }
-        for done in self.snapshots.answered_by_in_flight.drain(..) {
-            let _ = done.send(answer.clone());
-        }
+    }
+
+    /// Removes released WAL segments on a task of its own, then answers the
+    /// requesters (Defragment answers once the space is given back). The
+    /// worker does not wait: an unlink plus directory sync took 20-45 ms per
+    /// 64 MiB segment here, and every write of the shard queued behind it
+    /// (the whole put p99 at a steady load). Removals stay oldest first
+    /// across snapshots (each task waits for the previous one), so a crash
+    /// never leaves a gap in the log.
+    fn remove_released_segments(
+        &mut self,
+        released: ReleasedSegments,
+        answer_to: Vec<oneshot::Sender<Result<(), String>>>,
+    ) {
+        let previous = self.snapshots.removing.take();
+        let device = self.group.wal_device().clone();
+        let shard = self.shard;
+        self.snapshots.removing = Some(monoio::spawn(async move {
+            if let Some(previous) = previous {
+                previous.await;
+            }
+            if let Err(error) = released.remove(&device).await {
+                // As for any WAL fsync: the directory's state is unknown
+                // and a later removal could become durable before this one.
+                tracing::error!(shard, %error, "removing released WAL segments failed; aborting");
+                std::process::abort();
+            }
+            for done in answer_to {
+                let _ = done.send(Ok(()));
+            }
+        }));
     }
 
     async fn handle(&mut self, command: ShardCommand, deferred: &mut Vec<DeferredReply>) {

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use super::log_entry::{WalRecord, encode};
 use super::log_storage::ShardLogStorage;
-use crate::wal::{StorageDevice, Wal, WalError};
+use crate::wal::{ReleasedSegments, StorageDevice, Wal, WalError};
 
 /// This member's Raft ID while MetaStore runs alone.
 pub const LOCAL_MEMBER: u64 = 1;
@@ -180,9 +180,10 @@ impl<D: StorageDevice> RaftGroup<D> {
 
     /// Forgets the log through `index`, which a durable snapshot now covers:
     /// re-logs the hard state (its last record may sit in a segment about to
-    /// go), releases the WAL segments below the first entry after `index`,
-    /// and trims the in-memory mirror.
-    pub async fn compact_through(&mut self, index: u64) -> Result<(), GroupError> {
+    /// go), stops retaining the WAL segments below the first entry after
+    /// `index` and hands them back for the caller to remove, and trims the
+    /// in-memory mirror.
+    pub async fn compact_through(&mut self, index: u64) -> Result<ReleasedSegments, GroupError> {
         let hard_state = self.node.raft.hard_state();
         self.wal
             .append(&encode(&WalRecord::hard_state(&hard_state)));
@@ -198,7 +199,7 @@ impl<D: StorageDevice> RaftGroup<D> {
             .entry_records
             .front()
             .map_or(self.wal.durable_sequence() + 1, |(_, sequence)| *sequence);
-        self.wal.release_before(keep_from).await?;
+        let released = self.wal.detach_segments_before(keep_from)?;
         // MemStorage drops entries *before* the given index, and answers
         // `last_index` from stale snapshot metadata once it holds none: keep
         // the entry at the snapshot point.
@@ -208,7 +209,12 @@ impl<D: StorageDevice> RaftGroup<D> {
             .mirror()
             .wl()
             .compact(index.min(applied))?;
-        Ok(())
+        Ok(released)
+    }
+
+    /// The device the group's WAL lives on.
+    pub fn wal_device(&self) -> &D {
+        self.wal.device()
     }
 
     /// Makes everything proposed so far durable with one WAL write and one

@@ -35,9 +35,9 @@ pub mod restore;
 mod tests;
 
 pub use files::{
-    LoadedSnapshot, RejectedSnapshotFile, SnapshotCandidate, SnapshotScan, load_newest_snapshot,
-    parse_snapshot_file_name, scan_snapshot_directory, snapshot_candidates_newest_first,
-    snapshot_file_name, write_snapshot_file,
+    LoadedSnapshot, PACED_SYNC_BYTES, RejectedSnapshotFile, SnapshotCandidate, SnapshotScan,
+    WritePace, load_newest_snapshot, parse_snapshot_file_name, scan_snapshot_directory,
+    snapshot_candidates_newest_first, snapshot_file_name, write_snapshot_file,
 };
 pub use format::{
     FORMAT_VERSION, HEADER_LENGTH, MAX_ARCHIVE_LENGTH, SNAPSHOT_MAGIC, SnapshotView,

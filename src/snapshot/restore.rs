@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::backup::{Backup, BackupError, read_backup};
-use super::{SnapshotEntry, SnapshotError, SnapshotMeta, encode_snapshot, write_snapshot_file};
+use super::{
+    SnapshotEntry, SnapshotError, SnapshotMeta, WritePace, encode_snapshot, write_snapshot_file,
+};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::store::shard_map::ShardMap;
 
@@ -176,12 +178,12 @@ fn write_shard(
         .collect();
     let image = encode_snapshot(&meta, &leases, entries)
         .map_err(|source| RestoreError::Encode { shard, source })?;
-    write_snapshot_file(&directories.snapshots, &meta, &image).map_err(|source| {
-        RestoreError::Write {
+    write_snapshot_file(&directories.snapshots, &meta, &image, WritePace::Unpaced).map_err(
+        |source| RestoreError::Write {
             path: directories.snapshots.clone(),
             source,
-        }
-    })?;
+        },
+    )?;
     Ok(())
 }
 

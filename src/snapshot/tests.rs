@@ -409,7 +409,7 @@ fn meta_at(raft_term: u64, raft_index: u64) -> SnapshotMeta {
 fn write_at(dir: &Path, raft_term: u64, raft_index: u64) -> std::path::PathBuf {
     let meta = meta_at(raft_term, raft_index);
     let image = encode_snapshot(&meta, &[], sample_entries(100)).expect("encode");
-    write_snapshot_file(dir, &meta, &image).expect("write snapshot file")
+    write_snapshot_file(dir, &meta, &image, WritePace::Unpaced).expect("write snapshot file")
 }
 
 #[test]
@@ -495,11 +495,18 @@ fn write_is_atomic_and_refuses_non_images() {
         "no temporary file is left behind"
     );
 
-    let error = write_snapshot_file(dir.path(), &meta_at(5, 1), b"not a snapshot").unwrap_err();
+    let error = write_snapshot_file(
+        dir.path(),
+        &meta_at(5, 1),
+        b"not a snapshot",
+        WritePace::Unpaced,
+    )
+    .unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
     let mut truncated = small_image();
     truncated.pop();
-    let error = write_snapshot_file(dir.path(), &meta_at(5, 1), &truncated).unwrap_err();
+    let error = write_snapshot_file(dir.path(), &meta_at(5, 1), &truncated, WritePace::Unpaced)
+        .unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
     assert!(!dir.path().join(snapshot_file_name(5, 1)).exists());
 }

@@ -29,7 +29,7 @@ pub const BLOCK_SIZE: usize = 4096;
     async_fn_in_trait,
     reason = "monoio executors are single-threaded, so the futures need not be Send"
 )]
-pub trait StorageDevice {
+pub trait StorageDevice: Clone + 'static {
     type File: DeviceFile;
 
     /// Opens `name` in the directory for reading and writing. With `create`,

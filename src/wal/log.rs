@@ -399,32 +399,77 @@ impl<D: StorageDevice> Wal<D> {
 
     /// Deletes whole segments all of whose records have sequence <
     /// `sequence` (a snapshot covers them), oldest first. Never deletes the
-    /// segment being written.
+    /// segment being written. [`Wal::detach_segments_before`] then
+    /// [`ReleasedSegments::remove`], waiting for both.
     pub async fn release_before(&mut self, sequence: u64) -> Result<(), WalError> {
+        let released = self.detach_segments_before(sequence)?;
+        let removed = released.remove(&self.device).await;
+        if removed.is_err() {
+            self.failed = true; // a failed directory fsync is never retried
+        }
+        removed
+    }
+
+    /// Stops retaining the whole segments all of whose records have
+    /// sequence < `sequence` (a snapshot covers them; never the segment
+    /// being written) and hands them back for removal. Bookkeeping only: the
+    /// files stay until [`ReleasedSegments::remove`], so the caller can
+    /// remove them off its own path. A crash before that leaves them on
+    /// disk, which recovery handles as it handles a crash between a snapshot
+    /// and its release: records below the snapshot are skipped.
+    pub fn detach_segments_before(&mut self, sequence: u64) -> Result<ReleasedSegments, WalError> {
         if self.failed {
             return Err(WalError::Failed);
         }
         // Segment 0 holds records [first_0, first_1): all below `sequence`
         // exactly when first_1 <= sequence. Requiring a segment 1 keeps the
         // last (active) segment.
-        while self.segments.len() >= 2 && self.segments[1].first_record_sequence <= sequence {
-            let name = self.segments[0].name.clone();
-            self.device
-                .remove_file(&name)
+        let mut covered = 0;
+        while covered + 1 < self.segments.len()
+            && self.segments[covered + 1].first_record_sequence <= sequence
+        {
+            covered += 1;
+        }
+        let names = self
+            .segments
+            .drain(..covered)
+            .map(|segment| segment.name)
+            .collect();
+        Ok(ReleasedSegments { names })
+    }
+}
+
+/// Segment files the WAL no longer retains, oldest first, still on disk.
+#[must_use = "released segments stay on disk until removed"]
+#[derive(Debug, Default)]
+pub struct ReleasedSegments {
+    names: Vec<String>,
+}
+
+impl ReleasedSegments {
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Removes the files oldest first. Removals of several batches must not
+    /// run at once (the caller orders them).
+    ///
+    /// One directory sync per removal keeps removals durable oldest first,
+    /// so a crash can never leave a gap (an older segment present, a newer
+    /// one gone), which recovery would rightly call corruption. Releases are
+    /// rare; the cost only matters to whoever waits for it, which is why it
+    /// can run apart from the WAL (on this disk an unlink of a 64 MiB
+    /// segment plus the directory sync took 20-45 ms).
+    pub async fn remove<D: StorageDevice>(self, device: &D) -> Result<(), WalError> {
+        for name in &self.names {
+            device
+                .remove_file(name)
                 .await
-                .map_err(WalError::io("removing a released segment", &name))?;
-            self.segments.remove(0);
-            // One directory sync per removal keeps removals durable oldest
-            // first, so a crash can never leave a gap (an older segment
-            // present, a newer one gone), which recovery would rightly call
-            // corruption. Releases are rare; the cost does not matter.
-            if let Err(error) = self.device.sync_directory().await {
-                self.failed = true; // a failed fsync is never retried
-                return Err(WalError::io(
-                    "syncing the WAL directory after a release",
-                    &name,
-                )(error));
-            }
+                .map_err(WalError::io("removing a released segment", name))?;
+            device.sync_directory().await.map_err(WalError::io(
+                "syncing the WAL directory after a release",
+                name,
+            ))?;
         }
         Ok(())
     }

@@ -42,5 +42,5 @@ mod tests;
 pub use device::{AlignedBuffer, BLOCK_SIZE, DeviceFile, StorageDevice};
 pub use direct::DirectDevice;
 pub use error::WalError;
-pub use log::{Record, SyncReport, Wal, WalOptions};
+pub use log::{Record, ReleasedSegments, SyncReport, Wal, WalOptions};
 pub use memory::MemoryDevice;

@@ -541,6 +541,43 @@ fn release_deletes_only_fully_covered_segments_and_reopen_recovers_the_rest() {
 }
 
 #[test]
+fn detached_segments_stay_readable_until_removed_and_the_wal_writes_on() {
+    run(async {
+        let device = MemoryDevice::new();
+        let (mut wal, _) = open(&device).await;
+        let mut expected = Vec::new();
+        while wal.segment_names().len() < 3 {
+            expected.extend(sync_frame(&mut wal, &[90_000, 10]).await);
+        }
+        let names = wal.segment_names();
+        let second_first = format::parse_segment_file_name(&names[1]).expect("segment name");
+        let released = wal.detach_segments_before(second_first).expect("detach");
+        assert!(!released.is_empty());
+        assert_eq!(wal.segment_names(), names[1..]);
+        // Bookkeeping only: the file is still there, and the log goes on.
+        assert_eq!(device.file_names(), names);
+        expected.extend(sync_frame(&mut wal, &[7]).await);
+        // A crash before the removal: recovery reads every record again
+        // (the caller skips what its snapshot covers).
+        device.crash();
+        drop(wal);
+        let (mut wal, records) = open(&device).await;
+        assert_records(&records, &expected);
+        let released = wal.detach_segments_before(second_first).expect("detach");
+        released.remove(wal.device()).await.expect("remove");
+        assert_eq!(device.file_names(), names[1..]);
+        device.crash(); // the removal was made durable
+        drop(wal);
+        let (_, records) = open(&device).await;
+        let kept: Vec<_> = expected
+            .into_iter()
+            .filter(|(sequence, _)| *sequence >= second_first)
+            .collect();
+        assert_records(&records, &kept);
+    });
+}
+
+#[test]
 fn truncated_files_recover_a_prefix_or_report_lost_data() {
     run(async {
         let device = MemoryDevice::new();
