@@ -24,6 +24,7 @@ const RECORD_BYTES: usize = 128;
 const RECORDS_PER_FRAME: [u64; 3] = [1, 16, 256];
 
 /// A device that accepts and forgets every write; files read as empty.
+#[derive(Clone)]
 struct DiscardDevice;
 
 impl StorageDevice for DiscardDevice {
