@@ -13,7 +13,6 @@
 //! - A key has at most one entry per revision: a revision is one write, and
 //!   one write changes a key at most once.
 
-use std::cmp::Ordering;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering as AtomicOrdering};
 
@@ -21,29 +20,9 @@ use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
 
 use super::key_range::KeyRange;
+pub use super::version_key::VersionKey;
+use super::version_key::VersionProbe;
 use crate::proto::mvccpb::KeyValue;
-
-/// Position of one version in the memtable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VersionKey {
-    pub key: Bytes,
-    /// The `mod_revision` of this version.
-    pub revision: i64,
-}
-
-impl Ord for VersionKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.key
-            .cmp(&other.key)
-            .then_with(|| other.revision.cmp(&self.revision))
-    }
-}
-
-impl PartialOrd for VersionKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
 
 /// One version of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,11 +168,10 @@ impl Memtable {
 
     /// The newest version of `key` at or below `at`, if the key is live there.
     pub fn get(&self, key: &[u8], at: i64) -> Option<KeyValue> {
-        let probe = VersionKey {
-            key: Bytes::copy_from_slice(key),
-            revision: at,
-        };
-        let entry = self.versions.lower_bound(Bound::Included(&probe))?;
+        let probe = VersionProbe::new(key, at);
+        let entry = self
+            .versions
+            .lower_bound(Bound::Included(probe.as_position()))?;
         let found = entry.key();
         if found.key != key || entry.value().is_tombstone() {
             return None;
@@ -204,11 +182,10 @@ impl Memtable {
     /// The newest version of `key` regardless of revision, tombstones
     /// included. Only meaningful on the owning core (the single writer).
     pub fn newest(&self, key: &[u8]) -> Option<(i64, Version)> {
-        let probe = VersionKey {
-            key: Bytes::copy_from_slice(key),
-            revision: i64::MAX,
-        };
-        let entry = self.versions.lower_bound(Bound::Included(&probe))?;
+        let probe = VersionProbe::new(key, i64::MAX);
+        let entry = self
+            .versions
+            .lower_bound(Bound::Included(probe.as_position()))?;
         (entry.key().key == key).then(|| (entry.key().revision, entry.value().clone()))
     }
 
@@ -221,10 +198,7 @@ impl Memtable {
             }
             return;
         }
-        let mut probe = VersionKey {
-            key: range.start().clone(),
-            revision: at,
-        };
+        let mut probe = VersionKey::new(range.start().clone(), at);
         while let Some(entry) = self.versions.lower_bound(Bound::Included(&probe)) {
             let found = entry.key();
             if !range.contains(&found.key) {
@@ -233,20 +207,14 @@ impl Memtable {
             if found.revision > at {
                 // Landed on a newer version of this key; jump to its newest
                 // version at or below `at`.
-                probe = VersionKey {
-                    key: found.key.clone(),
-                    revision: at,
-                };
+                probe = VersionKey::new(found.key.clone(), at);
                 continue;
             }
             let version = entry.value();
             if !version.is_tombstone() && !visit(version.to_key_value(&found.key, found.revision)) {
                 return;
             }
-            probe = VersionKey {
-                key: found.key.clone(),
-                revision: AFTER_ALL_REVISIONS,
-            };
+            probe = VersionKey::new(found.key.clone(), AFTER_ALL_REVISIONS);
         }
     }
 
@@ -338,7 +306,8 @@ impl Memtable {
         let bytes = (key.len() + version.value.len()) as i64;
         self.approximate_bytes
             .fetch_add(bytes, AtomicOrdering::Relaxed);
-        self.versions.insert(VersionKey { key, revision }, version);
+        self.versions
+            .insert(VersionKey::new(key, revision), version);
     }
 
     /// Frees history below `compact_revision` in one go: for every key, the
@@ -460,10 +429,8 @@ impl Memtable {
         for entry in self.history.range(start..=end) {
             let position = *entry.key();
             let key = entry.value().clone();
-            let stored = self.versions.get(&VersionKey {
-                key: key.clone(),
-                revision: position.revision,
-            });
+            let probe = VersionProbe::new(&key, position.revision);
+            let stored = self.versions.get(probe.as_position());
             // A missing version is a tombstone a compaction at exactly this
             // revision freed: still delivered as a delete, so a watch from
             // the compaction point misses nothing (etcd-io/etcd#18089).

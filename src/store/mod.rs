@@ -3,6 +3,7 @@
 //! - [`shard_map`]: key → shard (stable hash) and shard → core.
 //! - [`revision`]: the global revision sequencer and the applied watermark.
 //! - [`memtable`]: one shard's lock-free multi-version skip list.
+//! - [`version_key`]: the skip list's order, searched without owned keys.
 //! - [`key_range`]: etcd's `key`/`range_end` forms.
 //! - [`key_space`]: all shards together, consistent reads at a revision.
 //! - [`request_check`]: etcd's request validation, same order, same errors.
@@ -20,4 +21,5 @@ pub mod range;
 pub mod request_check;
 pub mod revision;
 pub mod shard_map;
+pub mod version_key;
 pub mod write;
