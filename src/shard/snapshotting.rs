@@ -28,7 +28,7 @@ use crate::store::shard_map::ShardId;
 /// [`WritePace`] for the measurement behind it). About 7% of this
 /// machine's disk bandwidth: a 100 MiB shard image takes about 3 s, during
 /// which the WAL below the snapshot is simply kept a little longer.
-pub const LIVE_SNAPSHOT_WRITE_RATE: u64 = 32 * 1024 * 1024;
+const LIVE_SNAPSHOT_WRITE_RATE: u64 = 32 * 1024 * 1024;
 
 /// Where a snapshot should cover up to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

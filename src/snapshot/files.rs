@@ -131,14 +131,14 @@ pub enum WritePace {
     /// As fast as the disk goes: nothing else is waiting on the disk
     /// (offline restore, tests).
     Unpaced,
-    /// At most this many bytes per second, synced every
-    /// [`PACED_SYNC_BYTES`], for a snapshot written beside a live WAL.
+    /// At most this many bytes per second, synced every MiB
+    /// (`PACED_SYNC_BYTES`), for a snapshot written beside a live WAL.
     BytesPerSecond(u64),
 }
 
 /// Bytes written between two syncs of a paced snapshot file: what a WAL
 /// sync can find queued ahead of it, at most.
-pub const PACED_SYNC_BYTES: usize = 1024 * 1024;
+const PACED_SYNC_BYTES: usize = 1024 * 1024;
 
 /// Bytes written between two syncs of an unpaced snapshot file, so the
 /// final fsync never has hundreds of MiB of dirty pages to push at once.

@@ -35,8 +35,8 @@ pub mod restore;
 mod tests;
 
 pub use files::{
-    LoadedSnapshot, PACED_SYNC_BYTES, RejectedSnapshotFile, SnapshotCandidate, SnapshotScan,
-    WritePace, load_newest_snapshot, parse_snapshot_file_name, scan_snapshot_directory,
+    LoadedSnapshot, RejectedSnapshotFile, SnapshotCandidate, SnapshotScan, WritePace,
+    load_newest_snapshot, parse_snapshot_file_name, scan_snapshot_directory,
     snapshot_candidates_newest_first, snapshot_file_name, write_snapshot_file,
 };
 pub use format::{
