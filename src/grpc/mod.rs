@@ -11,6 +11,8 @@
 //! - [`server`]: one call: checks its headers, counts, rate limits, times
 //!   and isolates it, and hands it to a [`server::GrpcService`].
 //! - [`rate_limit`]: node-wide and per-method token buckets (GCRA).
+//! - [`write_coalescing`]: holds h2's writes until it flushes, so the
+//!   frames of one turn leave in one system call.
 
 pub mod authority;
 pub mod call;
@@ -20,6 +22,7 @@ pub mod rate_limit;
 pub mod server;
 pub mod status;
 pub mod timeout;
+pub mod write_coalescing;
 
 pub use call::{RequestStream, ResponseSink};
 pub use status::{Code, Status};

@@ -16,6 +16,7 @@ use crate::grpc::authority::AuthorityRewritingIo;
 use crate::grpc::connection::{refuse_connection, serve_connection};
 use crate::grpc::rate_limit::RateLimiter;
 use crate::grpc::server::{ServerLimits, Serving};
+use crate::grpc::write_coalescing::WriteCoalescing;
 use crate::metrics::CoreMetrics;
 use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
 use crate::shard::SnapshotSchedule;
@@ -472,7 +473,10 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let io = match stream.try_into_poll_io() {
-            Ok(io) => AuthorityRewritingIo::new(io, serving.limits.max_header_list_size as usize),
+            Ok(io) => WriteCoalescing::new(AuthorityRewritingIo::new(
+                io,
+                serving.limits.max_header_list_size as usize,
+            )),
             Err((error, _)) => {
                 tracing::warn!(%peer, %error, "cannot drive connection");
                 continue;
