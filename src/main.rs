@@ -6,6 +6,13 @@ use std::process::ExitCode;
 use metastore::config::{self, ConfigError, ServerConfig, SnapshotCommand, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: the cores are threads, and glibc
+/// gives each a heap of its own that it grows and shrinks with `mprotect`
+/// and refaults page by page (44,000 `mprotect`s and ~4% of the machine
+/// in page faults per 200,000 puts); it also allocates and frees faster.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let flags = match config::load(std::env::args_os(), |name| std::env::var_os(name)) {
         Ok(flags) => flags,

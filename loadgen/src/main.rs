@@ -30,6 +30,12 @@ use clap::Parser;
 use cli::{Cli, Command};
 use progress::Progress;
 
+/// The same allocator as the server: the worker threads allocate a request
+/// and a response per call, and glibc's per-thread heaps cost measurably
+/// more CPU per request than mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{Method, Request, StatusCode};
 
 use super::call::{GRPC_CONTENT_TYPE, RequestStream, ResponseSink};
@@ -305,13 +306,21 @@ fn field_one_bytes(message: &[u8]) -> Option<&[u8]> {
 }
 
 /// `None` when the deadline passed first.
-async fn run_with_deadline<T>(
-    work: impl Future<Output = T>,
+///
+/// This future is part of every call's task, which is allocated and moved
+/// per call, so it is kept small: a plain function returning one of two
+/// futures (an `async fn` would hold `work` twice, as its argument and
+/// inside the future it awaits), and the timer (640 bytes in monoio) boxed,
+/// only for calls that carry a deadline.
+fn run_with_deadline<Work: Future>(
+    work: Work,
     deadline: Option<Duration>,
-) -> Option<T> {
+) -> impl Future<Output = Option<Work::Output>> {
     match deadline {
-        Some(deadline) => monoio::time::timeout(deadline, work).await.ok(),
-        None => Some(work.await),
+        Some(deadline) => {
+            Either::Left(Box::pin(monoio::time::timeout(deadline, work)).map(Result::ok))
+        }
+        None => Either::Right(work.map(Some)),
     }
 }
 
