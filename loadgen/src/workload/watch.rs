@@ -12,6 +12,7 @@
 //! watch fan-out throughput). Events that never arrive are counted as
 //! failures of the `events` section.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +33,8 @@ use crate::progress::Progress;
 use crate::recorder::Recorder;
 use crate::report::Section;
 use crate::runner::{
-    Client, Completion, ThreadPlan, Topology, connect_thread_channels, drive_client, local_clients,
-    run_threads,
+    Client, Completion, SharedRecorders, ThreadPlan, Topology, connect_thread_channels,
+    drive_client, local_clients, run_threads,
 };
 
 pub const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
@@ -276,11 +277,17 @@ impl ThreadPlan for WatchPlan {
                 tokio::task::spawn_local(read_events(stream, expected, epoch))
             })
             .collect();
+        let put_recorders = SharedRecorders::default();
         let putters: Vec<_> = prepared
             .putters
             .into_iter()
             .map(|(channel, putter)| {
-                tokio::task::spawn_local(drive_client(channel, putter, Arc::clone(&schedule)))
+                tokio::task::spawn_local(drive_client(
+                    channel,
+                    putter,
+                    Arc::clone(&schedule),
+                    Rc::clone(&put_recorders),
+                ))
             })
             .collect();
         let mut output = ThreadOutput {
@@ -289,11 +296,10 @@ impl ThreadPlan for WatchPlan {
             ..ThreadOutput::default()
         };
         for putter in putters {
-            if let Ok(recorders) = putter.await {
-                for recorder in &recorders {
-                    output.puts.merge(recorder);
-                }
-            }
+            let _ = putter.await;
+        }
+        for recorder in put_recorders.take().iter() {
+            output.puts.merge(recorder);
         }
         if output.puts.successes() + output.puts.failures() > 0 {
             output.puts_elapsed = Some(schedule.started().elapsed());
