@@ -25,6 +25,12 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// one send: bounds what waits in memory while keeping the per-write cost
 /// of h2 off each of a revision's many small responses.
 const FLUSH_RESPONSES: usize = 256;
+/// Events collected before a send, whatever the number of responses: a
+/// watch that is behind gets up to 1,000 revisions in one response, and
+/// 256 such responses made one send of ~20 MB, a buffer so large that the
+/// allocator took fresh pages from the kernel for each (half the server's
+/// CPU went to zeroing them during a 10,000-watcher fan-out).
+const FLUSH_EVENTS: usize = 4096;
 
 /// What woke the stream's loop.
 enum Wakeup {
@@ -147,6 +153,16 @@ impl StreamTask<'_> {
         Ok(())
     }
 
+    fn outbox_is_full(&self) -> bool {
+        self.outbox.len() >= FLUSH_RESPONSES
+            || self
+                .outbox
+                .iter()
+                .map(|response| response.events.len())
+                .sum::<usize>()
+                >= FLUSH_EVENTS
+    }
+
     fn update_subscription(&mut self) {
         self.gauge.set_watchers(self.watches.len());
         if self.watches.is_empty() {
@@ -198,7 +214,7 @@ impl StreamTask<'_> {
                 self.flush().await?;
             }
             // Small feed deliveries of many watches go out together.
-            if self.outbox.len() >= FLUSH_RESPONSES {
+            if self.outbox_is_full() {
                 self.flush().await?;
             }
         }
