@@ -7,9 +7,9 @@ use metastore::config::{self, ConfigError, ServerConfig, SnapshotCommand, Subcom
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc: the cores are threads, and glibc
-/// gives each a heap of its own that it grows and shrinks with `mprotect`
-/// and refaults page by page (44,000 `mprotect`s and ~4% of the machine
-/// in page faults per 200,000 puts); it also allocates and frees faster.
+/// gives each a heap of its own that it grew and shrank with `mprotect`
+/// (about 35,000 calls per 200,000 puts). With mimalloc the server's CPU
+/// per put went from 21.4-22.1 µs to 18.2-18.5 µs.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
