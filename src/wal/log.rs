@@ -34,6 +34,18 @@ const MAX_SEGMENT_BYTES: u64 = 1 << 32;
 const RETAINED_BUFFER_BYTES: usize = 16 << 20;
 /// Initial frame buffer size: room for a typical group commit.
 const INITIAL_BUFFER_BYTES: usize = 64 << 10;
+/// How far past the last frame a segment is kept written with zeros.
+///
+/// `fallocate` leaves its blocks *unwritten* (ext4, XFS): the first write
+/// to each block converts its extent, and that metadata change makes the
+/// next `fdatasync` commit a filesystem journal transaction on top of
+/// flushing the data. Zeroing ahead in 1 MiB steps does that conversion
+/// once per MiB instead of in nearly every group commit: on this
+/// machine's ext4 an `fdatasync` after a 4 KiB `O_DIRECT` write took
+/// 133 µs into unwritten blocks and 77 µs into written ones, and the
+/// WAL's mean sync under 15k paced puts/s fell from 0.29 ms to 0.19 ms.
+/// (etcd pays the same conversion: its segments are `fallocate`d too.)
+pub(super) const ZERO_AHEAD_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalOptions {
@@ -102,6 +114,48 @@ pub(super) struct ActiveSegment<F> {
     pub(super) capacity: u64,
     /// Where the next frame goes: just past the last valid frame.
     pub(super) write_offset: u64,
+    /// Bytes from the start known to be written (frames or zeros), so that
+    /// writes below it convert no extents; see [`ZERO_AHEAD_BYTES`]. Only
+    /// ever at or past `write_offset`; not persisted (after a restart it
+    /// starts at the write offset and zeroing resumes from there).
+    pub(super) zeroed_up_to: u64,
+}
+
+impl<F: DeviceFile> ActiveSegment<F> {
+    /// Once fewer than half of [`ZERO_AHEAD_BYTES`] lie zeroed past `end`
+    /// (the end of the frame just written), writes zeros from there up to
+    /// `ZERO_AHEAD_BYTES` past `end` (within the capacity). Never touches a
+    /// byte below `end`, so no frame is overwritten; the caller's next
+    /// `fdatasync` makes the zeros durable with its frame. Returns the
+    /// `zeros` is a cached all-zero buffer.
+    async fn zero_ahead(
+        &mut self,
+        end: u64,
+        zeros: &mut Option<AlignedBuffer>,
+    ) -> Result<(), WalError> {
+        let start = self.zeroed_up_to.max(end);
+        if start >= end + ZERO_AHEAD_BYTES / 2 {
+            return Ok(());
+        }
+        let stop = (end + ZERO_AHEAD_BYTES).min(self.capacity);
+        let stop = stop - stop % BLOCK_SIZE as u64;
+        if stop <= start {
+            return Ok(());
+        }
+        // `start` is block-aligned: frames are padded to whole blocks and
+        // `stop` is rounded down to one.
+        let length = (stop - start) as usize;
+        let mut buffer = zeros
+            .take()
+            .unwrap_or_else(|| AlignedBuffer::with_capacity(ZERO_AHEAD_BYTES as usize));
+        // The buffer only ever holds zeros: resizing exposes or drops zeros.
+        buffer.resize(length);
+        let (result, buffer) = self.file.write_at(start, buffer).await;
+        *zeros = Some(buffer);
+        result.map_err(WalError::io("zeroing ahead of the last frame", &self.name))?;
+        self.zeroed_up_to = stop;
+        Ok(())
+    }
 }
 
 pub struct Wal<D: StorageDevice> {
@@ -113,7 +167,7 @@ pub struct Wal<D: StorageDevice> {
     /// `active`.
     segments: Vec<Segment>,
     /// `None` until the first sync of a new WAL creates a segment.
-    active: Option<ActiveSegment<D::File>>,
+    pub(super) active: Option<ActiveSegment<D::File>>,
     /// The frame being built: `FRAME_HEADER_LEN` bytes reserved for the
     /// header, then the records. Empty when nothing is buffered. `None` only
     /// while a sync's write is in flight (or after it was cancelled).
@@ -128,6 +182,10 @@ pub struct Wal<D: StorageDevice> {
     next_frame_sequence: u64,
     /// Set when a sync starts, cleared when it succeeds.
     failed: bool,
+    /// An all-zero buffer for [`ActiveSegment::zero_ahead`], kept between
+    /// uses (`None` until first needed and while a zeroing write is in
+    /// flight).
+    zeros: Option<AlignedBuffer>,
 }
 
 impl<D: StorageDevice> Wal<D> {
@@ -171,6 +229,7 @@ impl<D: StorageDevice> Wal<D> {
             durable_sequence: recovered.next_record_sequence - 1,
             next_frame_sequence: recovered.next_frame_sequence,
             failed: false,
+            zeros: None,
         };
         Ok((wal, recovered.records))
     }
@@ -326,6 +385,9 @@ impl<D: StorageDevice> Wal<D> {
                 .map_err(WalError::io("growing the active segment", &active.name))?;
             active.capacity = end;
         }
+        // Zeros first, so the frame is always the sync's last write (what
+        // the torn-write tests tear).
+        active.zero_ahead(end, &mut self.zeros).await?;
         let (result, frame) = active.file.write_at(active.write_offset, frame).await;
         result.map_err(WalError::io("writing a frame", &active.name))?;
         active
@@ -373,27 +435,34 @@ impl<D: StorageDevice> Wal<D> {
         file.allocate(capacity)
             .await
             .map_err(WalError::io("preallocating a segment", &name))?;
-        let (result, _write) = file.write_at(0, write).await;
-        result.map_err(WalError::io("writing a segment's first frame", &name))?;
-        file.sync_data().await.map_err(WalError::io(
-            "syncing a segment's first frame (fdatasync)",
-            &name,
-        ))?;
-        self.device.sync_directory().await.map_err(WalError::io(
-            "syncing the WAL directory after creating a segment",
-            &name,
-        ))?;
-
-        self.segments.push(Segment {
-            name: name.clone(),
-            first_record_sequence: header.first_record_sequence,
-        });
-        self.active = Some(ActiveSegment {
+        let end = FIRST_FRAME_OFFSET + frame_len;
+        let mut active = ActiveSegment {
             file,
             name,
             capacity,
-            write_offset: FIRST_FRAME_OFFSET + frame_len,
+            write_offset: end,
+            zeroed_up_to: end,
+        };
+        active.zero_ahead(end, &mut self.zeros).await?;
+        let (result, _write) = active.file.write_at(0, write).await;
+        result.map_err(WalError::io(
+            "writing a segment's first frame",
+            &active.name,
+        ))?;
+        active.file.sync_data().await.map_err(WalError::io(
+            "syncing a segment's first frame (fdatasync)",
+            &active.name,
+        ))?;
+        self.device.sync_directory().await.map_err(WalError::io(
+            "syncing the WAL directory after creating a segment",
+            &active.name,
+        ))?;
+
+        self.segments.push(Segment {
+            name: active.name.clone(),
+            first_record_sequence: header.first_record_sequence,
         });
+        self.active = Some(active);
         Ok((frame, bytes_written))
     }
 

@@ -267,6 +267,15 @@ impl MemoryDevice {
             .map(|file| file.current.read(0, usize::MAX))
     }
 
+    /// How many leading bytes of `name` have been written (durable or
+    /// not); the rest of its length is preallocated and never written, as
+    /// `fallocate`'s unwritten extents are.
+    pub fn written_len(&self, name: &str) -> Option<usize> {
+        let state = self.state.borrow();
+        let id = state.names.get(name)?;
+        state.files.get(id).map(|file| file.current.bytes.len())
+    }
+
     /// Creates or replaces `name` with `bytes`, durable at once (name and
     /// content): for tests that plant damaged or foreign files.
     pub fn put_file(&self, name: &str, bytes: Vec<u8>) {

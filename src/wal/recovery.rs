@@ -396,6 +396,7 @@ pub(super) async fn recover<D: StorageDevice>(device: &D) -> Result<Recovered<D:
                 name: last.name,
                 capacity: capacity.max(offset),
                 write_offset: offset,
+                zeroed_up_to: offset,
             }),
             records,
             next_record_sequence: expected.record_sequence,

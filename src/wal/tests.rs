@@ -8,6 +8,7 @@ use std::future::Future;
 use super::format::{
     FIRST_FRAME_OFFSET, FRAME_HEADER_LEN, FrameHeader, decode_frame_header, encode_frame_header,
 };
+use super::log::ZERO_AHEAD_BYTES;
 use super::*;
 
 /// The smallest segment size: rotation happens after ~1 MiB.
@@ -200,11 +201,13 @@ fn round_trip_across_many_syncs_and_rotations() {
 }
 
 #[test]
-fn each_sync_is_one_write_and_one_fsync() {
+fn each_sync_is_one_frame_write_and_one_fsync() {
     run(async {
         let device = MemoryDevice::new();
         let (mut wal, _) = open(&device).await;
         let mut rotations = 0;
+        let mut zeroing_writes = 0;
+        let mut frame_bytes = 0;
         for round in 0..80u64 {
             let segments_before = wal.segment_names().len();
             let (writes, syncs) = (device.write_count(), device.sync_count());
@@ -213,7 +216,11 @@ fn each_sync_is_one_write_and_one_fsync() {
                 wal.append(&payload(round, 30_000));
             }
             let report = wal.sync().await.expect("sync");
-            assert_eq!(device.write_count() - writes, 1, "writes in round {round}");
+            // The frame, plus now and then the zeros ahead of it.
+            let extra_writes = device.write_count() - writes - 1;
+            assert!(extra_writes <= 1, "writes in round {round}");
+            zeroing_writes += extra_writes;
+            frame_bytes += report.bytes_written as u64;
             assert_eq!(
                 device.sync_count() - syncs,
                 1,
@@ -227,6 +234,38 @@ fn each_sync_is_one_write_and_one_fsync() {
             }
         }
         assert!(rotations >= 2, "rotation was exercised {rotations} times");
+        // Zeroing runs once per segment and then once per half of
+        // ZERO_AHEAD_BYTES of frames, not in every sync.
+        let most = rotations + 1 + frame_bytes / (ZERO_AHEAD_BYTES / 2);
+        assert!(
+            (1..=most).contains(&zeroing_writes),
+            "{zeroing_writes} zeroing writes for {frame_bytes} bytes of frames, {rotations} rotations"
+        );
+    });
+}
+
+#[test]
+fn the_segment_is_kept_written_ahead_of_the_last_frame() {
+    run(async {
+        let device = MemoryDevice::new();
+        let (mut wal, _) = open(&device).await;
+        let mut expected = Vec::new();
+        for round in 0..40u64 {
+            expected.extend(sync_frame(&mut wal, &[3_000, 500]).await);
+            let active = wal.active.as_ref().expect("an active segment");
+            let written = device.written_len(&active.name).expect("segment exists") as u64;
+            assert!(
+                written >= (active.write_offset + ZERO_AHEAD_BYTES / 2).min(active.capacity),
+                "round {round}: written up to {written}, frames end at {}",
+                active.write_offset
+            );
+            assert!(written <= active.write_offset + ZERO_AHEAD_BYTES);
+        }
+        // The zeros never cover a frame: everything reads back, after a
+        // crash too.
+        device.crash();
+        let (_, records) = open(&device).await;
+        assert_records(&records, &expected);
     });
 }
 
