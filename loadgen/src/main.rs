@@ -15,6 +15,7 @@
 mod cli;
 mod grpc_client;
 mod keys;
+mod pacer;
 mod pacing;
 mod plan;
 mod progress;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use metastore::grpc::Status;
 
 use crate::grpc_client::Channel;
+use crate::pacer::Pacer;
 use crate::pacing::{Budget, Schedule, Ticket};
 use crate::progress::Progress;
 use crate::recorder::Recorder;
@@ -310,6 +311,7 @@ where
 
     async fn run(&self, clients: Self::Prepared, schedule: Arc<Schedule>) -> Self::Output {
         let recorders = SharedRecorders::default();
+        let pacer = Pacer::start();
         let tasks: Vec<_> = clients
             .into_iter()
             .map(|(channel, client)| {
@@ -317,6 +319,7 @@ where
                     channel,
                     client,
                     Arc::clone(&schedule),
+                    pacer.clone(),
                     Rc::clone(&recorders),
                 ))
             })
@@ -339,17 +342,17 @@ pub fn merge_sections(into: &mut Vec<Recorder>, from: &[Recorder]) {
 }
 
 /// Takes tickets until the schedule runs out, sending each request at its
-/// due time and recording it into its section.
+/// due time (released by the thread's `pacer`) and recording it into its
+/// section.
 pub async fn drive_client<C: Client>(
     channel: Channel,
     mut client: C,
     schedule: Arc<Schedule>,
+    pacer: Pacer,
     recorders: SharedRecorders,
 ) {
     while let Some(ticket) = schedule.take(Instant::now()) {
-        if ticket.intended_start > Instant::now() {
-            tokio::time::sleep_until(ticket.intended_start.into()).await;
-        }
+        pacer.wait_until(ticket.intended_start).await;
         let completion = client.execute(&channel, ticket).await;
         let mut recorders = recorders.borrow_mut();
         if recorders.len() <= completion.section {

@@ -28,6 +28,7 @@ use super::kv::put;
 use crate::cli::{WatchArgs, WatchLatencyArgs};
 use crate::grpc_client::{CallStream, Channel};
 use crate::keys::{KeyGenerator, Rng, random_value};
+use crate::pacer::Pacer;
 use crate::pacing::{Budget, Schedule, Ticket};
 use crate::progress::Progress;
 use crate::recorder::Recorder;
@@ -278,6 +279,7 @@ impl ThreadPlan for WatchPlan {
             })
             .collect();
         let put_recorders = SharedRecorders::default();
+        let pacer = Pacer::start();
         let putters: Vec<_> = prepared
             .putters
             .into_iter()
@@ -286,6 +288,7 @@ impl ThreadPlan for WatchPlan {
                     channel,
                     putter,
                     Arc::clone(&schedule),
+                    pacer.clone(),
                     Rc::clone(&put_recorders),
                 ))
             })
