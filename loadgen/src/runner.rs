@@ -310,24 +310,7 @@ where
     }
 
     async fn run(&self, clients: Self::Prepared, schedule: Arc<Schedule>) -> Self::Output {
-        let recorders = SharedRecorders::default();
-        let pacer = Pacer::start();
-        let tasks: Vec<_> = clients
-            .into_iter()
-            .map(|(channel, client)| {
-                tokio::task::spawn_local(drive_client(
-                    channel,
-                    client,
-                    Arc::clone(&schedule),
-                    pacer.clone(),
-                    Rc::clone(&recorders),
-                ))
-            })
-            .collect();
-        for task in tasks {
-            let _ = task.await;
-        }
-        recorders.take()
+        drive_clients(clients, &schedule).await
     }
 }
 
@@ -341,10 +324,37 @@ pub fn merge_sections(into: &mut Vec<Recorder>, from: &[Recorder]) {
     }
 }
 
+/// Runs this thread's `clients` (each with its connection) until the
+/// schedule runs out, paced by one [`Pacer`] for the thread, and returns
+/// what they recorded, one recorder per section.
+pub async fn drive_clients<C: Client>(
+    clients: impl IntoIterator<Item = (Channel, C)>,
+    schedule: &Arc<Schedule>,
+) -> Vec<Recorder> {
+    let recorders = SharedRecorders::default();
+    let pacer = Pacer::start();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(channel, client)| {
+            tokio::task::spawn_local(drive_client(
+                channel,
+                client,
+                Arc::clone(schedule),
+                pacer.clone(),
+                Rc::clone(&recorders),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    recorders.take()
+}
+
 /// Takes tickets until the schedule runs out, sending each request at its
 /// due time (released by the thread's `pacer`) and recording it into its
 /// section.
-pub async fn drive_client<C: Client>(
+async fn drive_client<C: Client>(
     channel: Channel,
     mut client: C,
     schedule: Arc<Schedule>,
@@ -372,7 +382,7 @@ pub async fn drive_client<C: Client>(
 /// 270 KiB, so per-client recorders made loadgen zero ~70 MB at 256
 /// clients and merge 256 histograms per section at the end. The clients of
 /// a thread run on its single-threaded runtime, so sharing costs no lock.
-pub type SharedRecorders = Rc<RefCell<Vec<Recorder>>>;
+type SharedRecorders = Rc<RefCell<Vec<Recorder>>>;
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,6 @@
 //! watch fan-out throughput). Events that never arrive are counted as
 //! failures of the `events` section.
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,14 +27,13 @@ use super::kv::put;
 use crate::cli::{WatchArgs, WatchLatencyArgs};
 use crate::grpc_client::{CallStream, Channel};
 use crate::keys::{KeyGenerator, Rng, random_value};
-use crate::pacer::Pacer;
 use crate::pacing::{Budget, Schedule, Ticket};
 use crate::progress::Progress;
 use crate::recorder::Recorder;
 use crate::report::Section;
 use crate::runner::{
-    Client, Completion, SharedRecorders, ThreadPlan, Topology, connect_thread_channels,
-    drive_client, local_clients, run_threads,
+    Client, Completion, ThreadPlan, Topology, connect_thread_channels, drive_clients,
+    local_clients, run_threads,
 };
 
 pub const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
@@ -278,30 +276,13 @@ impl ThreadPlan for WatchPlan {
                 tokio::task::spawn_local(read_events(stream, expected, epoch))
             })
             .collect();
-        let put_recorders = SharedRecorders::default();
-        let pacer = Pacer::start();
-        let putters: Vec<_> = prepared
-            .putters
-            .into_iter()
-            .map(|(channel, putter)| {
-                tokio::task::spawn_local(drive_client(
-                    channel,
-                    putter,
-                    Arc::clone(&schedule),
-                    pacer.clone(),
-                    Rc::clone(&put_recorders),
-                ))
-            })
-            .collect();
+        let put_recorders = drive_clients(prepared.putters, &schedule).await;
         let mut output = ThreadOutput {
             creation: prepared.creation,
             creation_elapsed: prepared.creation_elapsed,
             ..ThreadOutput::default()
         };
-        for putter in putters {
-            let _ = putter.await;
-        }
-        for recorder in put_recorders.take().iter() {
+        for recorder in &put_recorders {
             output.puts.merge(recorder);
         }
         if output.puts.successes() + output.puts.failures() > 0 {
