@@ -6,7 +6,7 @@ use std::future::poll_fn;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
 
-use super::codec::{MessageDecoder, encode_message};
+use super::codec::{MessageDecoder, OutgoingMessage, encode_message};
 use super::status::{Code, Status};
 
 pub const GRPC_CONTENT_TYPE: &str = "application/grpc";
@@ -118,7 +118,7 @@ impl ResponseSink {
 
     /// Sends one message, waiting for HTTP/2 flow-control capacity so a slow
     /// reader pushes back instead of growing our buffers.
-    pub async fn send<M: prost::Message>(&mut self, message: &M) -> Result<(), Status> {
+    pub async fn send<M: OutgoingMessage>(&mut self, message: &M) -> Result<(), Status> {
         self.send_all(std::slice::from_ref(message)).await
     }
 
@@ -127,7 +127,7 @@ impl ResponseSink {
     /// A watch stream emits a response per watcher per revision; with
     /// hundreds of watchers per stream, per-message sends cost more than
     /// encoding them.
-    pub async fn send_all<M: prost::Message>(&mut self, messages: &[M]) -> Result<(), Status> {
+    pub async fn send_all<M: OutgoingMessage>(&mut self, messages: &[M]) -> Result<(), Status> {
         if messages.is_empty() {
             return Ok(());
         }

@@ -330,10 +330,30 @@ fn put_header(body_len: usize, dst: &mut BytesMut) -> Result<(), CodecError> {
     Ok(())
 }
 
+/// A message the server can send: any protobuf message, or a type that
+/// writes protobuf bytes it partly encoded earlier (a watch response whose
+/// events are encoded once and shared by every watcher).
+pub trait OutgoingMessage {
+    /// The exact number of bytes [`encode_raw`](Self::encode_raw) writes.
+    fn encoded_len(&self) -> usize;
+    /// Appends the protobuf encoding, without the gRPC prefix.
+    fn encode_raw(&self, dst: &mut BytesMut);
+}
+
+impl<M: prost::Message> OutgoingMessage for M {
+    fn encoded_len(&self) -> usize {
+        prost::Message::encoded_len(self)
+    }
+
+    fn encode_raw(&self, dst: &mut BytesMut) {
+        prost::Message::encode_raw(self, dst)
+    }
+}
+
 /// Appends `message` as one length-prefixed, uncompressed gRPC message,
 /// encoding the protobuf straight into `dst` (no intermediate buffer).
 /// On error `dst` is left unchanged.
-pub fn encode_message<M: prost::Message>(
+pub fn encode_message<M: OutgoingMessage + ?Sized>(
     message: &M,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
@@ -348,7 +368,7 @@ pub fn encode_message<M: prost::Message>(
     debug_assert_eq!(
         dst.len() - body_start,
         body_len,
-        "prost encoded_len mismatch"
+        "encoded_len does not match what encode_raw wrote"
     );
     Ok(())
 }

@@ -222,7 +222,7 @@ async fn first_change(
         let chunk = read_changes(space, &shards, after, through, CATCH_UP_CHUNK_CHANGES)
             .map_err(|_| through)?;
         if let Some(change) = chunk
-            .changes
+            .changes()
             .iter()
             .find(|change| key_range.contains(&change.key))
         {

@@ -15,6 +15,7 @@ use crate::proto::etcdserverpb::{WatchRequest, WatchResponse, watch_request::Req
 use crate::watch::CATCH_UP_CHUNK_CHANGES;
 use crate::watch::feed::{EventFeed, Subscription};
 use crate::watch::history::{Compacted, check_not_compacted, read_changes};
+use crate::watch::reply::WatchReply;
 use crate::watch::stream::WatchStream;
 use crate::watch::watcher::HeaderStamp;
 
@@ -48,7 +49,7 @@ struct StreamTask<'a> {
     /// Held while the stream has watches, so the core's feed reads history.
     subscription: Option<Subscription>,
     responses: &'a mut ResponseSink,
-    outbox: Vec<WatchResponse>,
+    outbox: Vec<WatchReply>,
     /// Keeps the core's watch stream and watcher gauges in step with this
     /// stream, and takes its share back when the stream ends however it ends.
     gauge: WatchGauge,
@@ -158,7 +159,7 @@ impl StreamTask<'_> {
             || self
                 .outbox
                 .iter()
-                .map(|response| response.events.len())
+                .map(|reply| reply.events.len())
                 .sum::<usize>()
                 >= FLUSH_EVENTS
     }
@@ -248,7 +249,7 @@ impl StreamTask<'_> {
             // One delivery for all batches: a watch that is behind gets its
             // backlog in one response (as etcd's catch-up does).
             let through = batches.last().map_or(head, |batch| batch.through);
-            let changes = batches.iter().flat_map(|batch| batch.changes.iter());
+            let changes = batches.iter().flat_map(|batch| batch.deliverable());
             watcher.deliver(
                 changes,
                 through,
@@ -264,7 +265,7 @@ impl StreamTask<'_> {
         match read_changes(&space, &shards, after, head, CATCH_UP_CHUNK_CHANGES) {
             Ok(chunk) => {
                 watcher.deliver(
-                    &chunk.changes,
+                    chunk.deliverable(),
                     chunk.through,
                     &space,
                     &self.stamp,
@@ -284,7 +285,7 @@ impl StreamTask<'_> {
     fn end_compacted(&mut self, id: i64, compacted: Compacted) {
         if let Some(watcher) = self.watches.get_mut(id) {
             let response = watcher.compacted_response(compacted.compact_revision, &self.stamp);
-            self.outbox.push(response);
+            self.outbox.push(response.into());
         }
         self.watches.end(id);
     }
@@ -296,7 +297,7 @@ impl StreamTask<'_> {
         for watcher in self.watches.watchers_mut() {
             if watcher.progress_notify && !watcher.sent_since_tick && watcher.next_revision > head {
                 self.outbox
-                    .push(watcher.progress_response(head, &self.stamp));
+                    .push(watcher.progress_response(head, &self.stamp).into());
             }
             watcher.sent_since_tick = false;
         }

@@ -7,8 +7,9 @@
 //! that are caught up; a watcher behind the oldest batch reads the history
 //! itself (etcd's "unsynced" watchers) and then rejoins.
 //!
-//! Bounds: the feed holds at most [`FEED_MAX_CHANGES`] changes (oldest
-//! batches are dropped first), and it reads nothing while no stream on the
+//! Bounds: the feed holds at most [`FEED_MAX_CHANGES`] changes and
+//! [`FEED_MAX_PAYLOAD_BYTES`] of their keys and values, which their shared
+//! encoded events copy (oldest batches are dropped first), and it reads nothing while no stream on the
 //! core is subscribed. A stream that cannot send (a slow client) holds
 //! nothing of its own: it just stops advancing and later reads history.
 
@@ -19,8 +20,8 @@ use std::sync::Arc;
 
 use event_listener::Event;
 
-use super::FEED_MAX_CHANGES;
 use super::history::{HistoryChunk, read_changes};
+use super::{FEED_MAX_CHANGES, FEED_MAX_PAYLOAD_BYTES};
 use crate::store::key_space::KeySpace;
 use crate::store::shard_map::ShardId;
 
@@ -45,6 +46,8 @@ struct FeedState {
     /// while nobody listened).
     head: i64,
     held_changes: usize,
+    /// The batches' `payload_bytes`.
+    held_payload_bytes: usize,
 }
 
 /// Keeps a stream subscribed to its core's feed while alive.
@@ -132,6 +135,7 @@ impl EventFeed {
                     let mut state = self.state.borrow_mut();
                     state.batches.clear();
                     state.held_changes = 0;
+                    state.held_payload_bytes = 0;
                 }
                 let listener = self.subscribed.listen();
                 if self.subscribers.get() == 0 {
@@ -163,11 +167,16 @@ impl EventFeed {
             Ok(chunk) => {
                 let mut state = self.state.borrow_mut();
                 state.head = chunk.through;
-                state.held_changes += chunk.changes.len();
+                state.held_changes += chunk.changes().len();
+                state.held_payload_bytes += chunk.payload_bytes();
                 state.batches.push_back(Rc::new(chunk));
-                while state.held_changes > FEED_MAX_CHANGES && state.batches.len() > 1 {
+                while (state.held_changes > FEED_MAX_CHANGES
+                    || state.held_payload_bytes > FEED_MAX_PAYLOAD_BYTES)
+                    && state.batches.len() > 1
+                {
                     let oldest = state.batches.pop_front().expect("more than one batch");
-                    state.held_changes -= oldest.changes.len();
+                    state.held_changes -= oldest.changes().len();
+                    state.held_payload_bytes -= oldest.payload_bytes();
                 }
             }
             Err(_) => {
@@ -177,8 +186,66 @@ impl EventFeed {
                 let mut state = self.state.borrow_mut();
                 state.batches.clear();
                 state.held_changes = 0;
+                state.held_payload_bytes = 0;
                 state.head = watermark;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::lease::table::LeaseTable;
+    use crate::store::memtable::Version;
+    use crate::store::revision::RevisionClock;
+    use crate::store::shard_map::ShardMap;
+
+    #[test]
+    fn the_feed_drops_its_oldest_batches_beyond_its_payload_bound() {
+        let space = KeySpace::new(
+            ShardMap::new(2, 1),
+            RevisionClock::new(1, 1),
+            LeaseTable::for_member(0),
+        );
+        // One buffer shared by every version: the bound counts bytes the
+        // encoded events would copy, not what the memtable holds.
+        let value = Bytes::from(vec![b'v'; 1 << 20]);
+        for revision in 2..=101 {
+            let key = Bytes::from(format!("key{revision}"));
+            let shard = space.shard_map().shard_of(&key);
+            space.memtable(shard).insert(
+                key,
+                revision,
+                Version {
+                    value: value.clone(),
+                    create_revision: revision,
+                    version: 1,
+                    lease: 0,
+                    sub_revision: 0,
+                },
+            );
+        }
+        let feed = EventFeed::new(space);
+        assert_eq!(feed.head(), 1);
+        for through in (11..=101).step_by(10) {
+            feed.read_through(through);
+        }
+        let state = feed.state.borrow();
+        assert_eq!(state.head, 101);
+        assert!(state.held_payload_bytes <= FEED_MAX_PAYLOAD_BYTES);
+        assert!(state.held_payload_bytes > FEED_MAX_PAYLOAD_BYTES - (10 << 20) - 1024);
+        let counted: usize = state
+            .batches
+            .iter()
+            .map(|batch| batch.payload_bytes())
+            .sum();
+        assert_eq!(counted, state.held_payload_bytes);
+        drop(state);
+        assert!(feed.batches_from(2).is_none(), "the oldest were dropped");
+        let recent = feed.batches_from(95).expect("recent changes are held");
+        assert_eq!(recent.last().map(|batch| batch.through), Some(101));
     }
 }

@@ -5,6 +5,10 @@
 //! spans shards has parts in several of them, ordered by sub-revision. This
 //! merges them. Pure: reads the key space, nothing else.
 
+use std::cell::OnceCell;
+
+use bytes::Bytes;
+
 use crate::store::key_space::KeySpace;
 use crate::store::memtable::HistoricalChange;
 use crate::store::shard_map::ShardId;
@@ -15,7 +19,68 @@ use crate::store::shard_map::ShardId;
 pub struct HistoryChunk {
     pub after: i64,
     pub through: i64,
-    pub changes: Vec<HistoricalChange>,
+    changes: Vec<HistoricalChange>,
+    /// `encoded_events[i]` is `changes[i]` as the event every watcher
+    /// without `prev_kv` is sent, encoded by the first watcher to deliver
+    /// it: the feed's chunks are shared by every stream on a core, so each
+    /// event is encoded once per core rather than once per watcher.
+    encoded_events: Vec<OnceCell<Bytes>>,
+    /// Keys and values of `changes`: about what the encoded events take
+    /// once encoded, so the feed can bound that memory.
+    payload_bytes: usize,
+}
+
+impl HistoryChunk {
+    fn new(after: i64, through: i64, changes: Vec<HistoricalChange>) -> Self {
+        let encoded_events = changes.iter().map(|_| OnceCell::new()).collect();
+        let payload_bytes = changes
+            .iter()
+            .map(|change| {
+                change.key.len()
+                    + change
+                        .version
+                        .as_ref()
+                        .map_or(0, |version| version.value.len())
+            })
+            .sum();
+        Self {
+            after,
+            through,
+            changes,
+            encoded_events,
+            payload_bytes,
+        }
+    }
+
+    pub fn changes(&self) -> &[HistoricalChange] {
+        &self.changes
+    }
+
+    /// The keys' and values' bytes: the memory the chunk's encoded events
+    /// take, up to their few bytes of framing each.
+    pub fn payload_bytes(&self) -> usize {
+        self.payload_bytes
+    }
+
+    /// Each change with the cell that holds (or will hold) its shared
+    /// encoded event.
+    pub fn deliverable(&self) -> impl Iterator<Item = DeliverableChange<'_>> {
+        self.changes
+            .iter()
+            .zip(&self.encoded_events)
+            .map(|(change, encoded_event)| DeliverableChange {
+                change,
+                encoded_event,
+            })
+    }
+}
+
+/// A change as a watcher delivers it (see [`HistoryChunk::deliverable`]).
+#[derive(Clone, Copy)]
+pub struct DeliverableChange<'a> {
+    pub change: &'a HistoricalChange,
+    /// The change's event without `prev_kv`, once some watcher encoded it.
+    pub encoded_event: &'a OnceCell<Bytes>,
 }
 
 /// The history a watcher needs was compacted away.
@@ -80,17 +145,11 @@ pub fn read_changes(
     if shards.len() > 1 {
         changes.sort_unstable_by_key(|change| change.position);
     }
-    Ok(HistoryChunk {
-        after,
-        through: complete_through,
-        changes,
-    })
+    Ok(HistoryChunk::new(after, complete_through, changes))
 }
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
     use crate::lease::table::LeaseTable;
     use crate::store::memtable::Version;
@@ -127,7 +186,7 @@ mod tests {
 
     fn keys(chunk: &HistoryChunk) -> Vec<String> {
         chunk
-            .changes
+            .changes()
             .iter()
             .map(|change| String::from_utf8_lossy(&change.key).into_owned())
             .collect()
@@ -151,7 +210,7 @@ mod tests {
         while after < 9 {
             let chunk = read_changes(&space, &all, after, 9, 1).unwrap();
             assert!(chunk.through > after, "every chunk makes progress");
-            seen.extend(chunk.changes.iter().map(|change| change.position));
+            seen.extend(chunk.changes().iter().map(|change| change.position));
             after = chunk.through;
         }
         let mut expected = seen.clone();

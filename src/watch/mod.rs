@@ -5,6 +5,8 @@
 //!   revision indexes and merges them (pure).
 //! - [`watcher`]: one watch: range, filters, position; changes into
 //!   `WatchResponse`s, fragmenting as etcd does (pure).
+//! - [`reply`]: a response with its events already encoded, so a change
+//!   is encoded once per core however many watchers receive it (pure).
 //! - [`stream`]: the watches of one gRPC stream: create/cancel with etcd's
 //!   rules and answers (pure).
 //! - [`feed`]: a core's shared window of recent history, read once per
@@ -21,6 +23,7 @@
 
 pub mod feed;
 pub mod history;
+pub mod reply;
 pub mod stream;
 pub mod watcher;
 
@@ -30,6 +33,11 @@ pub const MAX_REVISIONS_PER_RESPONSE: usize = 1000;
 /// Changes a core's feed keeps; older batches are dropped and watchers that
 /// still need them read history instead.
 pub const FEED_MAX_CHANGES: usize = 65_536;
+
+/// Keys and values a core's feed keeps, whose encoded events it also holds
+/// once watchers have sent them: a bound on that copy (the changes
+/// themselves share the memtable's bytes).
+pub const FEED_MAX_PAYLOAD_BYTES: usize = 64 << 20;
 
 /// Changes a lagging watcher reads from history per step, so catching up
 /// needs bounded memory however far behind it is.

@@ -2,9 +2,11 @@
 //! become its `WatchResponse`s. Pure.
 
 use bytes::Bytes;
-use prost::Message;
 
 use super::MAX_REVISIONS_PER_RESPONSE;
+use super::history::DeliverableChange;
+use super::reply::{WatchReply, encode_event};
+use crate::grpc::codec::OutgoingMessage;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchResponse};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
@@ -91,12 +93,12 @@ impl Watcher {
     /// them, unless fragmenting splits a large one.
     pub fn deliver<'a>(
         &mut self,
-        changes: impl IntoIterator<Item = &'a HistoricalChange>,
+        changes: impl IntoIterator<Item = DeliverableChange<'a>>,
         through: i64,
         space: &KeySpace,
         stamp: &HeaderStamp,
         max_response_bytes: usize,
-        out: &mut Vec<WatchResponse>,
+        out: &mut Vec<WatchReply>,
     ) {
         if through < self.next_revision {
             return;
@@ -104,8 +106,8 @@ impl Watcher {
         let mut events = Vec::new();
         let mut revisions_in_response = 0usize;
         let mut last_revision = 0;
-        for change in changes {
-            let change: &HistoricalChange = change;
+        for deliverable in changes {
+            let change = deliverable.change;
             if !self.wants(change) {
                 continue;
             }
@@ -126,7 +128,7 @@ impl Watcher {
                 revisions_in_response += 1;
                 last_revision = revision;
             }
-            events.push(self.event(change, space));
+            events.push(self.encoded_event(deliverable, space));
         }
         if !events.is_empty() {
             self.push_response(events, through, stamp, max_response_bytes, out);
@@ -134,51 +136,41 @@ impl Watcher {
         self.next_revision = through + 1;
     }
 
-    fn event(&self, change: &HistoricalChange, space: &KeySpace) -> Event {
-        let revision = change.position.revision;
-        let (kind, kv) = match &change.version {
-            Some(version) => (EventType::Put, version.to_key_value(&change.key, revision)),
-            // etcd's delete event carries only the key and the revision.
-            None => (
-                EventType::Delete,
-                KeyValue {
-                    key: change.key.clone(),
-                    mod_revision: revision,
-                    ..Default::default()
-                },
-            ),
-        };
-        // etcd looks up the previous version except for a key's creation.
-        let is_create = kind == EventType::Put && kv.create_revision == kv.mod_revision;
-        let prev_kv = (self.prev_kv && !is_create)
-            .then(|| previous_version(space, &change.key, revision))
-            .flatten();
-        Event {
-            r#type: kind as i32,
-            kv: Some(kv),
-            prev_kv,
+    /// The change's event for this watcher, encoded. Without `prev_kv`
+    /// every watcher sends the same bytes, so they are encoded once and
+    /// shared.
+    fn encoded_event(&self, deliverable: DeliverableChange<'_>, space: &KeySpace) -> Bytes {
+        let change = deliverable.change;
+        if self.prev_kv {
+            return encode_event(&event(change, true, space));
         }
+        deliverable
+            .encoded_event
+            .get_or_init(|| encode_event(&event(change, false, space)))
+            .clone()
     }
 
     fn push_response(
         &mut self,
-        events: Vec<Event>,
+        events: Vec<Bytes>,
         revision: i64,
         stamp: &HeaderStamp,
         max_response_bytes: usize,
-        out: &mut Vec<WatchResponse>,
+        out: &mut Vec<WatchReply>,
     ) {
         self.sent_since_tick = true;
-        let response = WatchResponse {
-            header: stamp.header(revision),
-            watch_id: self.id,
+        let reply = WatchReply {
+            response: WatchResponse {
+                header: stamp.header(revision),
+                watch_id: self.id,
+                ..Default::default()
+            },
             events,
-            ..Default::default()
         };
         if self.fragment {
-            out.extend(fragments(response, max_response_bytes));
+            out.extend(fragments(reply, max_response_bytes));
         } else {
-            out.push(response);
+            out.push(reply);
         }
     }
 
@@ -205,6 +197,34 @@ impl Watcher {
     }
 }
 
+/// etcd's event for `change`; with `prev_kv`, carrying the key's previous
+/// version.
+fn event(change: &HistoricalChange, prev_kv: bool, space: &KeySpace) -> Event {
+    let revision = change.position.revision;
+    let (kind, kv) = match &change.version {
+        Some(version) => (EventType::Put, version.to_key_value(&change.key, revision)),
+        // etcd's delete event carries only the key and the revision.
+        None => (
+            EventType::Delete,
+            KeyValue {
+                key: change.key.clone(),
+                mod_revision: revision,
+                ..Default::default()
+            },
+        ),
+    };
+    // etcd looks up the previous version except for a key's creation.
+    let is_create = kind == EventType::Put && kv.create_revision == kv.mod_revision;
+    let prev_kv = (prev_kv && !is_create)
+        .then(|| previous_version(space, &change.key, revision))
+        .flatten();
+    Event {
+        r#type: kind as i32,
+        kv: Some(kv),
+        prev_kv,
+    }
+}
+
 fn previous_version(space: &KeySpace, key: &Bytes, revision: i64) -> Option<KeyValue> {
     let shard = space.shard_map().shard_of(key);
     space.memtable(shard).get(key, revision - 1)
@@ -213,27 +233,38 @@ fn previous_version(space: &KeySpace, key: &Bytes, revision: i64) -> Option<KeyV
 /// etcd's `sendFragments`: a response over `max_bytes` with two or more
 /// events is split into pieces of at most `max_bytes` (a single event may
 /// exceed it), all but the last flagged `fragment`.
-pub fn fragments(response: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
-    if response.encoded_len() < max_bytes || response.events.len() < 2 {
-        return vec![response];
+pub fn fragments(reply: WatchReply, max_bytes: usize) -> Vec<WatchReply> {
+    if OutgoingMessage::encoded_len(&reply) < max_bytes || reply.events.len() < 2 {
+        return vec![reply];
     }
     let template = WatchResponse {
-        events: Vec::new(),
         fragment: true,
-        ..response.clone()
+        ..reply.response
     };
+    // Every piece is measured with the flag set, the last one included.
+    let empty_len = prost::Message::encoded_len(&template);
     let mut pieces = Vec::new();
-    let mut current = template.clone();
-    for event in response.events {
-        current.events.push(event);
-        if current.events.len() > 1 && current.encoded_len() >= max_bytes {
-            let overflow = current.events.pop().expect("just pushed");
-            pieces.push(std::mem::replace(&mut current, template.clone()));
-            current.events.push(overflow);
+    let mut current = Vec::new();
+    let mut current_len = empty_len;
+    for event in reply.events {
+        let added = WatchReply::event_field_len(&event);
+        if !current.is_empty() && current_len + added >= max_bytes {
+            pieces.push(WatchReply {
+                response: template.clone(),
+                events: std::mem::take(&mut current),
+            });
+            current_len = empty_len;
         }
+        current.push(event);
+        current_len += added;
     }
-    current.fragment = false;
-    pieces.push(current);
+    pieces.push(WatchReply {
+        response: WatchResponse {
+            fragment: false,
+            ..template
+        },
+        events: current,
+    });
     pieces
 }
 
@@ -259,13 +290,27 @@ mod tests {
             events: (0..10).map(|index| event(&index.to_string())).collect(),
             ..Default::default()
         };
-        let pieces = fragments(response.clone(), 350);
+        let reply = WatchReply::from(response.clone());
+        let pieces = fragments(reply.clone(), 350);
         assert!(pieces.len() > 1);
-        let flags: Vec<bool> = pieces.iter().map(|piece| piece.fragment).collect();
+        let flags: Vec<bool> = pieces.iter().map(|piece| piece.response.fragment).collect();
         assert!(flags[..flags.len() - 1].iter().all(|flag| *flag));
         assert!(!flags[flags.len() - 1]);
-        let rejoined: Vec<Event> = pieces.into_iter().flat_map(|piece| piece.events).collect();
-        assert_eq!(rejoined, response.events);
-        assert_eq!(fragments(response.clone(), 1 << 20), vec![response]);
+        for piece in &pieces {
+            let flagged = WatchReply {
+                response: WatchResponse {
+                    fragment: true,
+                    ..piece.response.clone()
+                },
+                events: piece.events.clone(),
+            };
+            assert!(
+                OutgoingMessage::encoded_len(&flagged) < 350 || piece.events.len() == 1,
+                "a piece of several events stays under the limit"
+            );
+        }
+        let rejoined: Vec<Bytes> = pieces.into_iter().flat_map(|piece| piece.events).collect();
+        assert_eq!(rejoined, reply.events);
+        assert_eq!(fragments(reply.clone(), 1 << 20), vec![reply]);
     }
 }
