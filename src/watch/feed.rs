@@ -101,14 +101,14 @@ impl EventFeed {
         if next_revision <= oldest_after || next_revision > state.head {
             return None;
         }
-        Some(
-            state
-                .batches
-                .iter()
-                .filter(|batch| batch.through >= next_revision)
-                .cloned()
-                .collect(),
-        )
+        // The batches are contiguous and in order, so the ones needed are
+        // a suffix: found by binary search, not by a pass over all of them
+        // per watcher (with a batch per revision the feed holds thousands,
+        // and that pass was 28% of the server in a paced fan-out).
+        let first = state
+            .batches
+            .partition_point(|batch| batch.through < next_revision);
+        Some(state.batches.range(first..).cloned().collect())
     }
 
     /// Resolves once the head is past `head`.
@@ -246,6 +246,15 @@ mod tests {
         drop(state);
         assert!(feed.batches_from(2).is_none(), "the oldest were dropped");
         let recent = feed.batches_from(95).expect("recent changes are held");
-        assert_eq!(recent.last().map(|batch| batch.through), Some(101));
+        let bounds = |batches: &[Rc<HistoryChunk>]| -> Vec<(i64, i64)> {
+            batches
+                .iter()
+                .map(|batch| (batch.after, batch.through))
+                .collect()
+        };
+        assert_eq!(bounds(&recent), vec![(91, 101)], "only the batches needed");
+        let from_91 = feed.batches_from(91).expect("held");
+        assert_eq!(bounds(&from_91), vec![(81, 91), (91, 101)]);
+        assert!(feed.batches_from(102).is_none(), "not read yet");
     }
 }
