@@ -9,8 +9,8 @@
 //!
 //! Bounds: the feed holds at most [`FEED_MAX_CHANGES`] changes and
 //! [`FEED_MAX_PAYLOAD_BYTES`] of their keys and values, which their shared
-//! encoded events copy (oldest batches are dropped first), and it reads nothing while no stream on the
-//! core is subscribed. A stream that cannot send (a slow client) holds
+//! encoded events copy (oldest batches are dropped first), and it reads
+//! nothing while no stream on the core is subscribed. A stream that cannot send (a slow client) holds
 //! nothing of its own: it just stops advancing and later reads history.
 
 use std::cell::{Cell, RefCell};

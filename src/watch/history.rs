@@ -25,30 +25,16 @@ pub struct HistoryChunk {
     /// it: the feed's chunks are shared by every stream on a core, so each
     /// event is encoded once per core rather than once per watcher.
     encoded_events: Vec<OnceCell<Bytes>>,
-    /// Keys and values of `changes`: about what the encoded events take
-    /// once encoded, so the feed can bound that memory.
-    payload_bytes: usize,
 }
 
 impl HistoryChunk {
     fn new(after: i64, through: i64, changes: Vec<HistoricalChange>) -> Self {
         let encoded_events = changes.iter().map(|_| OnceCell::new()).collect();
-        let payload_bytes = changes
-            .iter()
-            .map(|change| {
-                change.key.len()
-                    + change
-                        .version
-                        .as_ref()
-                        .map_or(0, |version| version.value.len())
-            })
-            .sum();
         Self {
             after,
             through,
             changes,
             encoded_events,
-            payload_bytes,
         }
     }
 
@@ -57,9 +43,19 @@ impl HistoryChunk {
     }
 
     /// The keys' and values' bytes: the memory the chunk's encoded events
-    /// take, up to their few bytes of framing each.
+    /// take, up to their few bytes of framing each. Counted when asked
+    /// (the feed asks twice per batch); catch-up chunks never need it.
     pub fn payload_bytes(&self) -> usize {
-        self.payload_bytes
+        self.changes
+            .iter()
+            .map(|change| {
+                change.key.len()
+                    + change
+                        .version
+                        .as_ref()
+                        .map_or(0, |version| version.value.len())
+            })
+            .sum()
     }
 
     /// Each change with the cell that holds (or will hold) its shared
