@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::shard::durable_loss::RetiredLog;
+use crate::store::shard_map::ShardId;
+
 const META_FILE: &str = "metastore.json";
 const LOCK_FILE: &str = "LOCK";
 const FORMAT_VERSION: u32 = 1;
@@ -47,6 +50,28 @@ pub struct DataDirMeta {
     pub shard_count: usize,
     pub cluster_id: u64,
     pub member_id: u64,
+    /// Shard logs `metastore repair` replaced. Other shards' logs may still
+    /// say how far a retired log was durable; those claims no longer bind
+    /// (`shard::durable_loss`). Left out of the file while empty, so a data
+    /// directory never repaired reads the same as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_wal_logs: Vec<RetiredLog>,
+}
+
+/// Where a shard keeps its files.
+#[derive(Debug, Clone)]
+pub struct ShardDirectories {
+    pub wal: PathBuf,
+    pub snapshots: PathBuf,
+}
+
+/// A shard's directories inside the data directory.
+pub fn shard_directories(data_dir: &Path, shard: ShardId) -> ShardDirectories {
+    let root = data_dir.join("shards").join(format!("{shard:04}"));
+    ShardDirectories {
+        wal: root.join("wal"),
+        snapshots: root.join("snap"),
+    }
 }
 
 /// An open, locked data directory.
@@ -121,6 +146,7 @@ impl DataDir {
                     shard_count: requested_shards.unwrap_or(default_shards),
                     cluster_id: random_id(),
                     member_id: random_id(),
+                    retired_wal_logs: Vec::new(),
                 };
                 write_meta(path, &meta)?;
                 meta
@@ -137,6 +163,33 @@ impl DataDir {
             meta,
             _lock: lock,
         })
+    }
+
+    /// Opens a data directory that must already exist (for offline tools:
+    /// they must not create one where the operator mistyped a path).
+    pub fn open_existing(path: &Path) -> Result<Self, DataDirError> {
+        if !path.join(META_FILE).is_file() {
+            return Err(DataDirError::Io {
+                path: path.join(META_FILE),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not a MetaStore data directory (no metastore.json)",
+                ),
+            });
+        }
+        Self::open(path, None, 1)
+    }
+
+    /// Records that a shard's log was replaced (`metastore repair`), durably,
+    /// before the replacement takes its place.
+    pub fn retire_wal_log(&mut self, retired: RetiredLog) -> Result<(), DataDirError> {
+        if !self.meta.retired_wal_logs.contains(&retired) {
+            let mut meta = self.meta.clone();
+            meta.retired_wal_logs.push(retired);
+            write_meta(&self.path, &meta)?;
+            self.meta = meta;
+        }
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::control::CoreControl;
 use crate::config::ConnectionLimits;
+use crate::data_dir::ShardDirectories;
 use crate::grpc::Status;
 use crate::grpc::authority::AuthorityRewritingIo;
 use crate::grpc::connection::{refuse_connection, serve_connection};
@@ -20,6 +21,7 @@ use crate::grpc::write_coalescing::WriteCoalescing;
 use crate::metrics::CoreMetrics;
 use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
 use crate::shard::SnapshotSchedule;
+use crate::shard::frontier::DurableFrontier;
 use crate::shard::log_entry::{self, ShardCommandRecord};
 use crate::shard::log_storage::ShardLogStorage;
 use crate::shard::raft_group::{LogStats, RaftGroup, log_mirror};
@@ -37,13 +39,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 /// The status of calls on a connection over `--max-connections`.
 const TOO_MANY_CONNECTIONS: &str = "metastore: too many client connections";
 
-/// Where a shard keeps its files.
-#[derive(Debug, Clone)]
-pub struct ShardDirectories {
-    pub wal: PathBuf,
-    pub snapshots: PathBuf,
-}
-
 /// What a core tells the main thread during startup.
 pub enum CoreReport {
     /// The core read its shards' logs.
@@ -57,6 +52,8 @@ pub enum CoreReport {
 pub struct StartupPlan {
     pub space: Arc<KeySpace>,
     pub plan: RecoveryPlan,
+    /// Every shard's durability, which each shard's frames record.
+    pub frontier: Arc<DurableFrontier>,
 }
 
 /// Everything one core thread starts with.
@@ -141,11 +138,11 @@ struct RecoveredShard {
     log: RecoveredLog<DirectDevice>,
 }
 
+/// Reads a shard's snapshot and log, changing nothing on disk.
 async fn recover_shard(
     shard: ShardId,
     commands: flume::Receiver<ShardCommand>,
     directories: &ShardDirectories,
-    wal_options: WalOptions,
 ) -> Result<(RecoveredShard, ShardInventory), String> {
     let snapshot = load_shard_snapshot(&directories.snapshots, shard)
         .map_err(|error| format!("shard {shard}: {error}"))?;
@@ -158,7 +155,7 @@ async fn recover_shard(
             directories.wal.display()
         )
     })?;
-    let log = read_shard_log(shard, device, wal_options, snapshot_index)
+    let log = read_shard_log(shard, device, snapshot_index)
         .await
         .map_err(|error| {
             format!(
@@ -166,7 +163,7 @@ async fn recover_shard(
                 directories.wal.display()
             )
         })?;
-    let mut inventory = ShardInventory::from_commands(shard as u32, &log.commands);
+    let mut inventory = ShardInventory::of_log(shard as u32, &log);
     if let Some(snapshot) = &snapshot {
         inventory.snapshot_revision = snapshot.meta.revision;
         inventory.compacted_in_snapshot = snapshot.meta.compacted_revision;
@@ -225,15 +222,18 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
     let mut recovered = Vec::new();
     let mut inventories = Vec::new();
     for ((shard, receiver), directories) in owned_shards.into_iter().zip(&shard_directories) {
-        let (shard_state, inventory) =
-            recover_shard(shard, receiver, directories, wal_options).await?;
+        let (shard_state, inventory) = recover_shard(shard, receiver, directories).await?;
         recovered.push(shard_state);
         inventories.push(inventory);
     }
     reports
         .send(CoreReport::Recovered(inventories))
         .map_err(|_| "startup was abandoned".to_owned())?;
-    let StartupPlan { space, plan } = plans
+    let StartupPlan {
+        space,
+        plan,
+        frontier,
+    } = plans
         .recv()
         .map_err(|_| "startup was abandoned".to_owned())?;
 
@@ -261,9 +261,20 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             .map(|entry| entry.index)
             .zip(log.entry_sequences.iter().copied())
             .collect();
-        let mut group = RaftGroup::start(storage, log.wal, entry_records, stats)
+        let wal = log
+            .reading
+            .resume(wal_options)
             .await
             .map_err(|error| format!("shard {shard}: {error}"))?;
+        let mut group = RaftGroup::start(
+            storage,
+            wal,
+            entry_records,
+            (shard, frontier.clone()),
+            stats,
+        )
+        .await
+        .map_err(|error| format!("shard {shard}: {error}"))?;
         if let Some((from, to)) = plan.newly_void() {
             group
                 .propose(log_entry::encode(&ShardCommandRecord::void(from, to)))

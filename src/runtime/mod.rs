@@ -12,7 +12,7 @@ pub mod control;
 mod core_thread;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -21,16 +21,18 @@ use thiserror::Error;
 
 use crate::config::ServerConfig;
 use crate::data_dir::{DataDir, DataDirError};
+pub use crate::data_dir::{ShardDirectories, shard_directories};
 use crate::grpc::rate_limit::RateLimiter;
 use crate::grpc::server::ServerLimits;
 use crate::service::MemberIdentity;
+use crate::shard::durable_loss;
+use crate::shard::frontier::DurableFrontier;
 use crate::shard::raft_group::LogStats;
-use crate::shard::recovery;
 use crate::shard::{SHARD_QUEUE_CAPACITY, ShardCommand};
 use crate::store::key_space::KeySpace;
 use crate::store::revision::RevisionClock;
-use crate::store::shard_map::{ShardId, ShardMap};
-use core_thread::{CoreReport, CoreSetup, ShardDirectories, StartupPlan, run_core};
+use crate::store::shard_map::ShardMap;
+use core_thread::{CoreReport, CoreSetup, StartupPlan, run_core};
 
 /// Requests from the monitoring thread a core may have queued; a scrape or
 /// probe sends one per core at a time, so a few suffice.
@@ -61,6 +63,8 @@ pub enum StartError {
     Alarms(#[from] crate::service::alarm::AlarmError),
     #[error("recovery failed: {0}")]
     Recovery(String),
+    #[error("refusing to start: {0}")]
+    DurableDataLost(#[from] crate::shard::durable_loss::LostDurableData),
     #[error("cannot serve metrics (--listen-metrics-urls): {0}")]
     Monitor(std::io::Error),
 }
@@ -71,15 +75,6 @@ pub fn driver_name() -> &'static str {
         "io_uring"
     } else {
         "epoll"
-    }
-}
-
-/// A shard's directories inside the data directory.
-pub fn shard_directories(data_dir: &Path, shard: ShardId) -> ShardDirectories {
-    let root = data_dir.join("shards").join(format!("{shard:04}"));
-    ShardDirectories {
-        wal: root.join("wal"),
-        snapshots: root.join("snap"),
     }
 }
 
@@ -223,7 +218,17 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             }
         }
     }
-    let plan = recovery::plan(&inventories, INITIAL_REVISION);
+    inventories.sort_by_key(|inventory| inventory.shard);
+    let plan = durable_loss::decide(
+        &inventories,
+        &data_dir.meta.retired_wal_logs,
+        &config.data_dir,
+        INITIAL_REVISION,
+    )?;
+    let frontier =
+        Arc::new(DurableFrontier::new(inventories.iter().map(|inventory| {
+            (inventory.log.log_id, inventory.log.readable_through)
+        })));
     if let Some((from, to)) = plan.newly_void() {
         tracing::warn!(
             from,
@@ -241,6 +246,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             .send(StartupPlan {
                 space: space.clone(),
                 plan: plan.clone(),
+                frontier: frontier.clone(),
             })
             .map_err(|_| StartError::Recovery("a core stopped during recovery".to_owned()))?;
     }

@@ -1,7 +1,8 @@
 //! What a shard writes to its write-ahead log, as protobuf (prost)
-//! messages: Raft's entries and hard state, and inside each entry's data
-//! the shard's own command (a resolved change set, a compaction, or a
-//! recovery decision). The byte layout of the frames around these records
+//! messages: Raft's entries and hard state, the durable frontier (how far
+//! every other shard's log was durable when this frame was written), and
+//! inside each entry's data the shard's own command (a resolved change
+//! set, a compaction, or a recovery decision). The byte layout of the frames around these records
 //! is in `docs/wal-format.md`.
 //!
 //! Entries carry *results* (the exact versions written at a revision), not
@@ -18,7 +19,7 @@ use crate::store::write::ChangeSet;
 /// One WAL record.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WalRecord {
-    #[prost(oneof = "wal_record::Kind", tags = "1, 2")]
+    #[prost(oneof = "wal_record::Kind", tags = "1, 2, 3")]
     pub kind: Option<wal_record::Kind>,
 }
 
@@ -29,7 +30,34 @@ pub mod wal_record {
         Entry(super::LoggedRaftEntry),
         #[prost(message, tag = "2")]
         HardState(super::LoggedHardState),
+        #[prost(message, tag = "3")]
+        Frontier(super::LoggedFrontier),
     }
+}
+
+/// The first record of every frame a shard writes: how far each other
+/// shard's log was durable (its fdatasync had returned) just before this
+/// frame was written. If this frame survives, those records had been
+/// durable once, so recovery can tell a damaged frame of theirs from a torn
+/// write (`shard::durable_loss`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LoggedFrontier {
+    #[prost(message, repeated, tag = "1")]
+    pub logs: Vec<LoggedDurableLog>,
+}
+
+/// How far one shard's log was durable.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LoggedDurableLog {
+    #[prost(uint32, tag = "1")]
+    pub shard: u32,
+    /// The log's id (`Wal::log_id`): a claim is about that log only, so a
+    /// log rewritten by `metastore repair` (a new id) is not held to it.
+    #[prost(fixed64, tag = "2")]
+    pub log_id: u64,
+    /// Every record of that log up to this sequence was durable.
+    #[prost(uint64, tag = "3")]
+    pub durable_through: u64,
 }
 
 /// A Raft log entry (raft-rs's `Entry`, minus fields we never set).
@@ -213,6 +241,14 @@ impl WalRecord {
         };
         Self {
             kind: Some(wal_record::Kind::HardState(logged)),
+        }
+    }
+}
+
+impl WalRecord {
+    pub fn frontier(logs: Vec<LoggedDurableLog>) -> Self {
+        Self {
+            kind: Some(wal_record::Kind::Frontier(LoggedFrontier { logs })),
         }
     }
 }

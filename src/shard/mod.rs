@@ -9,10 +9,14 @@
 //! its part to apply.
 
 pub mod compacting;
+pub mod durable_loss;
+pub mod frontier;
 pub mod log_entry;
 pub mod log_storage;
 pub mod raft_group;
 pub mod recovery;
+#[cfg(test)]
+mod recovery_faults;
 pub mod snapshotting;
 pub mod write_path;
 

@@ -14,8 +14,10 @@ use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 use thiserror::Error;
 
+use super::frontier::DurableFrontier;
 use super::log_entry::{WalRecord, encode};
 use super::log_storage::ShardLogStorage;
+use crate::store::shard_map::ShardId;
 use crate::wal::{ReleasedSegments, StorageDevice, Wal, WalError};
 
 /// This member's Raft ID while MetaStore runs alone.
@@ -75,6 +77,12 @@ pub struct Persisted {
 pub struct RaftGroup<D: StorageDevice> {
     node: RawNode<ShardLogStorage>,
     wal: Wal<D>,
+    /// This group's shard, as the frontier names it.
+    shard: ShardId,
+    /// Every shard's durability: read into each frame this group writes
+    /// and updated after each of its syncs, so recovery can prove another
+    /// shard's damaged frame durable (`shard::frontier`).
+    frontier: std::sync::Arc<DurableFrontier>,
     stats: std::sync::Arc<LogStats>,
     /// `(raft index, WAL record sequence)` of each entry written since the
     /// last snapshot, so a snapshot at an index can release the WAL below it.
@@ -129,8 +137,10 @@ impl<D: StorageDevice> RaftGroup<D> {
         storage: ShardLogStorage,
         wal: Wal<D>,
         entry_records: std::collections::VecDeque<(u64, u64)>,
+        durability: (ShardId, std::sync::Arc<DurableFrontier>),
         stats: std::sync::Arc<LogStats>,
     ) -> Result<Self, GroupError> {
+        let (shard, frontier) = durability;
         let applied = storage.mirror().rl().hard_state().commit;
         let config = Config {
             id: LOCAL_MEMBER,
@@ -147,6 +157,8 @@ impl<D: StorageDevice> RaftGroup<D> {
         let mut group = Self {
             node,
             wal,
+            shard,
+            frontier,
             stats,
             entry_records,
         };
@@ -185,9 +197,10 @@ impl<D: StorageDevice> RaftGroup<D> {
     /// in-memory mirror.
     pub async fn compact_through(&mut self, index: u64) -> Result<ReleasedSegments, GroupError> {
         let hard_state = self.node.raft.hard_state();
+        self.begin_frame();
         self.wal
             .append(&encode(&WalRecord::hard_state(&hard_state)));
-        self.wal.sync().await?;
+        self.sync_wal().await?;
         while self
             .entry_records
             .front()
@@ -225,6 +238,9 @@ impl<D: StorageDevice> RaftGroup<D> {
         while self.node.has_ready() {
             let mut ready = self.node.ready();
             let entries = ready.take_entries();
+            if !entries.is_empty() || ready.hs().is_some() {
+                self.begin_frame();
+            }
             for entry in &entries {
                 let sequence = self.wal.append(&encode(&WalRecord::entry(entry)));
                 self.entry_records.push_back((entry.index, sequence));
@@ -234,7 +250,7 @@ impl<D: StorageDevice> RaftGroup<D> {
             }
             if self.wal.unsynced_records() > 0 {
                 let started = std::time::Instant::now();
-                self.wal.sync().await?;
+                self.sync_wal().await?;
                 persisted.syncing += started.elapsed();
                 self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -268,6 +284,22 @@ impl<D: StorageDevice> RaftGroup<D> {
             .applied_index
             .store(log.applied, Ordering::Relaxed);
         Ok(persisted)
+    }
+
+    /// Starts a frame with the frontier record if nothing is buffered yet.
+    fn begin_frame(&mut self) {
+        if self.wal.unsynced_records() == 0 {
+            let record = self.frontier.record_for(self.shard);
+            self.wal.append(&encode(&record));
+        }
+    }
+
+    /// One group commit, then publishes how far this log is durable.
+    async fn sync_wal(&mut self) -> Result<(), GroupError> {
+        self.wal.sync().await?;
+        self.frontier
+            .publish(self.shard, self.wal.durable_sequence());
+        Ok(())
     }
 
     /// Drops mirrored entries older than the catch-up window once it is
@@ -316,9 +348,16 @@ mod tests {
             let mirror = log_mirror(None, &[], None).expect("mirror");
             let storage = ShardLogStorage::new(mirror, std::env::temp_dir());
             let stats = std::sync::Arc::new(LogStats::default());
-            let mut group = RaftGroup::start(storage, wal, Default::default(), stats.clone())
-                .await
-                .expect("start");
+            let frontier = std::sync::Arc::new(DurableFrontier::new([(wal.log_id(), 0)]));
+            let mut group = RaftGroup::start(
+                storage,
+                wal,
+                Default::default(),
+                (0, frontier),
+                stats.clone(),
+            )
+            .await
+            .expect("start");
             let total = MIRROR_CATCH_UP_ENTRIES * 2;
             for batch in 0..total / 100 {
                 for item in 0..100 {

@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use super::log_entry::{ShardCommandRecord, WalRecord, wal_record};
 use crate::store::shard_map::ShardId;
-use crate::wal::{StorageDevice, Wal, WalError, WalOptions};
+use crate::wal::{LogEnd, StorageDevice, Wal, WalError, WalReading};
 
 #[derive(Debug, Error)]
 pub enum RecoveryError {
@@ -49,9 +49,11 @@ pub enum RecoveryError {
     },
 }
 
-/// One shard's log, read back.
+/// One shard's log, read back (nothing on disk changed yet).
 pub struct RecoveredLog<D: StorageDevice> {
-    pub wal: Wal<D>,
+    /// Resumed for writing once the node has checked that nothing durable
+    /// was lost (`shard::durable_loss`).
+    pub reading: WalReading<D>,
     pub entries: Vec<Entry>,
     /// The WAL record sequence of each entry in `entries`, so a later
     /// snapshot knows which segments it may release.
@@ -59,23 +61,38 @@ pub struct RecoveredLog<D: StorageDevice> {
     pub hard_state: Option<HardState>,
     /// The shard commands in log order.
     pub commands: Vec<ShardCommandRecord>,
+    /// What this log's frontier records say about other logs.
+    pub claims: Vec<DurableClaim>,
 }
 
-/// Reads a shard's WAL: Raft entries after `snapshot_index` (later entries
-/// at an index replace earlier ones, as Raft overwrites an uncommitted
-/// tail), the last hard state, and the shard commands inside the entries.
-/// The log must continue right after the snapshot: a gap means history is
-/// missing, and the shard refuses to start.
+/// A log's statement that another shard's log was durable this far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableClaim {
+    /// The shard whose log is named.
+    pub shard: u32,
+    /// Which log of that shard (a repaired log gets a new id).
+    pub log_id: u64,
+    /// Records up to this sequence had been durable.
+    pub durable_through: u64,
+}
+
+/// Reads a shard's WAL without changing it: Raft entries after
+/// `snapshot_index` (later entries at an index replace earlier ones, as Raft
+/// overwrites an uncommitted tail), the last hard state, the shard commands
+/// inside the entries, and the frontier claims about other logs. The log
+/// must continue right after the snapshot: a gap means history is missing,
+/// and the shard refuses to start.
 pub async fn read_shard_log<D: StorageDevice>(
     shard: ShardId,
     device: D,
-    options: WalOptions,
     snapshot_index: u64,
 ) -> Result<RecoveredLog<D>, RecoveryError> {
-    let (wal, records) = Wal::open(device, options).await?;
+    let mut reading = Wal::read(device).await?;
+    let records = reading.take_records();
     let mut entries: Vec<Entry> = Vec::new();
     let mut entry_sequences: Vec<u64> = Vec::new();
     let mut hard_state = None;
+    let mut claims: BTreeMap<(u32, u64), u64> = BTreeMap::new();
     for record in records {
         let undecodable = |reason: String| RecoveryError::UndecodableRecord {
             shard,
@@ -103,6 +120,12 @@ pub async fn read_shard_log<D: StorageDevice>(
                 entry_sequences.push(record.sequence);
             }
             Some(wal_record::Kind::HardState(logged)) => hard_state = Some(logged.to_hard_state()),
+            Some(wal_record::Kind::Frontier(logged)) => {
+                for log in logged.logs {
+                    let known = claims.entry((log.shard, log.log_id)).or_default();
+                    *known = (*known).max(log.durable_through);
+                }
+            }
             None => return Err(undecodable("empty record".to_owned())),
         }
     }
@@ -135,12 +158,21 @@ pub async fn read_shard_log<D: StorageDevice>(
         })?;
         commands.push(command);
     }
+    let claims = claims
+        .into_iter()
+        .map(|((shard, log_id), durable_through)| DurableClaim {
+            shard,
+            log_id,
+            durable_through,
+        })
+        .collect();
     Ok(RecoveredLog {
-        wal,
+        reading,
         entries,
         entry_sequences,
         hard_state,
         commands,
+        claims,
     })
 }
 
@@ -159,9 +191,35 @@ pub struct ShardInventory {
     pub snapshot_revision: i64,
     /// The compaction point the snapshot declares (-1: none).
     pub compacted_in_snapshot: i64,
+    /// How far this shard's own log reaches, and how it ends.
+    pub log: LogFacts,
+    /// What this shard's log says about how far other logs were durable.
+    pub claims: Vec<DurableClaim>,
+}
+
+/// How far a shard's log reaches, as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFacts {
+    /// `Wal::log_id`.
+    pub log_id: u64,
+    /// The last readable record sequence (0: none).
+    pub readable_through: u64,
+    pub end: LogEnd,
 }
 
 impl ShardInventory {
+    /// What recovery needs to know of one shard's log.
+    pub fn of_log<D: StorageDevice>(shard: u32, log: &RecoveredLog<D>) -> Self {
+        let mut inventory = Self::from_commands(shard, &log.commands);
+        inventory.log = LogFacts {
+            log_id: log.reading.log_id(),
+            readable_through: log.reading.readable_through(),
+            end: log.reading.end().clone(),
+        };
+        inventory.claims = log.claims.clone();
+        inventory
+    }
+
     pub fn from_commands(shard: u32, commands: &[ShardCommandRecord]) -> Self {
         let mut inventory = Self {
             shard,

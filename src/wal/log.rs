@@ -21,6 +21,7 @@ use super::format::{
     FIRST_FRAME_OFFSET, FRAME_HEADER_LEN, FrameHeader, MAX_FRAME_PAYLOAD, SegmentHeader,
     encode_frame_header, encode_segment_header, record_prefix, segment_file_name,
 };
+use super::reading::WalReading;
 use super::recovery;
 
 /// Smallest allowed segment: small enough for tests, big enough that a
@@ -192,31 +193,34 @@ impl<D: StorageDevice> Wal<D> {
     /// Opens the WAL stored in `device` (empty device = new WAL, first
     /// sequence 1), recovering every valid record of every retained segment
     /// in order. A torn or partial frame at the very end is dropped (never
-    /// acknowledged) and writing resumes there. A bad frame followed by any
-    /// later valid frame (in the same or a later segment) is corruption:
-    /// `Err(WalError::Corrupt { file, offset, reason })`, whose message says
-    /// which file, which byte offset, and what to do. Never panics and never
-    /// allocates based on an unchecked length field.
+    /// acknowledged, as far as this log alone can tell) and writing resumes
+    /// there. A bad frame followed by any later valid frame (in the same or
+    /// a later segment) is corruption: `Err(WalError::Corrupt { file,
+    /// offset, reason })`, whose message says which file, which byte offset,
+    /// and what to do. Never panics and never allocates based on an
+    /// unchecked length field. A node with other logs that can prove a
+    /// damaged last frame durable uses [`Wal::read`] and decides first.
     pub async fn open(device: D, options: WalOptions) -> Result<(Wal<D>, Vec<Record>), WalError> {
         options.validate()?;
-        let mut recovered = recovery::recover(&device).await?;
-        // Give a shortened or old-size active segment its full size again,
-        // so the next frames do not rotate early. Not synced here: the next
-        // `sync_data` of this file makes it durable with the frame.
-        if let Some(active) = recovered.active.as_mut()
-            && active.capacity < options.segment_bytes
-        {
-            active
-                .file
-                .allocate(options.segment_bytes)
-                .await
-                .map_err(WalError::io(
-                    "preallocating the active segment",
-                    &active.name,
-                ))?;
-            active.capacity = options.segment_bytes;
-        }
-        let wal = Wal {
+        let mut reading = WalReading::read(device).await?;
+        let records = reading.take_records();
+        let wal = reading.resume(options).await?;
+        Ok((wal, records))
+    }
+
+    /// Reads the WAL stored in `device` without changing anything; see
+    /// [`WalReading`].
+    pub async fn read(device: D) -> Result<WalReading<D>, WalError> {
+        WalReading::read(device).await
+    }
+
+    /// The WAL that continues after `recovered`'s end.
+    pub(super) fn from_recovered(
+        device: D,
+        options: WalOptions,
+        recovered: recovery::Recovered<D::File>,
+    ) -> Wal<D> {
+        Wal {
             device,
             options,
             log_id: recovered.log_id,
@@ -230,8 +234,14 @@ impl<D: StorageDevice> Wal<D> {
             next_frame_sequence: recovered.next_frame_sequence,
             failed: false,
             zeros: None,
-        };
-        Ok((wal, recovered.records))
+        }
+    }
+
+    /// This log's id: random per WAL, written in every segment and frame
+    /// header. Other shards' logs name it when they record how far this
+    /// log was durable.
+    pub fn log_id(&self) -> u64 {
+        self.log_id
     }
 
     /// Buffers one record (in memory, nothing written yet); returns its

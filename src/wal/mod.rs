@@ -9,7 +9,10 @@
 //! - `format`: the on-disk format as pure encode/decode functions
 //!   (byte-level description in `docs/wal-format.md`).
 //! - `log`: `Wal` itself: append, group-commit `sync`, rotation, release.
-//! - `recovery`: what `Wal::open` does with the segments it finds.
+//! - `reading`: `WalReading`, a log read back without changing it, and
+//!   `LogEnd` (clean, damaged last frame, corrupt); `resume` opens it for
+//!   writing once the node decided a damaged tail may be dropped.
+//! - `recovery`: how the segments found are read (the rule below).
 //! - `error`: `WalError`.
 //!
 //! Invariants:
@@ -21,7 +24,9 @@
 //!   written.
 //! - Recovery drops a bad frame only if no valid later frame exists; a bad
 //!   frame with valid data after it is reported as corruption with its file
-//!   and byte offset, never skipped.
+//!   and byte offset, never skipped. Reading changes nothing: a damaged
+//!   tail is dropped only by `WalReading::resume`, after the node checked
+//!   that no other shard's log proves it durable.
 //! - A failed or cancelled sync leaves the WAL refusing further syncs: an
 //!   fsync is never retried.
 //! - Nothing read from disk is trusted before its checksum is verified, and
@@ -34,6 +39,7 @@ pub mod error;
 pub mod format;
 pub mod log;
 pub mod memory;
+pub mod reading;
 mod recovery;
 
 #[cfg(test)]
@@ -44,3 +50,4 @@ pub use direct::DirectDevice;
 pub use error::WalError;
 pub use log::{Record, ReleasedSegments, SyncReport, Wal, WalOptions};
 pub use memory::MemoryDevice;
+pub use reading::{LogDamage, LogEnd, WalReading};

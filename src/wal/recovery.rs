@@ -34,6 +34,7 @@ use super::format::{
     parse_segment_file_name,
 };
 use super::log::{ActiveSegment, Record, Segment, new_log_id};
+use super::reading::{LogDamage, LogEnd};
 
 /// Bytes read per device read while scanning a segment.
 const READ_WINDOW: usize = 1 << 20;
@@ -53,6 +54,13 @@ pub(super) struct Recovered<F> {
     pub(super) records: Vec<Record>,
     pub(super) next_record_sequence: u64,
     pub(super) next_frame_sequence: u64,
+    /// How the readable log ends. Only the node can tell a damaged last
+    /// frame from a torn write (other shards' logs may prove it durable),
+    /// so reading never decides it and never changes a file.
+    pub(super) end: LogEnd,
+    /// Segments after the end of the log that hold nothing valid (a torn
+    /// segment creation); `WalReading::resume` removes them.
+    pub(super) remove_on_resume: Vec<String>,
 }
 
 /// A segment file found on the device.
@@ -256,7 +264,9 @@ pub(super) async fn recover<D: StorageDevice>(device: &D) -> Result<Recovered<D:
         let segment = &segments[index];
         let scan = scan_for_later_frame(segment, offset.max(FIRST_FRAME_OFFSET), &expected).await?;
         if let Some((found_at, found_sequence)) = scan.later_frame {
-            return Err(corrupt(
+            return Ok(stopped_by_corruption(
+                records,
+                &expected,
                 &segment.name,
                 offset,
                 format!(
@@ -290,7 +300,9 @@ pub(super) async fn recover<D: StorageDevice>(device: &D) -> Result<Recovered<D:
                         HeaderCheck::Mismatch(detail) => detail,
                         _ => "has a valid header".to_owned(),
                     };
-                    return Err(corrupt(
+                    return Ok(stopped_by_corruption(
+                        records,
+                        &expected,
                         &segment.name,
                         offset,
                         format!(
@@ -310,7 +322,9 @@ pub(super) async fn recover<D: StorageDevice>(device: &D) -> Result<Recovered<D:
                             .await
                             .map(|block| decode_segment_header(&block))
                         {
-                            return Err(corrupt(
+                            return Ok(stopped_by_corruption(
+                                records,
+                                &expected,
                                 &segment.name,
                                 offset,
                                 format!(
@@ -327,7 +341,9 @@ pub(super) async fn recover<D: StorageDevice>(device: &D) -> Result<Recovered<D:
                         let scan =
                             scan_for_later_frame(later, FIRST_FRAME_OFFSET, &expected).await?;
                         if let Some((found_at, found_sequence)) = scan.later_frame {
-                            return Err(corrupt(
+                            return Ok(stopped_by_corruption(
+                                records,
+                                &expected,
                                 &segment.name,
                                 offset,
                                 format!(
@@ -343,36 +359,35 @@ pub(super) async fn recover<D: StorageDevice>(device: &D) -> Result<Recovered<D:
             }
         }
 
-        // Torn tail (or clean end): drop what follows and resume here.
+        // Torn tail, damaged last frame, or clean end: what follows is
+        // dropped when the log resumes, if the node decides it may.
         let keep = match reason {
             Stop::BadSegmentHeader(_) => index,
             _ => index + 1,
         };
-        if dropped_bytes || keep < segments.len() {
-            tracing::warn!(
-                file = %segment.name,
+        let end = if dropped_bytes || keep < segments.len() {
+            let mut reason = describe(reason);
+            if let Some(unreadable) = segments.get(index + 1).filter(|_| keep > index) {
+                reason.push_str(&format!(
+                    "; the next segment {} has an unreadable header",
+                    unreadable.name
+                ));
+            }
+            LogEnd::Damaged(LogDamage {
+                file: segment.name.clone(),
                 offset,
-                removed_segments = segments.len() - keep,
-                "WAL recovery: dropping an unacknowledged torn write at the end of the log ({})",
-                describe(reason)
-            );
-        }
-        let mut removed = false;
-        for dropped in segments.drain(keep..) {
-            device
-                .remove_file(&dropped.name)
-                .await
-                .map_err(WalError::io("removing a torn segment", &dropped.name))?;
-            removed = true;
-        }
-        if removed {
-            device.sync_directory().await.map_err(WalError::io(
-                "syncing the WAL directory after removing a torn segment",
-                "WAL directory",
-            ))?;
-        }
+                reason,
+            })
+        } else {
+            LogEnd::Clean
+        };
+        let remove_on_resume = segments.drain(keep..).map(|dropped| dropped.name).collect();
         let Some(last) = segments.pop() else {
-            return Ok(empty_log());
+            return Ok(Recovered {
+                end,
+                remove_on_resume,
+                ..empty_log()
+            });
         };
         let mut retained: Vec<Segment> = segments
             .into_iter()
@@ -401,6 +416,8 @@ pub(super) async fn recover<D: StorageDevice>(device: &D) -> Result<Recovered<D:
             records,
             next_record_sequence: expected.record_sequence,
             next_frame_sequence: expected.frame_sequence,
+            end,
+            remove_on_resume,
         });
     }
 }
@@ -413,6 +430,33 @@ fn empty_log<F>() -> Recovered<F> {
         records: Vec::new(),
         next_record_sequence: 1,
         next_frame_sequence: 1,
+        end: LogEnd::Clean,
+        remove_on_resume: Vec::new(),
+    }
+}
+
+/// The readable prefix of a log that cannot resume: acknowledged data
+/// after `offset` of `file` is unreadable.
+fn stopped_by_corruption<F>(
+    records: Vec<Record>,
+    expected: &Expected,
+    file: &str,
+    offset: u64,
+    reason: String,
+) -> Recovered<F> {
+    Recovered {
+        log_id: expected.log_id.unwrap_or(0),
+        segments: Vec::new(),
+        active: None,
+        records,
+        next_record_sequence: expected.record_sequence,
+        next_frame_sequence: expected.frame_sequence,
+        end: LogEnd::Corrupt(LogDamage {
+            file: file.to_owned(),
+            offset,
+            reason,
+        }),
+        remove_on_resume: Vec::new(),
     }
 }
 

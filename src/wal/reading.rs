@@ -1,0 +1,155 @@
+//! Reading a WAL back without changing it, then resuming it.
+//!
+//! `Wal::read` returns a [`WalReading`]: every readable record and how the
+//! readable log ends ([`LogEnd`]). Nothing on the device is touched, so the
+//! caller can first weigh evidence the log itself does not hold. A shard's
+//! damaged last frame looks exactly like a torn final write, but if another
+//! shard's log proves the frame had been made durable, it was acknowledged
+//! and dropping it would lose data (Protocol-Aware Recovery; see
+//! `shard::recovery`). Only once the node has decided does
+//! [`WalReading::resume`] drop the torn tail and open the log for writing.
+
+use super::device::{DeviceFile, StorageDevice};
+use super::error::WalError;
+use super::log::{Record, Wal, WalOptions};
+use super::recovery::{self, Recovered};
+
+/// Where and why the readable part of a log ends early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDamage {
+    /// The segment file holding the bad spot.
+    pub file: String,
+    /// Byte offset of the bad spot in `file`.
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// How the readable part of a WAL ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LogEnd {
+    /// Where nothing was ever written: zeros or the end of the last file.
+    #[default]
+    Clean,
+    /// Bytes after the last valid frame that are not a valid frame, and
+    /// nothing valid after them. Within this log alone that is a torn
+    /// final write (never acknowledged) or a damaged last frame; the two
+    /// look the same, and only evidence from other logs tells them apart.
+    Damaged(LogDamage),
+    /// A bad spot followed by valid later data: acknowledged records were
+    /// lost. The log cannot resume; its readable prefix is still returned.
+    Corrupt(LogDamage),
+}
+
+impl LogEnd {
+    /// The damage, if the log does not end cleanly.
+    pub fn damage(&self) -> Option<&LogDamage> {
+        match self {
+            LogEnd::Clean => None,
+            LogEnd::Damaged(damage) | LogEnd::Corrupt(damage) => Some(damage),
+        }
+    }
+}
+
+/// A WAL read back, not yet resumed.
+pub struct WalReading<D: StorageDevice> {
+    pub(super) device: D,
+    pub(super) recovered: Recovered<D::File>,
+}
+
+impl<D: StorageDevice> WalReading<D> {
+    /// Reads every retained segment of the WAL on `device`. Errors only on
+    /// I/O failures and on logs with no usable beginning (an oversized file,
+    /// an unreadable oldest segment header); every other problem is a
+    /// [`LogEnd`].
+    pub async fn read(device: D) -> Result<WalReading<D>, WalError> {
+        let recovered = recovery::recover(&device).await?;
+        Ok(WalReading { device, recovered })
+    }
+
+    /// The records read, in sequence order.
+    pub fn records(&self) -> &[Record] {
+        &self.recovered.records
+    }
+
+    /// Takes the records out (they can be large); the reading can still
+    /// resume.
+    pub fn take_records(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.recovered.records)
+    }
+
+    /// How the readable log ends.
+    pub fn end(&self) -> &LogEnd {
+        &self.recovered.end
+    }
+
+    /// The log's id (random per WAL, in every header). 0 when it could not
+    /// be read.
+    pub fn log_id(&self) -> u64 {
+        self.recovered.log_id
+    }
+
+    /// The sequence of the last readable record (0: none). Records are
+    /// numbered without gaps from the first one ever written, released or
+    /// not, so this is also how far the log reaches.
+    pub fn readable_through(&self) -> u64 {
+        self.recovered.next_record_sequence - 1
+    }
+
+    /// Opens the log for writing after its end: a damaged or torn tail is
+    /// dropped (its bytes are overwritten by later frames) and segments
+    /// holding nothing valid after it are removed. Refuses a corrupt log.
+    /// The caller decides first that the damage may be dropped.
+    pub async fn resume(self, options: WalOptions) -> Result<Wal<D>, WalError> {
+        options.validate()?;
+        let WalReading {
+            device,
+            mut recovered,
+        } = self;
+        match &recovered.end {
+            LogEnd::Corrupt(damage) => {
+                return Err(WalError::Corrupt {
+                    file: damage.file.clone(),
+                    offset: damage.offset,
+                    reason: damage.reason.clone(),
+                });
+            }
+            LogEnd::Damaged(damage) => tracing::warn!(
+                file = %damage.file,
+                offset = damage.offset,
+                removed_segments = recovered.remove_on_resume.len(),
+                "WAL recovery: dropping an unacknowledged torn write at the end of the log ({})",
+                damage.reason
+            ),
+            LogEnd::Clean => {}
+        }
+        for name in &recovered.remove_on_resume {
+            device
+                .remove_file(name)
+                .await
+                .map_err(WalError::io("removing a torn segment", name))?;
+        }
+        if !recovered.remove_on_resume.is_empty() {
+            device.sync_directory().await.map_err(WalError::io(
+                "syncing the WAL directory after removing a torn segment",
+                "WAL directory",
+            ))?;
+        }
+        // Give a shortened or old-size active segment its full size again,
+        // so the next frames do not rotate early. Not synced here: the next
+        // `sync_data` of this file makes it durable with the frame.
+        if let Some(active) = recovered.active.as_mut()
+            && active.capacity < options.segment_bytes
+        {
+            active
+                .file
+                .allocate(options.segment_bytes)
+                .await
+                .map_err(WalError::io(
+                    "preallocating the active segment",
+                    &active.name,
+                ))?;
+            active.capacity = options.segment_bytes;
+        }
+        Ok(Wal::from_recovered(device, options, recovered))
+    }
+}
