@@ -15,6 +15,7 @@
 //! - [`status_map`]: every internal error to gRPC code + etcd's exact message.
 //! - [`shard`]: shard workers (the only writers) and the write path across shards.
 //! - [`snapshot`]: the shard snapshot file format (rkyv archive, checksummed).
+//! - [`repair`]: `metastore repair`, the way out of a refused start after corruption.
 //! - [`store`]: the MVCC key space: memtables, global revision, etcd's KV semantics.
 //! - [`wal`]: the per-shard write-ahead log on O_DIRECT files, and its in-memory twin.
 
@@ -25,6 +26,7 @@ pub mod lease;
 pub mod metrics;
 pub mod monitor;
 pub mod proto;
+pub mod repair;
 pub mod runtime;
 pub mod service;
 pub mod shard;

@@ -58,10 +58,11 @@ fn main() -> ExitCode {
 }
 
 /// Runs a tool instead of the server. Exit status 2 for a bad input (a
-/// corrupt snapshot file, a non-empty target), 1 for a failure while
-/// writing.
+/// corrupt snapshot file, a non-empty target, a data directory that cannot
+/// be repaired), 1 for a failure while writing.
 fn run_subcommand(command: Subcommand) -> ExitCode {
     match command {
+        Subcommand::Repair { data_dir, apply } => repair(&data_dir, apply),
         Subcommand::Snapshot(SnapshotCommand::Restore {
             file,
             data_dir,
@@ -94,6 +95,45 @@ fn run_subcommand(command: Subcommand) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `metastore repair`: prints what a repair drops; with `apply`, does it.
+fn repair(data_dir: &std::path::Path, apply: bool) -> ExitCode {
+    let failed = |error: metastore::repair::RepairError| {
+        eprintln!("error: {error}");
+        ExitCode::from(if error.is_usage_error() { 2 } else { 1 })
+    };
+    let (mut directory, plan) = match metastore::repair::examine(data_dir) {
+        Ok(examined) => examined,
+        Err(error) => return failed(error),
+    };
+    println!("{plan}");
+    if plan.losses.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    if !apply {
+        println!(
+            "Nothing was changed. To repair: metastore repair --data-dir {} --apply",
+            data_dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match metastore::repair::apply(&mut directory, &plan) {
+        Ok(repaired) => {
+            for shard in repaired {
+                println!(
+                    "repaired shard {}: its log now holds {} records under log id {:#018x}; the damaged log is kept in {}",
+                    shard.shard,
+                    shard.records,
+                    shard.new_log_id,
+                    shard.damaged_log.display()
+                );
+            }
+            println!("The data directory can start now.");
+            ExitCode::SUCCESS
+        }
+        Err(error) => failed(error),
     }
 }
 

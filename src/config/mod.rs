@@ -161,6 +161,17 @@ pub enum Subcommand {
     /// Work with snapshots taken by `Maintenance.Snapshot` (`etcdctl snapshot save`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Show, and with --apply carry out, what it takes to start after a
+    /// shard's log lost records that had been durable (a start refused
+    /// with "acknowledged data was lost to corruption").
+    Repair {
+        /// The data directory to repair; it must exist.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Carry the repair out. Without it nothing is changed.
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -25,8 +25,8 @@ use crate::shard::frontier::DurableFrontier;
 use crate::shard::log_entry::{self, ShardCommandRecord};
 use crate::shard::log_storage::ShardLogStorage;
 use crate::shard::raft_group::{LogStats, RaftGroup, log_mirror};
-use crate::shard::recovery::{RecoveredLog, RecoveryPlan, ShardInventory, read_shard_log};
-use crate::shard::snapshotting::{LoadedShardSnapshot, load_shard_snapshot};
+use crate::shard::recovery::{RecoveredLog, RecoveryPlan, ShardInventory, ShardOnDisk, read_shard};
+use crate::shard::snapshotting::LoadedShardSnapshot;
 use crate::shard::write_path::WritePath;
 use crate::shard::{ShardCommand, ShardWorker};
 use crate::store::key_space::KeySpace;
@@ -36,6 +36,8 @@ use crate::wal::{DirectDevice, WalOptions};
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// Why a core stops when the main thread gave up on startup.
+const STARTUP_ABANDONED: &str = "startup was abandoned";
 /// The status of calls on a connection over `--max-connections`.
 const TOO_MANY_CONNECTIONS: &str = "metastore: too many client connections";
 
@@ -110,7 +112,12 @@ pub fn run_core(setup: CoreSetup) {
         Ok(Err(error)) => error,
         Err(_) => "core panicked".to_owned(),
     };
-    tracing::error!(core, %message, "core failed");
+    if message == STARTUP_ABANDONED {
+        // The main thread refused to start and reports why itself.
+        tracing::debug!(core, "startup was abandoned");
+    } else {
+        tracing::error!(core, %message, "core failed");
+    }
     // During startup the main thread reports the failure and exits.
     let _ = reports.send(CoreReport::Failed(format!("core {core}: {message}")));
     std::thread::sleep(Duration::from_millis(200));
@@ -144,37 +151,18 @@ async fn recover_shard(
     commands: flume::Receiver<ShardCommand>,
     directories: &ShardDirectories,
 ) -> Result<(RecoveredShard, ShardInventory), String> {
-    let snapshot = load_shard_snapshot(&directories.snapshots, shard)
-        .map_err(|error| format!("shard {shard}: {error}"))?;
-    let snapshot_index = snapshot
-        .as_ref()
-        .map_or(0, |snapshot| snapshot.meta.raft_index);
-    let device = DirectDevice::open(&directories.wal).map_err(|error| {
-        format!(
-            "shard {shard}: cannot open WAL directory {}: {error}",
-            directories.wal.display()
-        )
-    })?;
-    let log = read_shard_log(shard, device, snapshot_index)
-        .await
-        .map_err(|error| {
-            format!(
-                "shard {shard} (WAL in {}): {error}",
-                directories.wal.display()
-            )
-        })?;
-    let mut inventory = ShardInventory::of_log(shard as u32, &log);
-    if let Some(snapshot) = &snapshot {
-        inventory.snapshot_revision = snapshot.meta.revision;
-        inventory.compacted_in_snapshot = snapshot.meta.compacted_revision;
-    }
+    let ShardOnDisk {
+        snapshot,
+        log,
+        inventory,
+    } = read_shard(shard, directories).await?;
     tracing::info!(
         shard,
-        snapshot_index,
         snapshot_revision = inventory.snapshot_revision,
         entries_after_snapshot = log.entries.len(),
         revisions = inventory.revisions.len(),
         voids = ?inventory.voids,
+        readable_through = inventory.log.readable_through,
         "read shard state"
     );
     Ok((
@@ -228,14 +216,12 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
     }
     reports
         .send(CoreReport::Recovered(inventories))
-        .map_err(|_| "startup was abandoned".to_owned())?;
+        .map_err(|_| STARTUP_ABANDONED.to_owned())?;
     let StartupPlan {
         space,
         plan,
         frontier,
-    } = plans
-        .recv()
-        .map_err(|_| "startup was abandoned".to_owned())?;
+    } = plans.recv().map_err(|_| STARTUP_ABANDONED.to_owned())?;
 
     let slot = space.clock().slot(core);
     let shard_ids: Vec<ShardId> = recovered.iter().map(|shard| shard.shard).collect();

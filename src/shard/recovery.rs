@@ -22,8 +22,10 @@ use raft::eraftpb::{Entry, EntryType, HardState};
 use thiserror::Error;
 
 use super::log_entry::{ShardCommandRecord, WalRecord, wal_record};
+use super::snapshotting::{LoadedShardSnapshot, load_shard_snapshot};
+use crate::data_dir::ShardDirectories;
 use crate::store::shard_map::ShardId;
-use crate::wal::{LogEnd, StorageDevice, Wal, WalError, WalReading};
+use crate::wal::{DirectDevice, LogEnd, StorageDevice, Wal, WalError, WalReading};
 
 #[derive(Debug, Error)]
 pub enum RecoveryError {
@@ -173,6 +175,52 @@ pub async fn read_shard_log<D: StorageDevice>(
         hard_state,
         commands,
         claims,
+    })
+}
+
+/// A shard as found on disk: its newest snapshot, its log read back, and
+/// what recovery needs to know of them.
+pub struct ShardOnDisk {
+    pub snapshot: Option<LoadedShardSnapshot>,
+    pub log: RecoveredLog<DirectDevice>,
+    pub inventory: ShardInventory,
+}
+
+/// Reads a shard's snapshot and log from its directories, changing
+/// nothing (the server at startup, `metastore repair`). Errors name the
+/// shard and the directory.
+pub async fn read_shard(
+    shard: ShardId,
+    directories: &ShardDirectories,
+) -> Result<ShardOnDisk, String> {
+    let snapshot = load_shard_snapshot(&directories.snapshots, shard)
+        .map_err(|error| format!("shard {shard}: {error}"))?;
+    let snapshot_index = snapshot
+        .as_ref()
+        .map_or(0, |snapshot| snapshot.meta.raft_index);
+    let device = DirectDevice::open(&directories.wal).map_err(|error| {
+        format!(
+            "shard {shard}: cannot open WAL directory {}: {error}",
+            directories.wal.display()
+        )
+    })?;
+    let log = read_shard_log(shard, device, snapshot_index)
+        .await
+        .map_err(|error| {
+            format!(
+                "shard {shard} (WAL in {}): {error}",
+                directories.wal.display()
+            )
+        })?;
+    let mut inventory = ShardInventory::of_log(shard as u32, &log);
+    if let Some(snapshot) = &snapshot {
+        inventory.snapshot_revision = snapshot.meta.revision;
+        inventory.compacted_in_snapshot = snapshot.meta.compacted_revision;
+    }
+    Ok(ShardOnDisk {
+        snapshot,
+        log,
+        inventory,
     })
 }
 

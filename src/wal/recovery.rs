@@ -1,5 +1,6 @@
 //! Recovery: reads every retained segment, returns the valid records, and
-//! decides where writing resumes — or refuses with `WalError::Corrupt`.
+//! says where and how the readable log ends (`LogEnd`). It changes nothing
+//! on the device: `WalReading::resume` acts on the outcome.
 //!
 //! The rule (docs/wal-format.md, "Recovery"):
 //! - Frames must follow each other with consecutive frame sequence numbers
@@ -11,15 +12,17 @@
 //!   that does not continue the log) is scanned for a frame header with a
 //!   valid checksum, this log's id and a frame sequence greater than the one
 //!   expected. If one exists, acknowledged data after the stop point is lost:
-//!   corruption, naming the file and offset of the stop point.
-//! - Otherwise what follows is a torn final write (or nothing at all): it is
-//!   dropped, later segments holding nothing valid are removed, and writing
-//!   resumes at the stop point.
+//!   `LogEnd::Corrupt`, naming the file and offset of the stop point.
+//! - Otherwise what follows is a damaged tail (`LogEnd::Damaged`) or nothing
+//!   at all (`LogEnd::Clean`). Resuming drops the tail, removes later
+//!   segments holding nothing valid, and writes on from the stop point.
 //!
 //! Why this is safe: every sync writes whole new blocks after all
 //! acknowledged frames, and frames are acknowledged one at a time. So a
 //! crash can damage only the one frame (and, on rotation, the one segment
-//! header) being written, and nothing acknowledged can follow it.
+//! header) being written, and nothing acknowledged can follow it. A damaged
+//! last frame that was durable (bit rot, not a crash) looks the same here;
+//! the node tells them apart with other shards' logs (`shard::durable_loss`).
 //!
 //! Memory: segments are read through a 1 MiB window; a frame is read whole
 //! only after its length was checked against the file's real length.
