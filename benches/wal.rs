@@ -42,6 +42,10 @@ impl StorageDevice for DiscardDevice {
         Ok(())
     }
 
+    async fn rename_file(&self, _from: &str, _to: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+
     async fn sync_directory(&self) -> std::io::Result<()> {
         Ok(())
     }

@@ -198,7 +198,10 @@ impl NodeHandles {
 
     fn check_disk_space(&self) -> Result<(), String> {
         if self.alarms.no_space_raised() {
-            return Err("alarm NOSPACE is raised (the quota is full)".to_owned());
+            return Err(match self.alarms.full_disk_reason() {
+                Some(reason) => format!("alarm NOSPACE is raised: the disk is full ({reason})"),
+                None => "alarm NOSPACE is raised (the quota is full)".to_owned(),
+            });
         }
         let stats = rustix::fs::statvfs(&self.data_dir)
             .map_err(|error| format!("cannot stat the data directory's file system: {error}"))?;

@@ -21,6 +21,7 @@ use crate::grpc::write_coalescing::WriteCoalescing;
 use crate::metrics::CoreMetrics;
 use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
 use crate::shard::SnapshotSchedule;
+use crate::shard::disk_space::{DiskSpaceGuard, FullDiskReporter};
 use crate::shard::frontier::DurableFrontier;
 use crate::shard::log_entry::{self, ShardCommandRecord};
 use crate::shard::log_storage::ShardLogStorage;
@@ -283,6 +284,14 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
                 group,
                 schedule,
                 metrics.clone(),
+                DiskSpaceGuard::new(
+                    shard,
+                    Some(FullDiskReporter {
+                        alarms: alarms.clone(),
+                        member_id: identity.member_id,
+                    }),
+                    wal_options.segment_bytes,
+                ),
             )
             .run(commands),
         );

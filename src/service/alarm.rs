@@ -8,7 +8,10 @@
 //! data directory atomically (temp file, fsync, rename, fsync directory)
 //! before publishing it: an alarm a client has seen survives a restart, as
 //! etcd's do (they live in its backend), and no executor thread waits on a
-//! disk.
+//! disk. The one exception is NOSPACE raised because the disk is full
+//! (`raise_for_full_disk`): writing `alarms.json` may fail then, so it is
+//! published even if it cannot be persisted; every start finds the full
+//! disk again and raises it again.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -87,6 +90,9 @@ struct PublishedAlarms {
     raised: SkipSet<(u64, i32)>,
     /// Whether any NOSPACE alarm is raised: the write path's one load.
     no_space: AtomicBool,
+    /// Why the disk-full NOSPACE was raised (for `/readyz` and `Status`),
+    /// until NOSPACE is disarmed. Written on those rare transitions only.
+    full_disk: std::sync::Mutex<Option<String>>,
 }
 
 impl PublishedAlarms {
@@ -104,6 +110,9 @@ impl PublishedAlarms {
             .iter()
             .any(|raised| raised.alarm == AlarmType::Nospace as i32);
         self.no_space.store(no_space, Ordering::Relaxed);
+        if !no_space && let Ok(mut full_disk) = self.full_disk.lock() {
+            *full_disk = None;
+        }
     }
 }
 
@@ -114,6 +123,8 @@ struct AlarmChange {
     /// The alarm activated (new or already raised) or deactivated (if it
     /// was raised); etcd's response lists it.
     reply: oneshot::Sender<Result<Option<RaisedAlarm>, AlarmError>>,
+    /// Publish the change even if it cannot be persisted (a full disk).
+    publish_unpersisted: bool,
 }
 
 /// The node's alarms. Cloned handles share one set and one thread.
@@ -132,6 +143,7 @@ impl AlarmSet {
         let published = Arc::new(PublishedAlarms {
             raised: SkipSet::new(),
             no_space: AtomicBool::new(false),
+            full_disk: std::sync::Mutex::new(None),
         });
         published.replace(&alarms);
         for raised in &alarms {
@@ -174,6 +186,38 @@ impl AlarmSet {
             .collect()
     }
 
+    /// Raises NOSPACE for `member_id` because the disk is full (`reason`
+    /// says where). Does not wait: the alarm thread publishes it at once and
+    /// persists it if it can.
+    pub fn raise_for_full_disk(&self, member_id: u64, reason: String) {
+        if let Ok(mut full_disk) = self.published.full_disk.lock() {
+            *full_disk = Some(reason);
+        }
+        let (reply, _) = oneshot::channel();
+        let change = AlarmChange {
+            alarm: RaisedAlarm {
+                member_id,
+                alarm: AlarmType::Nospace as i32,
+            },
+            activate: true,
+            reply,
+            publish_unpersisted: true,
+        };
+        let _ = self.changes.send(change);
+    }
+
+    /// Why the disk-full NOSPACE is raised, if it is.
+    pub fn full_disk_reason(&self) -> Option<String> {
+        if !self.no_space_raised() {
+            return None;
+        }
+        self.published
+            .full_disk
+            .lock()
+            .ok()
+            .and_then(|reason| reason.clone())
+    }
+
     /// Raises `alarm` (durably) and returns it.
     pub async fn activate(&self, alarm: RaisedAlarm) -> Result<Option<RaisedAlarm>, AlarmError> {
         self.change(alarm, true).await
@@ -194,6 +238,7 @@ impl AlarmSet {
             alarm,
             activate,
             reply,
+            publish_unpersisted: false,
         };
         self.changes
             .send_async(change)
@@ -221,12 +266,18 @@ fn apply_changes(
             (removed, removed.then_some(change.alarm))
         };
         let outcome = if changed {
-            store(data_dir, &next).map(|()| {
+            let stored = store(data_dir, &next);
+            if let Err(error) = &stored
+                && change.publish_unpersisted
+            {
+                tracing::error!(%error, "cannot persist the NOSPACE alarm (the disk is full); it is raised until disarmed or restarted, and raised again at start while the disk stays full");
+            }
+            if stored.is_ok() || change.publish_unpersisted {
                 log_transition(&alarms, &next, change.alarm);
                 published.replace(&next);
                 alarms = next;
-                answer
-            })
+            }
+            stored.map(|()| answer)
         } else {
             Ok(answer)
         };

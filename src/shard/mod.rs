@@ -9,6 +9,9 @@
 //! its part to apply.
 
 pub mod compacting;
+pub mod disk_space;
+#[cfg(test)]
+mod disk_space_tests;
 pub mod durable_loss;
 pub mod frontier;
 pub mod log_entry;
@@ -90,7 +93,7 @@ pub enum ShardCommand {
     /// `raft_index` (or failed).
     SnapshotWritten {
         raft_index: u64,
-        result: Result<std::path::PathBuf, String>,
+        result: Result<std::path::PathBuf, snapshotting::SnapshotFailure>,
     },
 }
 
@@ -151,6 +154,9 @@ pub struct ShardWorker<D: StorageDevice> {
     metrics: std::rc::Rc<CoreMetrics>,
     /// The compaction being freed in steps between turns, if any.
     compaction: Option<compacting::ShardCompaction>,
+    /// Whether the WAL could allocate its next segment, and what a full
+    /// disk refuses (`disk_space`).
+    disk: disk_space::DiskSpaceGuard,
 }
 
 /// When and where a shard snapshots (see `snapshotting`).
@@ -213,6 +219,7 @@ impl<D: StorageDevice> ShardWorker<D> {
         group: RaftGroup<D>,
         snapshots: SnapshotSchedule,
         metrics: std::rc::Rc<CoreMetrics>,
+        disk: disk_space::DiskSpaceGuard,
     ) -> Self {
         Self {
             shard,
@@ -222,6 +229,7 @@ impl<D: StorageDevice> ShardWorker<D> {
             snapshots,
             metrics,
             compaction: None,
+            disk,
         }
     }
 
@@ -232,6 +240,8 @@ impl<D: StorageDevice> ShardWorker<D> {
     /// takes one bounded compaction step; otherwise it waits for the next
     /// command.
     pub async fn run(mut self, commands: flume::Receiver<ShardCommand>) {
+        // A full disk at startup: up read-only, with the alarm raised.
+        self.keep_spare_ready().await;
         let mut deferred = Vec::new();
         loop {
             let first = if self.compaction.is_some() {
@@ -273,7 +283,41 @@ impl<D: StorageDevice> ShardWorker<D> {
             }
         }
         self.persist_and_reply(deferred).await;
+        self.keep_spare_ready().await;
         self.maybe_snapshot();
+    }
+
+    /// Prepares the WAL's next segment if it has none (at most once per
+    /// `disk_space::RETRY_INTERVAL` while the disk is full).
+    async fn keep_spare_ready(&mut self) {
+        let now = std::time::Instant::now();
+        if self.group.has_spare() || !self.disk.attempt_due(now) {
+            return;
+        }
+        match self.group.prepare_spare().await {
+            Ok(()) => self.disk.spare_prepared(),
+            Err(error) => self.disk.spare_refused(&error, now),
+        }
+    }
+
+    /// Whether a full disk refuses a write (`adds_data`: it may store new
+    /// data). Tries for space first if a retry is due, so writes resume
+    /// as soon as space returns.
+    async fn refused_for_space(&mut self, adds_data: bool) -> bool {
+        if !self
+            .disk
+            .refuses(adds_data, self.group.room_in_active_segment())
+        {
+            return false;
+        }
+        self.keep_spare_ready().await;
+        let refused = self
+            .disk
+            .refuses(adds_data, self.group.room_in_active_segment());
+        if refused {
+            self.disk.remind();
+        }
+        refused
     }
 
     /// Frees one bounded step of the running compaction.
@@ -384,7 +428,7 @@ impl<D: StorageDevice> ShardWorker<D> {
     async fn snapshot_written(
         &mut self,
         raft_index: u64,
-        result: Result<std::path::PathBuf, String>,
+        result: Result<std::path::PathBuf, snapshotting::SnapshotFailure>,
     ) {
         self.snapshots.in_flight = false;
         // Requesters (Defragment) are answered once the log is released.
@@ -417,10 +461,13 @@ impl<D: StorageDevice> ShardWorker<D> {
                 let answer_to = std::mem::take(&mut self.snapshots.answered_by_in_flight);
                 self.remove_released_segments(released, answer_to);
             }
-            Err(error) => {
-                tracing::warn!(shard = self.shard, %error, "snapshot failed; the log is kept and a later one will be tried");
+            Err(failure) => {
+                tracing::warn!(shard = self.shard, error = %failure, "snapshot failed; the log is kept and a later one will be tried");
+                if failure.out_of_space {
+                    self.disk.snapshot_refused(&failure.message);
+                }
                 for done in self.snapshots.answered_by_in_flight.drain(..) {
-                    let _ = done.send(Err(error.clone()));
+                    let _ = done.send(Err(failure.message.clone()));
                 }
             }
         }
@@ -481,6 +528,10 @@ impl<D: StorageDevice> ShardWorker<D> {
                 queued_at,
             } => {
                 self.metrics.hop(queued_at.elapsed());
+                if self.refused_for_space(request.may_add_data()).await {
+                    let _ = reply.send(Err(KvError::NoSpace));
+                    return;
+                }
                 match run_write(&self.space, &self.slot, request) {
                     Err(error) => {
                         let _ = reply.send(Err(error));
@@ -511,6 +562,10 @@ impl<D: StorageDevice> ShardWorker<D> {
                 });
                 if granting || self.space.leases().exists(id) {
                     let _ = reply.send(Err(KvError::LeaseExists));
+                    return;
+                }
+                if self.refused_for_space(true).await {
+                    let _ = reply.send(Err(KvError::NoSpace));
                     return;
                 }
                 self.propose(&ShardCommandRecord::lease_grant(id, ttl_seconds));

@@ -225,6 +225,22 @@ impl<D: StorageDevice> RaftGroup<D> {
         Ok(released)
     }
 
+    /// Prepares the WAL's next segment ahead of need; `WalError::NoSpace`
+    /// on a full disk (nothing harmed). See `Wal::prepare_spare`.
+    pub async fn prepare_spare(&mut self) -> Result<(), WalError> {
+        self.wal.prepare_spare().await
+    }
+
+    /// Whether the WAL's next segment is ready.
+    pub fn has_spare(&self) -> bool {
+        self.wal.has_spare()
+    }
+
+    /// Bytes the WAL can still take without allocating.
+    pub fn room_in_active_segment(&self) -> u64 {
+        self.wal.room_in_active_segment()
+    }
+
     /// The device the group's WAL lives on.
     pub fn wal_device(&self) -> &D {
         self.wal.device()

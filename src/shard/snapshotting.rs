@@ -38,6 +38,20 @@ pub struct SnapshotPoint {
     pub revision: i64,
 }
 
+/// Why a snapshot was not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFailure {
+    pub message: String,
+    /// The disk (or a quota) is full: the shard raises NOSPACE.
+    pub out_of_space: bool,
+}
+
+impl std::fmt::Display for SnapshotFailure {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.message)
+    }
+}
+
 /// Scans `shard`'s memtable at `point.revision`, encodes and writes the
 /// snapshot file atomically into `directory`. Blocking: call it from a
 /// thread of its own.
@@ -46,7 +60,7 @@ pub fn write_shard_snapshot(
     shard: ShardId,
     point: SnapshotPoint,
     directory: &Path,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, SnapshotFailure> {
     let mut entries = Vec::new();
     space
         .memtable(shard)
@@ -76,14 +90,20 @@ pub fn write_shard_snapshot(
     // crash could still take back. Replaying the log after the snapshot
     // grants or revokes again; both are idempotent.
     let leases = space.leases().leases_homed_on(space.shard_map(), shard);
-    let bytes = encode_snapshot(&meta, &leases, entries).map_err(|error| error.to_string())?;
+    let bytes = encode_snapshot(&meta, &leases, entries).map_err(|error| SnapshotFailure {
+        message: error.to_string(),
+        out_of_space: false,
+    })?;
     write_snapshot_file(
         directory,
         &meta,
         &bytes,
         WritePace::BytesPerSecond(LIVE_SNAPSHOT_WRITE_RATE),
     )
-    .map_err(|error| format!("writing snapshot into {}: {error}", directory.display()))
+    .map_err(|error| SnapshotFailure {
+        message: format!("writing snapshot into {}: {error}", directory.display()),
+        out_of_space: crate::wal::error::is_out_of_space(&error),
+    })
 }
 
 /// Deletes every snapshot file in `directory` older than `newest` (the WAL

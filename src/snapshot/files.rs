@@ -146,6 +146,18 @@ const UNPACED_SYNC_BYTES: usize = 4 * 1024 * 1024;
 
 fn write_and_sync(path: &Path, bytes: &[u8], pace: WritePace) -> io::Result<()> {
     let mut file = File::create(path)?;
+    // All of the file's space first: a full disk fails here, at once, not
+    // after minutes of paced writing (filesystems without fallocate just
+    // write).
+    match rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        bytes.len() as u64,
+    ) {
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+        Err(errno) => return Err(errno.into()),
+    }
     let started = std::time::Instant::now();
     let chunk_length = match pace {
         WritePace::Unpaced => UNPACED_SYNC_BYTES,

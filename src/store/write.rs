@@ -139,6 +139,29 @@ fn collect_txn_ranges(txn: &TxnRequest, ranges: &mut Vec<KeyRange>) {
     }
 }
 
+impl WriteRequest {
+    /// Whether the request may store new data (a put anywhere in it, nested
+    /// Txns included): what a full disk refuses while it still lets
+    /// deletions through.
+    pub fn may_add_data(&self) -> bool {
+        fn txn_has_put(txn: &TxnRequest) -> bool {
+            txn.success
+                .iter()
+                .chain(&txn.failure)
+                .any(|op| match &op.request {
+                    Some(Request::RequestPut(_)) => true,
+                    Some(Request::RequestTxn(nested)) => txn_has_put(nested),
+                    _ => false,
+                })
+        }
+        match self {
+            WriteRequest::Put(_) => true,
+            WriteRequest::Txn(txn) => txn_has_put(txn),
+            WriteRequest::DeleteRange(_) | WriteRequest::LeaseRevoke(_) => false,
+        }
+    }
+}
+
 /// True when every op in both branches (recursively) is a Range.
 pub fn is_read_only(txn: &TxnRequest) -> bool {
     txn.success

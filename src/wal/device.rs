@@ -41,6 +41,9 @@ pub trait StorageDevice: Clone + 'static {
     async fn list_files(&self) -> io::Result<Vec<String>>;
     /// Removes `name`; durable after the next `sync_directory`.
     async fn remove_file(&self, name: &str) -> io::Result<()>;
+    /// Renames `from` to `to` (replacing nothing: `to` must not exist);
+    /// durable after the next `sync_directory`. Open handles stay valid.
+    async fn rename_file(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes file creations and removals in the directory durable.
     async fn sync_directory(&self) -> io::Result<()>;
 }

@@ -147,6 +147,17 @@ impl StorageDevice for DirectDevice {
         Ok(())
     }
 
+    async fn rename_file(&self, from: &str, to: &str) -> io::Result<()> {
+        let target = self.directory.join(to);
+        if std::fs::symlink_metadata(&target).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", target.display()),
+            ));
+        }
+        monoio::fs::rename(self.directory.join(from), target).await
+    }
+
     async fn sync_directory(&self) -> io::Result<()> {
         // fsync on a directory descriptor makes its entries durable.
         let directory = monoio::fs::OpenOptions::new()

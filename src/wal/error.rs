@@ -37,6 +37,17 @@ pub enum WalError {
         reason: String,
     },
 
+    /// Space for the log could not be allocated ahead of need (the
+    /// filesystem or a quota is full). Nothing was written and the WAL
+    /// stays usable: unlike a failed fsync, this is not fatal.
+    #[error("no space for the WAL while {operation} ({file}): {source}")]
+    NoSpace {
+        operation: &'static str,
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+
     /// A single record is too large for its u32 length prefix.
     #[error("record {sequence} is {length} bytes; a WAL record is at most {max} bytes")]
     RecordTooLarge {
@@ -58,6 +69,30 @@ pub enum WalError {
 }
 
 impl WalError {
+    /// For allocations made ahead of need: running out of space (ENOSPC,
+    /// EDQUOT) is `NoSpace`, anything else `Io`.
+    pub(crate) fn allocation(
+        operation: &'static str,
+        file: impl Into<String>,
+    ) -> impl FnOnce(io::Error) -> WalError {
+        let file = file.into();
+        move |source| {
+            if is_out_of_space(&source) {
+                WalError::NoSpace {
+                    operation,
+                    file,
+                    source,
+                }
+            } else {
+                WalError::Io {
+                    operation,
+                    file,
+                    source,
+                }
+            }
+        }
+    }
+
     pub(crate) fn io(
         operation: &'static str,
         file: impl Into<String>,
@@ -69,4 +104,12 @@ impl WalError {
             source,
         }
     }
+}
+
+/// Whether `error` says the filesystem (or the user's quota) is full.
+pub fn is_out_of_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }

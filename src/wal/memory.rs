@@ -44,6 +44,10 @@ struct State {
     sync_count: u64,
     directory_sync_count: u64,
     largest_read: usize,
+    /// Bytes the "disk" holds in all (`None`: unlimited). Growing a file
+    /// (`allocate`, or a write past its end) beyond it fails with ENOSPC
+    /// and changes nothing, as a full filesystem does.
+    capacity: Option<u64>,
 }
 
 #[derive(Default, Clone)]
@@ -252,6 +256,19 @@ impl MemoryDevice {
         self.state.borrow().largest_read
     }
 
+    /// Limits the bytes all files may take together (`None`: no limit);
+    /// see [`used_bytes`](Self::used_bytes). Lowering it below what is used
+    /// loses nothing; only growth fails.
+    pub fn set_capacity(&self, capacity: Option<u64>) {
+        self.state.borrow_mut().capacity = capacity;
+    }
+
+    /// Bytes taken by every file still referenced (current lengths,
+    /// preallocated space included).
+    pub fn used_bytes(&self) -> u64 {
+        self.state.borrow().used_bytes()
+    }
+
     /// Current file names, sorted.
     pub fn file_names(&self) -> Vec<String> {
         self.state.borrow().names.keys().cloned().collect()
@@ -308,6 +325,30 @@ impl MemoryDevice {
 }
 
 impl State {
+    fn used_bytes(&self) -> u64 {
+        self.files
+            .values()
+            .map(|file| file.current.len().max(file.durable.len()) as u64)
+            .sum()
+    }
+
+    /// Fails with ENOSPC if growing file `id` to `len` bytes would take the
+    /// device past its capacity.
+    fn reserve_growth(&self, id: u64, len: usize) -> io::Result<()> {
+        let Some(capacity) = self.capacity else {
+            return Ok(());
+        };
+        let current = self
+            .files
+            .get(&id)
+            .map_or(0, |file| file.current.len().max(file.durable.len()));
+        let growth = len.saturating_sub(current) as u64;
+        if growth > 0 && self.used_bytes() + growth > capacity {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+
     fn lookup(&self, name: &str) -> io::Result<u64> {
         self.names
             .get(name)
@@ -425,6 +466,20 @@ impl StorageDevice for MemoryDevice {
         Ok(())
     }
 
+    async fn rename_file(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        let id = state.lookup(from)?;
+        if state.names.contains_key(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{to} exists"),
+            ));
+        }
+        state.names.remove(from);
+        state.names.insert(to.to_owned(), id);
+        Ok(())
+    }
+
     async fn sync_directory(&self) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
         state.directory_sync_count += 1;
@@ -450,6 +505,7 @@ impl DeviceFile for MemoryFile {
             }
             let offset = usize::try_from(offset).map_err(io::Error::other)?;
             let end = offset + buffer.len();
+            state.reserve_growth(id, end)?;
             let data = state.file_mut(id)?;
             data.current.write(offset, buffer.as_slice());
             data.mark_dirty(offset, end);
@@ -488,6 +544,7 @@ impl DeviceFile for MemoryFile {
     async fn allocate(&self, len: u64) -> io::Result<()> {
         self.with_data(|state, id| {
             let len = usize::try_from(len).map_err(io::Error::other)?;
+            state.reserve_growth(id, len)?;
             let data = state.file_mut(id)?;
             if data.current.len() < len {
                 data.current.set_len(len);

@@ -43,6 +43,8 @@ pub mod reading;
 mod recovery;
 
 #[cfg(test)]
+mod space_tests;
+#[cfg(test)]
 mod tests;
 
 pub use device::{AlignedBuffer, BLOCK_SIZE, DeviceFile, StorageDevice};

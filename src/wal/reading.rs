@@ -10,7 +10,7 @@
 //! [`WalReading::resume`] drop the torn tail and open the log for writing.
 
 use super::device::{DeviceFile, StorageDevice};
-use super::error::WalError;
+use super::error::{WalError, is_out_of_space};
 use super::log::{Record, Wal, WalOptions};
 use super::recovery::{self, Recovered};
 
@@ -136,20 +136,29 @@ impl<D: StorageDevice> WalReading<D> {
         }
         // Give a shortened or old-size active segment its full size again,
         // so the next frames do not rotate early. Not synced here: the next
-        // `sync_data` of this file makes it durable with the frame.
+        // `sync_data` of this file makes it durable with the frame. On a
+        // full disk it keeps the size it has: the node starts read-only
+        // rather than not at all.
         if let Some(active) = recovered.active.as_mut()
             && active.capacity < options.segment_bytes
         {
-            active
-                .file
-                .allocate(options.segment_bytes)
-                .await
-                .map_err(WalError::io(
-                    "preallocating the active segment",
-                    &active.name,
-                ))?;
-            active.capacity = options.segment_bytes;
+            match active.file.allocate(options.segment_bytes).await {
+                Ok(()) => active.capacity = options.segment_bytes,
+                Err(error) if is_out_of_space(&error) => tracing::warn!(
+                    file = %active.name,
+                    %error,
+                    "cannot grow the active WAL segment: the disk is full"
+                ),
+                Err(error) => {
+                    return Err(WalError::io(
+                        "preallocating the active segment",
+                        &active.name,
+                    )(error));
+                }
+            }
         }
-        Ok(Wal::from_recovered(device, options, recovered))
+        let mut wal = Wal::from_recovered(device, options, recovered);
+        wal.adopt_leftover_spare().await?;
+        Ok(wal)
     }
 }

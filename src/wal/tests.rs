@@ -12,11 +12,11 @@ use super::log::ZERO_AHEAD_BYTES;
 use super::*;
 
 /// The smallest segment size: rotation happens after ~1 MiB.
-const SMALL: WalOptions = WalOptions {
+pub(super) const SMALL: WalOptions = WalOptions {
     segment_bytes: 1 << 20,
 };
 
-fn run<F: Future>(future: F) -> F::Output {
+pub(super) fn run<F: Future>(future: F) -> F::Output {
     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()
@@ -67,7 +67,7 @@ impl Prng {
     }
 }
 
-async fn open(device: &MemoryDevice) -> (Wal<MemoryDevice>, Vec<Record>) {
+pub(super) async fn open(device: &MemoryDevice) -> (Wal<MemoryDevice>, Vec<Record>) {
     Wal::open(device.clone(), SMALL)
         .await
         .expect("open the WAL")
@@ -82,7 +82,10 @@ async fn open_err(device: &MemoryDevice) -> WalError {
 
 /// Appends one record per length and syncs them as one frame; returns the
 /// (sequence, payload) pairs.
-async fn sync_frame(wal: &mut Wal<MemoryDevice>, lengths: &[usize]) -> Vec<(u64, Vec<u8>)> {
+pub(super) async fn sync_frame(
+    wal: &mut Wal<MemoryDevice>,
+    lengths: &[usize],
+) -> Vec<(u64, Vec<u8>)> {
     let mut written = Vec::new();
     for &len in lengths {
         let sequence = wal.next_sequence();
@@ -94,7 +97,7 @@ async fn sync_frame(wal: &mut Wal<MemoryDevice>, lengths: &[usize]) -> Vec<(u64,
     written
 }
 
-fn assert_records(records: &[Record], expected: &[(u64, Vec<u8>)]) {
+pub(super) fn assert_records(records: &[Record], expected: &[(u64, Vec<u8>)]) {
     assert_eq!(records.len(), expected.len(), "record count");
     for (record, (sequence, bytes)) in records.iter().zip(expected) {
         assert_eq!(record.sequence, *sequence);
