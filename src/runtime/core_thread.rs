@@ -276,25 +276,24 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             senders[shard].clone(),
         )
         .after_snapshot(snapshot_position.map_or(0, |(index, _)| index));
-        monoio::spawn(
-            ShardWorker::new(
+        let mut worker = ShardWorker::new(
+            shard,
+            space.clone(),
+            slot.clone(),
+            group,
+            schedule,
+            metrics.clone(),
+            DiskSpaceGuard::new(
                 shard,
-                space.clone(),
-                slot.clone(),
-                group,
-                schedule,
-                metrics.clone(),
-                DiskSpaceGuard::new(
-                    shard,
-                    Some(FullDiskReporter {
-                        alarms: alarms.clone(),
-                        member_id: identity.member_id,
-                    }),
-                    wal_options.segment_bytes,
-                ),
-            )
-            .run(commands),
+                Some(FullDiskReporter {
+                    alarms: alarms.clone(),
+                    member_id: identity.member_id,
+                }),
+                wal_options.segment_bytes,
+            ),
         );
+        worker.keep_spare_ready().await;
+        monoio::spawn(worker.run(commands));
     }
 
     // Blocking is fine here: this core serves nothing yet, and its shard

@@ -187,12 +187,19 @@ impl AlarmSet {
     }
 
     /// Raises NOSPACE for `member_id` because the disk is full (`reason`
-    /// says where). Does not wait: the alarm thread publishes it at once and
-    /// persists it if it can.
+    /// says where). Published before it returns; the alarm thread persists
+    /// it if it can, without the caller waiting.
     pub fn raise_for_full_disk(&self, member_id: u64, reason: String) {
         if let Ok(mut full_disk) = self.published.full_disk.lock() {
             *full_disk = Some(reason);
         }
+        // Visible at once: the caller refuses writes from now on, and so
+        // must every core. The thread then records it (and persists it if
+        // the disk lets it).
+        self.published
+            .raised
+            .insert((member_id, AlarmType::Nospace as i32));
+        self.published.no_space.store(true, Ordering::Relaxed);
         let (reply, _) = oneshot::channel();
         let change = AlarmChange {
             alarm: RaisedAlarm {

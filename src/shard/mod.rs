@@ -288,8 +288,10 @@ impl<D: StorageDevice> ShardWorker<D> {
     }
 
     /// Prepares the WAL's next segment if it has none (at most once per
-    /// `disk_space::RETRY_INTERVAL` while the disk is full).
-    async fn keep_spare_ready(&mut self) {
+    /// `disk_space::RETRY_INTERVAL` while the disk is full). Startup calls
+    /// it before the node serves, so a full disk raises NOSPACE before the
+    /// first request.
+    pub async fn keep_spare_ready(&mut self) {
         let now = std::time::Instant::now();
         if self.group.has_spare() || !self.disk.attempt_due(now) {
             return;
