@@ -162,3 +162,93 @@ impl<D: StorageDevice> WalReading<D> {
         Ok(wal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::format::FRAME_HEADER_LEN;
+    use super::super::tests::{SMALL, assert_records, frame_offsets, open, run, sync_frame};
+    use super::super::{MemoryDevice, Wal};
+    use super::*;
+
+    /// Within one log a damaged last frame cannot be told from a torn write,
+    /// so reading reports it (where, and why) and changes nothing; only the
+    /// node, which can consult other shards' logs (`shard::durable_loss`),
+    /// decides to drop it by resuming.
+    #[test]
+    fn flipped_bit_in_the_last_frame_is_reported_and_dropped_only_on_resume() {
+        run(async {
+            let device = MemoryDevice::new();
+            let (mut wal, _) = open(&device).await;
+            let mut expected = Vec::new();
+            for frame in 0..4 {
+                expected.extend(sync_frame(&mut wal, &[frame * 500 + 1]).await);
+            }
+            sync_frame(&mut wal, &[6000, 10]).await;
+            drop(wal);
+            let name = device.file_names()[0].clone();
+            let offsets = frame_offsets(&device.file_bytes(&name).expect("segment"));
+            device
+                .flip_bit(&name, offsets[4] as usize + 3000, 5)
+                .expect("flip");
+            let before = device.file_bytes(&name).expect("segment");
+            let reading = Wal::read(device.clone()).await.expect("read");
+            assert_records(reading.records(), &expected);
+            assert_eq!(reading.readable_through(), expected.len() as u64);
+            let LogEnd::Damaged(damage) = reading.end() else {
+                panic!("a damaged end expected, got {:?}", reading.end())
+            };
+            assert_eq!(
+                (damage.file.as_str(), damage.offset),
+                (name.as_str(), offsets[4])
+            );
+            assert!(damage.reason.contains("checksum"), "{}", damage.reason);
+            drop(reading);
+            assert_eq!(
+                device.file_bytes(&name).expect("segment"),
+                before,
+                "reading changes nothing"
+            );
+            let (mut wal, records) = open(&device).await;
+            assert_records(&records, &expected);
+            expected.extend(sync_frame(&mut wal, &[42]).await);
+            drop(wal);
+            let (_, records) = open(&device).await;
+            assert_records(&records, &expected);
+        });
+    }
+
+    /// A bad spot with valid frames after it: reading still returns the
+    /// records before it (for `metastore repair`), but the log cannot resume.
+    #[test]
+    fn corruption_inside_the_log_is_read_up_to_the_damage_and_refuses_to_resume() {
+        run(async {
+            let device = MemoryDevice::new();
+            let (mut wal, _) = open(&device).await;
+            let mut expected = Vec::new();
+            for frame in 0..5 {
+                let synced = sync_frame(&mut wal, &[frame * 300 + 7]).await;
+                if frame < 2 {
+                    expected.extend(synced);
+                }
+            }
+            drop(wal);
+            let name = device.file_names()[0].clone();
+            let offsets = frame_offsets(&device.file_bytes(&name).expect("segment"));
+            device
+                .flip_bit(&name, offsets[2] as usize + FRAME_HEADER_LEN + 1, 0)
+                .expect("flip");
+            let reading = Wal::read(device.clone()).await.expect("read");
+            assert_records(reading.records(), &expected);
+            assert!(
+                matches!(reading.end(), LogEnd::Corrupt(damage) if damage.offset == offsets[2]),
+                "{:?}",
+                reading.end()
+            );
+            match reading.resume(SMALL).await {
+                Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, offsets[2]),
+                Err(other) => panic!("expected corruption, got {other:?}"),
+                Ok(_) => panic!("a corrupt log must not resume"),
+            }
+        });
+    }
+}
