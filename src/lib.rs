@@ -33,5 +33,7 @@ pub mod shard;
 pub mod snapshot;
 pub mod status_map;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 pub mod wal;
 pub mod watch;

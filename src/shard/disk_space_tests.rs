@@ -26,19 +26,12 @@ use crate::store::key_space::KeySpace;
 use crate::store::revision::RevisionClock;
 use crate::store::shard_map::ShardMap;
 use crate::store::write::WriteRequest;
+use crate::test_support::run_on_monoio as run;
 use crate::wal::{MemoryDevice, WalOptions};
 
 const OPTIONS: WalOptions = WalOptions {
     segment_bytes: 1 << 20,
 };
-
-fn run<F: std::future::Future>(future: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("build a monoio runtime")
-        .block_on(future)
-}
 
 /// One shard on a fresh `device`, its worker running; returns the way in.
 async fn start_shard(

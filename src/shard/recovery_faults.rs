@@ -24,6 +24,7 @@ use super::log_storage::ShardLogStorage;
 use super::raft_group::{LogStats, RaftGroup, log_mirror};
 use super::recovery::{RecoveryPlan, ShardInventory, read_shard_log};
 use crate::store::memtable::Version;
+use crate::test_support::{Prng, run_on_monoio as run};
 use crate::wal::format::{
     FIRST_FRAME_OFFSET, FRAME_HEADER_LEN, decode_frame_header, decode_records, segment_file_name,
 };
@@ -33,45 +34,6 @@ const OPTIONS: WalOptions = WalOptions {
     segment_bytes: 1 << 20,
 };
 const INITIAL_REVISION: i64 = 1;
-
-fn run<F: std::future::Future>(future: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("build a monoio runtime")
-        .block_on(future)
-}
-
-/// splitmix64, seeded from `RECOVERY_FAULT_SEED` or the clock (printed).
-struct Prng(u64);
-
-impl Prng {
-    fn from_env(test: &str) -> Prng {
-        let seed = std::env::var("RECOVERY_FAULT_SEED")
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|elapsed| elapsed.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        println!("{test}: seed {seed} (replay with RECOVERY_FAULT_SEED={seed})");
-        Prng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut value = self.0;
-        value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        value ^ (value >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 /// What the node wrote, for checking a recovery against.
 #[derive(Default)]
@@ -337,7 +299,10 @@ fn every_flip_in_each_shards_last_frame_is_refused_when_proven_durable_else_trun
 
 #[test]
 fn seeded_workloads_with_random_sync_orders() {
-    let mut random = Prng::from_env("seeded_workloads_with_random_sync_orders");
+    let mut random = Prng::from_env(
+        "RECOVERY_FAULT_SEED",
+        "seeded_workloads_with_random_sync_orders",
+    );
     run(async {
         for _ in 0..4 {
             let shards = 2 + random.below(3) as usize;

@@ -3,68 +3,25 @@
 //! garbage input and segment release. `DirectDevice` has its own tests in
 //! `direct.rs`.
 
-use std::future::Future;
-
 use super::format::{
     FIRST_FRAME_OFFSET, FRAME_HEADER_LEN, FrameHeader, decode_frame_header, encode_frame_header,
 };
 use super::log::ZERO_AHEAD_BYTES;
 use super::*;
+use crate::test_support::Prng;
 
 /// The smallest segment size: rotation happens after ~1 MiB.
 pub(super) const SMALL: WalOptions = WalOptions {
     segment_bytes: 1 << 20,
 };
 
-pub(super) fn run<F: Future>(future: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("build a monoio runtime")
-        .block_on(future)
-}
+pub(super) use crate::test_support::run_on_monoio as run;
 
 /// Deterministic payload for record `sequence`, `len` bytes.
 fn payload(sequence: u64, len: usize) -> Vec<u8> {
     (0..len)
         .map(|index| (sequence as usize).wrapping_mul(31).wrapping_add(index) as u8)
         .collect()
-}
-
-/// splitmix64: a tiny seeded PRNG so failures reproduce from the printed
-/// seed (set `WAL_TEST_SEED` to replay one).
-struct Prng(u64);
-
-impl Prng {
-    fn from_env(test: &str) -> Prng {
-        let seed = std::env::var("WAL_TEST_SEED")
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|elapsed| elapsed.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        println!("{test}: seed {seed} (replay with WAL_TEST_SEED={seed})");
-        Prng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut value = self.0;
-        value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        value ^ (value >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
 }
 
 pub(super) async fn open(device: &MemoryDevice) -> (Wal<MemoryDevice>, Vec<Record>) {
@@ -168,7 +125,7 @@ fn round_trip_across_many_syncs_and_rotations() {
     run(async {
         let device = MemoryDevice::new();
         let mut expected = Vec::new();
-        let mut prng = Prng(7);
+        let mut prng = Prng::seeded(7);
         {
             let (mut wal, _) = open(&device).await;
             for frame in 0..300 {
@@ -714,7 +671,7 @@ fn lying_header(
 #[test]
 fn garbage_truncation_and_lying_lengths_never_panic_or_overallocate() {
     run(async {
-        let mut prng = Prng::from_env("garbage_truncation_and_lying_lengths");
+        let mut prng = Prng::from_env("WAL_TEST_SEED", "garbage_truncation_and_lying_lengths");
         // A valid WAL to mutate.
         let source = MemoryDevice::new();
         let (mut wal, _) = open(&source).await;
