@@ -99,19 +99,37 @@ fn metastore(args: &[&str]) -> Output {
 }
 
 /// Starts the server on `data_dir` expecting a refusal; returns stderr.
+/// A server that starts instead is stopped after a while and fails the
+/// test.
 fn start_refused(data_dir: &Path) -> String {
     let client = format!("http://127.0.0.1:{}", common::free_port());
     let metrics = format!("http://127.0.0.1:{}", common::free_port());
-    let output = metastore(&[
-        "--data-dir",
-        data_dir.to_str().expect("utf-8"),
-        "--cores",
-        "2",
-        "--listen-client-urls",
-        &client,
-        "--listen-metrics-urls",
-        &metrics,
-    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metastore"))
+        .args([
+            "--data-dir",
+            data_dir.to_str().expect("utf-8"),
+            "--cores",
+            "2",
+            "--listen-client-urls",
+            &client,
+            "--listen-metrics-urls",
+            &metrics,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run metastore");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server started on a log that lost acknowledged data; it must refuse");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("stderr");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         !output.status.success(),
