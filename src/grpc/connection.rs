@@ -3,12 +3,15 @@
 //! of a connection over `--max-connections`.
 
 use std::cell::Cell;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::future::Shared;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::call::ResponseSink;
@@ -67,16 +70,24 @@ where
         ended: Cell::new(false),
     });
     let (closing_sender, mut closing) = futures_channel::mpsc::unbounded();
+    // The helpers end when this function returns, however it returns (the
+    // sender is dropped then), not when they next wake: they sleep for up
+    // to the keepalive interval (2 h by default), and a client connecting
+    // and disconnecting in a loop would pile up their tasks.
+    let (_connection_ended, ended) = futures_channel::oneshot::channel::<Infallible>();
+    let ended = ended.shared();
     if let Some(ping_pong) = connection.ping_pong() {
-        monoio::spawn(keep_alive(
+        let helper = keep_alive(
             ping_pong,
             serving.clone(),
             activity.clone(),
             closing_sender.clone(),
-        ));
+        );
+        monoio::spawn(until_ended(helper, ended.clone()));
     }
     if let Some(idle) = serving.max_connection_idle {
-        monoio::spawn(watch_idle(idle, activity.clone(), closing_sender));
+        let helper = watch_idle(idle, activity.clone(), closing_sender);
+        monoio::spawn(until_ended(helper, ended));
     }
     let outcome = loop {
         let accepted = monoio::select! {
@@ -112,6 +123,14 @@ where
     };
     activity.ended.set(true);
     outcome
+}
+
+/// Runs a connection's helper until it returns or the connection ends.
+async fn until_ended(
+    helper: impl Future<Output = ()>,
+    ended: Shared<futures_channel::oneshot::Receiver<Infallible>>,
+) {
+    futures_util::future::select(pin!(helper), ended).await;
 }
 
 /// Pings the client every keepalive interval; a pong that does not come in
@@ -183,4 +202,75 @@ where
         Some(())
     };
     let _ = monoio::time::timeout(REFUSAL_GRACE, refusing).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::grpc::rate_limit::RateLimiter;
+    use crate::grpc::server::MethodPath;
+    use crate::grpc::{RequestStream, ResponseSink};
+    use crate::metrics::CoreMetrics;
+
+    struct Unimplemented;
+
+    impl GrpcService for Unimplemented {
+        async fn call(
+            &self,
+            _method: &MethodPath,
+            _requests: &mut RequestStream,
+            _responses: &mut ResponseSink,
+        ) -> Result<(), Status> {
+            Err(Status::unimplemented("none"))
+        }
+    }
+
+    /// Found by the `grpc_connection` fuzz target, whose memory grew by the
+    /// core's metrics with every connection: the keepalive and idle
+    /// helpers of a connection slept out their interval (2 h by default)
+    /// after the connection had ended, each holding the core's `Serving`,
+    /// so a client that connects and disconnects in a loop piled up tasks.
+    #[test]
+    fn helpers_end_with_their_connection() {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let serving = Rc::new(Serving {
+                limits: ServerLimits::for_max_request_bytes(1024),
+                metrics: Rc::new(CoreMetrics::new(true)),
+                rate_limiter: Arc::new(RateLimiter::default()),
+                slow_request_threshold: Duration::from_secs(1),
+                keepalive_interval: Duration::from_secs(2 * 60 * 60),
+                keepalive_timeout: Duration::from_secs(20),
+                max_connection_idle: Some(Duration::from_secs(2 * 60 * 60)),
+            });
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+            let client = async move {
+                // The preface, an empty SETTINGS frame, then the end.
+                client
+                    .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+                    .await
+                    .expect("write");
+                client.shutdown().await.expect("shutdown");
+                client
+            };
+            let served = serve_connection(server, peer, Rc::new(Unimplemented), serving.clone());
+            let (_outcome, _client) = monoio::join!(served, client);
+            // Let anything the end of the connection woke run.
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(
+                Rc::strong_count(&serving),
+                1,
+                "a helper task still holds the core's Serving after its connection ended"
+            );
+        });
+    }
 }

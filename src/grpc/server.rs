@@ -272,7 +272,8 @@ async fn run_isolated<Service: GrpcService>(
 
 /// The key a KV call names (Range, Put, DeleteRange: field 1 of the
 /// request), shortened and made printable, for the slow-request log.
-fn key_prefix(method: &MethodPath, first_message: Option<&Bytes>) -> String {
+/// Public for the fuzz targets (`fuzz/`): it reads request bytes.
+pub fn key_prefix(method: &MethodPath, first_message: Option<&Bytes>) -> String {
     const SHOWN: usize = 32;
     let keyed = method.service == "etcdserverpb.KV"
         && matches!(method.method.as_str(), "Range" | "Put" | "DeleteRange");
@@ -295,11 +296,18 @@ fn key_prefix(method: &MethodPath, first_message: Option<&Bytes>) -> String {
 fn field_one_bytes(message: &[u8]) -> Option<&[u8]> {
     // Tag for field 1, wire type 2 (LEN).
     let rest = message.strip_prefix(&[0x0a])?;
-    let mut length = 0usize;
+    let mut length = 0u64;
     for (index, byte) in rest.iter().enumerate().take(10) {
-        length |= usize::from(byte & 0x7f) << (7 * index);
+        length |= u64::from(byte & 0x7f) << (7 * index);
         if byte & 0x80 == 0 {
-            return rest.get(index + 1..index + 1 + length);
+            let body = &rest[index + 1..];
+            // The length comes from the request: compared with the bytes
+            // present before it is used, never added to (a ten-byte varint
+            // is close to u64::MAX).
+            let length = usize::try_from(length)
+                .ok()
+                .filter(|length| *length <= body.len())?;
+            return Some(&body[..length]);
         }
     }
     None
@@ -325,7 +333,8 @@ fn run_with_deadline<Work: Future>(
 }
 
 /// "application/grpc", optionally followed by "+format" or ";params".
-fn is_grpc_content_type(value: &[u8]) -> bool {
+/// Public for the fuzz targets (`fuzz/`).
+pub fn is_grpc_content_type(value: &[u8]) -> bool {
     let Some(rest) = value.strip_prefix(GRPC_CONTENT_TYPE.as_bytes()) else {
         return false;
     };
@@ -377,6 +386,25 @@ mod tests {
             key_prefix(&put, Some(&Bytes::from_static(&[0x0a, 0x90]))),
             ""
         );
+    }
+
+    /// Found by the `grpc_headers` fuzz target: a ten-byte length varint
+    /// decodes to nearly `usize::MAX`, and adding the varint's own length
+    /// to it overflowed (a panic in debug builds, where the log is on the
+    /// request path of every slow unary call).
+    #[test]
+    fn slow_request_log_survives_a_huge_key_length() {
+        let put = MethodPath::parse("/etcdserverpb.KV/Put").expect("path");
+        let mut message = vec![0x0a];
+        message.extend_from_slice(&[0xff; 9]);
+        message.push(0x01);
+        assert_eq!(key_prefix(&put, Some(&Bytes::from(message))), "");
+        // The same overflow with a declared length one short of the end of
+        // the address space, and a payload after it.
+        let mut message = vec![0x0a];
+        message.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        message.extend_from_slice(b"grpc-timeout");
+        assert_eq!(key_prefix(&put, Some(&Bytes::from(message))), "");
     }
 
     #[test]

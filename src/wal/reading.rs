@@ -9,7 +9,7 @@
 //! `shard::recovery`). Only once the node has decided does
 //! [`WalReading::resume`] drop the torn tail and open the log for writing.
 
-use super::device::{DeviceFile, StorageDevice};
+use super::device::{AlignedBuffer, BLOCK_SIZE, DeviceFile, StorageDevice};
 use super::error::{WalError, is_out_of_space};
 use super::log::{Record, Wal, WalOptions};
 use super::recovery::{self, Recovered};
@@ -133,6 +133,24 @@ impl<D: StorageDevice> WalReading<D> {
                 "syncing the WAL directory after removing a torn segment",
                 "WAL directory",
             ))?;
+        }
+        // A dropped torn tail is still on disk until the next frame
+        // overwrites it. Erase its first block now, durably, before the file
+        // grows: a frame cut short by the file's end reads as whole once the
+        // file goes on with zeros, and a later recovery (after a restart
+        // that wrote nothing) would bring back records this one dropped.
+        if let Some(active) = recovered.active.as_mut()
+            && recovered.dropped_tail
+        {
+            let mut zeros = AlignedBuffer::with_capacity(BLOCK_SIZE);
+            zeros.resize(BLOCK_SIZE);
+            let (result, _zeros) = active.file.write_at(active.write_offset, zeros).await;
+            result.map_err(WalError::io("erasing a dropped torn tail", &active.name))?;
+            active.file.sync_data().await.map_err(WalError::io(
+                "syncing an erased torn tail (fdatasync)",
+                &active.name,
+            ))?;
+            active.capacity = active.capacity.max(active.write_offset + BLOCK_SIZE as u64);
         }
         // Give a shortened or old-size active segment its full size again,
         // so the next frames do not rotate early. Not synced here: the next

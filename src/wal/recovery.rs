@@ -64,6 +64,11 @@ pub(super) struct Recovered<F> {
     /// Segments after the end of the log that hold nothing valid (a torn
     /// segment creation); `WalReading::resume` removes them.
     pub(super) remove_on_resume: Vec<String>,
+    /// Bytes at or after the active segment's write offset are a dropped
+    /// torn tail: resuming erases their first block before the file can
+    /// grow, so that no later recovery reads them back
+    /// (`WalReading::resume`).
+    pub(super) dropped_tail: bool,
 }
 
 /// A segment file found on the device.
@@ -421,6 +426,7 @@ pub(super) async fn recover<D: StorageDevice>(device: &D) -> Result<Recovered<D:
             next_frame_sequence: expected.frame_sequence,
             end,
             remove_on_resume,
+            dropped_tail: dropped_bytes && offset < last.len,
         });
     }
 }
@@ -435,6 +441,7 @@ fn empty_log<F>() -> Recovered<F> {
         next_frame_sequence: 1,
         end: LogEnd::Clean,
         remove_on_resume: Vec::new(),
+        dropped_tail: false,
     }
 }
 
@@ -460,6 +467,7 @@ fn stopped_by_corruption<F>(
             reason,
         }),
         remove_on_resume: Vec::new(),
+        dropped_tail: false,
     }
 }
 
@@ -562,12 +570,9 @@ async fn read_frame<F: DeviceFile>(
     if is_zeroed(block) {
         return Ok(Err(Stop::Zero)); // includes the end of the file
     }
-    if block.len() < BLOCK_SIZE {
-        return Ok(Err(Stop::Invalid(format!(
-            "a partial block of {} bytes at the end of the file",
-            block.len()
-        ))));
-    }
+    // A partial last block is read as if the file went on with zeros (as
+    // it does once `Wal::open` grows it): the verdict on a frame must not
+    // change when the file is extended.
     let header = match decode_frame_header(block) {
         Ok(Some(header)) => header,
         Ok(None) => return Ok(Err(Stop::Invalid("short frame header".to_owned()))),
@@ -594,16 +599,18 @@ async fn read_frame<F: DeviceFile>(
             header.first_record_sequence, expected.record_sequence
         ))));
     }
-    // The length field is believed only once it fits in the real file;
-    // then reading it allocates no more than the file holds.
-    let frame_len = header.frame_len();
-    if frame_len > file_len - offset {
+    // The length field is believed only once the header and payload fit
+    // in the real file; then reading them allocates no more than the file
+    // holds. The zero padding after the payload may be missing (a file cut
+    // short): the frame is complete without it, and its checksums cover
+    // everything it holds.
+    let payload_end = FRAME_HEADER_LEN + header.payload_length as usize;
+    if payload_end as u64 > file_len - offset {
         return Ok(Err(Stop::Invalid(format!(
-            "frame of {frame_len} bytes runs past the end of the file ({file_len} bytes)"
+            "frame of {payload_end} bytes (before padding) runs past the end of the file ({file_len} bytes)"
         ))));
     }
-    let frame = reader.bytes(offset, frame_len as usize).await?;
-    let payload_end = FRAME_HEADER_LEN + header.payload_length as usize;
+    let frame = reader.bytes(offset, payload_end).await?;
     let Some(payload) = frame.get(FRAME_HEADER_LEN..payload_end) else {
         return Ok(Err(Stop::Invalid(
             "the file ended inside the frame".to_owned(),
@@ -658,4 +665,89 @@ async fn scan_for_later_frame<F: DeviceFile>(
         offset += BLOCK_SIZE as u64;
     }
     Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Regressions found by the `wal_recovery` fuzz target (`fuzz/`), whose
+    //! property is that recovery is idempotent: opening a log twice (with
+    //! nothing written in between) recovers the same records.
+
+    use super::super::{MemoryDevice, Wal, WalOptions};
+    use super::*;
+
+    const OPTIONS: WalOptions = WalOptions {
+        segment_bytes: 1 << 20,
+    };
+
+    fn run<F: Future>(future: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("build a monoio runtime")
+            .block_on(future)
+    }
+
+    /// A log of two frames, `first` then `second`, in one segment; returns
+    /// the device, the segment's name and the second frame's offset.
+    async fn two_frames(first: &[&[u8]], second: &[u8]) -> (MemoryDevice, String, usize) {
+        let device = MemoryDevice::new();
+        let (mut wal, _) = Wal::open(device.clone(), OPTIONS).await.expect("new log");
+        for record in first {
+            wal.append(record);
+        }
+        wal.sync().await.expect("sync");
+        wal.append(second);
+        wal.sync().await.expect("sync");
+        let name = device.file_names().remove(0);
+        let first_payload: usize = first.iter().map(|record| 4 + record.len()).sum();
+        let second_offset = FIRST_FRAME_OFFSET as usize + frame_len_for_payload(first_payload);
+        (device, name, second_offset)
+    }
+
+    async fn payloads(device: &MemoryDevice) -> Vec<Vec<u8>> {
+        let (_, records) = Wal::open(device.clone(), OPTIONS).await.expect("open");
+        records
+            .iter()
+            .map(|record| record.payload.to_vec())
+            .collect()
+    }
+
+    /// A file cut inside the zero padding after its last frame's payload:
+    /// the frame is whole (its checksums cover all it holds). It was
+    /// dropped as "a partial block", and read back whole once `Wal::open`
+    /// had grown the file: the second open recovered a record the first
+    /// had dropped.
+    #[test]
+    fn a_frame_cut_inside_its_padding_is_kept_by_every_open() {
+        run(async {
+            let (device, name, second) = two_frames(&[b"a", b"b"], b"c").await;
+            let cut = second + FRAME_HEADER_LEN + 4 + 1 + 100;
+            device.truncate_file(&name, cut).expect("truncate");
+            let all = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+            assert_eq!(payloads(&device).await, all, "first open");
+            assert_eq!(payloads(&device).await, all, "second open");
+        });
+    }
+
+    /// A file cut inside its last frame's payload, where the bytes cut off
+    /// were zeros: the first open drops the frame (torn), and once the file
+    /// was grown with zeros a second open found it whole and brought the
+    /// dropped record back.
+    #[test]
+    fn a_dropped_torn_tail_stays_dropped_when_the_file_grows() {
+        run(async {
+            let record = [b'c', 0, 0, 0, 0, 0, 0, 0];
+            let (device, name, second) = two_frames(&[b"a", b"b"], &record).await;
+            // Keep the header, the record's prefix and its first byte.
+            let cut = second + FRAME_HEADER_LEN + 4 + 1;
+            device.truncate_file(&name, cut).expect("truncate");
+            let kept = vec![b"a".to_vec(), b"b".to_vec()];
+            assert_eq!(payloads(&device).await, kept, "first open");
+            assert_eq!(payloads(&device).await, kept, "second open");
+            // Also after a crash: the erasure was made durable.
+            device.crash();
+            assert_eq!(payloads(&device).await, kept, "after a crash");
+        });
+    }
 }
