@@ -15,12 +15,34 @@ pub mod node;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::log_throttle::LogThrottle;
 
 pub use node::NodeHandles;
+
+/// Connections served at once over all metrics URLs. Scrapers and probes
+/// use a few; beyond it a connection gets 503 and is closed, so a flood of
+/// them cannot take the descriptors and memory the clients need.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's header must arrive within this, and an idle keep-alive
+/// connection is closed after it (hyper starts the timer when it waits
+/// for a request head).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head accepted (hyper answers 431 above it).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// After a failed accept the loop pauses this long.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// A refusal or accept failure is logged at most this often.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// What an over-the-limit connection is told before it is closed.
+const BUSY_REPLY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 /// Binds every address now (so a taken port fails startup, as etcd's
 /// does), then serves them from a new thread.
@@ -53,10 +75,15 @@ pub fn start(addresses: &[SocketAddr], node: NodeHandles) -> std::io::Result<()>
 }
 
 async fn serve(listeners: Vec<TcpListener>, node: Arc<NodeHandles>) {
+    let open = Arc::new(AtomicUsize::new(0));
     let mut accepts = Vec::new();
     for listener in listeners {
         match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => accepts.push(tokio::spawn(accept_loop(listener, node.clone()))),
+            Ok(listener) => accepts.push(tokio::spawn(accept_loop(
+                listener,
+                node.clone(),
+                open.clone(),
+            ))),
             Err(error) => tracing::error!(%error, "cannot serve a metrics listener"),
         }
     }
@@ -65,28 +92,59 @@ async fn serve(listeners: Vec<TcpListener>, node: Arc<NodeHandles>) {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, node: Arc<NodeHandles>) {
+/// One served connection; dropping it counts the connection out.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    node: Arc<NodeHandles>,
+    open: Arc<AtomicUsize>,
+) {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "serving /metrics, /health, /livez and /readyz");
     }
+    let mut refusals = LogThrottle::new(LOG_INTERVAL);
+    let mut failures = LogThrottle::new(LOG_INTERVAL);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(%error, "metrics accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                failures.log(Instant::now(), |suppressed| {
+                    tracing::warn!(%error, suppressed, "metrics accept failed");
+                });
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::AcqRel);
+            refusals.log(Instant::now(), |suppressed| {
+                tracing::warn!(%peer, suppressed, limit = MAX_CONNECTIONS, "refusing metrics connections: too many open");
+            });
+            // Best effort, without waiting: the socket buffer takes it.
+            let _ = stream.try_write(BUSY_REPLY);
+            continue;
+        }
+        let slot = Slot(open.clone());
         let node = node.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| http::route(node.clone(), request));
-            if let Err(error) = http1::Builder::new()
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_header_size(MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+                .await;
+            if let Err(error) = served {
                 tracing::debug!(%peer, %error, "metrics connection closed with an error");
             }
+            drop(slot);
         });
     }
 }
