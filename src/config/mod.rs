@@ -109,6 +109,15 @@ pub struct Flags {
     /// record everything; `off` records nothing (for measuring its cost).
     #[arg(long, value_enum, default_value = "basic")]
     pub metrics: MetricsLevel,
+    /// Connections the metrics URLs serve at once; beyond it a connection
+    /// gets 503 and is closed.
+    #[arg(long, default_value_t = crate::monitor::DEFAULT_MAX_CONNECTIONS as u32,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub metrics_max_connections: u32,
+    /// A request's header on the metrics URLs must arrive within this; an
+    /// idle keep-alive connection is closed after it.
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub metrics_header_read_timeout: std::time::Duration,
     /// Raise the NOSPACE alarm and refuse writes when the stored data passes
     /// this many bytes; 0 means etcd's default (2 GiB), negative disables it.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -363,6 +372,8 @@ pub struct ServerConfig {
     /// Where /metrics and the health endpoints are served.
     pub metrics_addresses: Vec<SocketAddr>,
     pub metrics_level: MetricsLevel,
+    /// The metrics endpoint's connection cap and header read timeout.
+    pub metrics_limits: crate::monitor::MonitorLimits,
     /// `None`: no quota.
     pub quota_backend_bytes: Option<u64>,
     /// `None`: no automatic compaction.
@@ -478,6 +489,10 @@ impl ServerConfig {
                 .map(|url| url.address)
                 .collect(),
             metrics_level: flags.metrics,
+            metrics_limits: crate::monitor::MonitorLimits {
+                max_connections: flags.metrics_max_connections as usize,
+                header_read_timeout: flags.metrics_header_read_timeout,
+            },
             quota_backend_bytes,
             auto_compaction,
             connection_limits,

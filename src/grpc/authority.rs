@@ -212,15 +212,15 @@ impl AuthorityRewriter {
             })
             .map_err(|error| AuthorityError::Hpack(error.to_string()))?;
         let rewriting = authority_needs_rewrite || self.encoder.is_some();
-        if list_size > limit {
-            if rewriting {
-                // RFC 9113 §10.5.1 lets a server close the connection
-                // instead of processing a header section it will not
-                // handle; re-encoding a partial list is not an option.
-                return Err(AuthorityError::HeaderListTooLarge(limit));
-            }
-            // h2 decodes it again (its table stays in step) and refuses
-            // the stream with 431; the connection goes on.
+        // RFC 9113 §10.5.1: "A server that receives a larger header section
+        // than it is willing to handle can send an HTTP 431 ... The header
+        // section MUST be processed to ensure a consistent connection
+        // state, unless the connection is closed." Not rewriting, the block
+        // goes to h2 as it came: h2 decodes it (its table stays in step)
+        // and answers 431. Rewriting, re-encoding a partial list is no
+        // option: the connection is closed.
+        if list_size > limit && rewriting {
+            return Err(AuthorityError::HeaderListTooLarge(limit));
         }
         if !rewriting {
             output.put_slice(&block.raw);

@@ -111,11 +111,19 @@ impl RequestStream {
     /// The next message decoded as `M`, or `None` at end of stream.
     pub async fn next<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
         match self.next_message().await? {
-            Some(bytes) => M::decode(bytes).map(Some).map_err(|error| {
-                Status::internal(format!("grpc: error unmarshalling request: {error}"))
-            }),
+            Some(bytes) => decode_request(bytes).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The one request message of a unary call, undecoded (a service may
+    /// decode a large one off the core).
+    pub async fn unary_message(&mut self) -> Result<Bytes, Status> {
+        // grpc-go (etcd) answers a unary call without a message with
+        // UNKNOWN "EOF".
+        self.next_message()
+            .await?
+            .ok_or_else(|| Status::new(Code::Unknown, "EOF"))
     }
 
     /// The one request message of a unary or server-streaming call.
@@ -126,6 +134,12 @@ impl RequestStream {
             .await?
             .ok_or_else(|| Status::new(Code::Unknown, "EOF"))
     }
+}
+
+/// A request message decoded as `M`, failing as grpc-go does.
+pub fn decode_request<M: prost::Message + Default>(bytes: Bytes) -> Result<M, Status> {
+    M::decode(bytes)
+        .map_err(|error| Status::internal(format!("grpc: error unmarshalling request: {error}")))
 }
 
 /// Response side of one call. Headers go out with the first message; the

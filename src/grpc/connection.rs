@@ -110,6 +110,10 @@ impl Activity {
 }
 
 /// What the select loop of `serve_connection` woke up for.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a stack temporary per turn of the loop; boxing the stream would allocate per call"
+)]
 enum Event {
     Accepted(Option<Result<Stream, h2::Error>>),
     Closing(Option<Closing>),
@@ -180,7 +184,7 @@ where
             Event::Accepted(accepted) => accepted,
             Event::Closing(None) => continue,
             Event::Closing(Some(reason)) => {
-                match begin_closing(&mut connection, reason, &serving, &activity, peer) {
+                match begin_closing(&mut connection, reason, &serving, peer) {
                     Some(grace) => {
                         monoio::spawn(overdue(grace, activity.clone(), closing_sender.clone()));
                         continue;
@@ -209,15 +213,23 @@ where
     outcome
 }
 
+/// How long a connection told to go away may stay open.
+#[derive(Debug, Clone, Copy)]
+struct Grace {
+    period: Duration,
+    /// Whether calls still in flight keep it open beyond `period` (an idle
+    /// close lets calls that raced the GOAWAY finish; an abrupt one not).
+    waits_for_calls: bool,
+}
+
 /// Starts closing the connection for `reason`: GOAWAY and the grace the
 /// connection then has to close by itself, or `None` to drop it now.
 fn begin_closing<Io>(
     connection: &mut h2::server::Connection<Io, Bytes>,
     reason: Closing,
     serving: &Serving,
-    activity: &Activity,
     peer: SocketAddr,
-) -> Option<Duration>
+) -> Option<Grace>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
 {
@@ -227,7 +239,10 @@ where
             metrics.connection_closed(ConnectionClose::Idle);
             // GOAWAY; accept() then ends once in-flight calls end.
             connection.graceful_shutdown();
-            Some(serving.keepalive_timeout)
+            Some(Grace {
+                period: serving.keepalive_timeout,
+                waits_for_calls: true,
+            })
         }
         Closing::Unresponsive => {
             metrics.connection_closed(ConnectionClose::Unresponsive);
@@ -241,15 +256,19 @@ where
             });
             tracing::debug!(%peer, ?missed, "closing a connection that missed a stage deadline");
             connection.abrupt_shutdown(missed.reason());
-            Some(GOAWAY_GRACE)
+            Some(Grace {
+                period: GOAWAY_GRACE,
+                waits_for_calls: false,
+            })
         }
         Closing::Abuse(violation) => {
             metrics.connection_closed(ConnectionClose::HeaderAbuse);
             tracing::debug!(%peer, %violation, "closing a connection whose header blocks broke the limits");
             connection.abrupt_shutdown(violation.reason());
-            // No call of this connection may keep it open.
-            activity.open_calls.set(0);
-            Some(GOAWAY_GRACE)
+            Some(Grace {
+                period: GOAWAY_GRACE,
+                waits_for_calls: false,
+            })
         }
         Closing::Overdue => None,
     }
@@ -284,17 +303,17 @@ async fn keep_alive(
     }
 }
 
-/// Asks for the connection to be dropped `grace` after a GOAWAY, unless it
-/// closed by itself or still has calls in flight (an idle close lets calls
-/// that raced the GOAWAY finish; they are bounded by their own deadlines
-/// and the keepalive).
+/// Asks for the connection to be dropped once its grace after a GOAWAY has
+/// passed, unless it closed by itself (or, for an idle close, still has
+/// calls in flight: they are bounded by their own deadlines and the
+/// keepalive).
 async fn overdue(
-    grace: Duration,
+    grace: Grace,
     activity: Rc<Activity>,
     closing: futures_channel::mpsc::UnboundedSender<Closing>,
 ) {
-    while activity.sleep(grace).await {
-        if activity.open_calls.get() == 0 {
+    while activity.sleep(grace.period).await {
+        if !grace.waits_for_calls || activity.open_calls.get() == 0 {
             let _ = closing.unbounded_send(Closing::Overdue);
             return;
         }

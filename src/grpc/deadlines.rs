@@ -44,29 +44,28 @@ impl MissedStage {
 }
 
 /// Resolves when the connection misses a stage's deadline; never, once it
-/// has sent a whole request header block.
+/// has sent a whole request header block. The deadlines are kept in time
+/// order, whichever timeout is shorter; at either, a connection that has
+/// not sent its SETTINGS is reported as missing them.
 pub async fn missed_stage(
     signals: &InboundSignals,
     accepted_at: Instant,
     timeouts: StageTimeouts,
 ) -> MissedStage {
-    let deadlines = [
-        (
-            timeouts.handshake,
-            Stage::FirstRequest,
-            MissedStage::Settings,
-        ),
-        (
-            timeouts.first_request,
-            Stage::Established,
-            MissedStage::FirstRequest,
-        ),
+    let mut deadlines = [
+        (accepted_at + timeouts.handshake, Stage::FirstRequest),
+        (accepted_at + timeouts.first_request, Stage::Established),
     ];
-    for (timeout, reached, missed) in deadlines {
-        let deadline = accepted_at + timeout;
+    deadlines.sort_by_key(|(deadline, _)| *deadline);
+    for (deadline, reached) in deadlines {
         monoio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
-        if signals.stage() < reached {
-            return missed;
+        let stage = signals.stage();
+        if stage < reached {
+            return if stage < Stage::FirstRequest {
+                MissedStage::Settings
+            } else {
+                MissedStage::FirstRequest
+            };
         }
     }
     std::future::pending().await

@@ -191,6 +191,9 @@ pub struct InboundGuard {
     budget: HeaderBudget,
 }
 
+/// Buffer capacity a connection keeps between header blocks.
+const RETAINED_BUFFER: usize = 1024;
+
 /// HEADERS may carry up to 255 octets of padding and the priority fields
 /// besides its fragment.
 const MAX_HEADERS_FRAME_OVERHEAD: usize = 1 + 255 + PRIORITY_LEN;
@@ -349,6 +352,14 @@ impl InboundGuard {
         self.block_stream = None;
         let checked = self.check_block(now);
         self.block.clear();
+        // A connection keeps its buffers between blocks; one large block
+        // must not leave 16 KiB behind on each of thousands of connections.
+        if self.block.capacity() > RETAINED_BUFFER {
+            self.block = Vec::new();
+        }
+        if self.header_frame_payload.capacity() > RETAINED_BUFFER {
+            self.header_frame_payload = Vec::new();
+        }
         if checked.is_ok() && self.stage == Stage::FirstRequest {
             self.stage = Stage::Established;
         }

@@ -374,10 +374,10 @@ fn metastore_families(node: &NodeView, cores: &CoreSnapshot) -> Vec<MetricFamily
             counters.connections_rejected as f64,
         ),
         single(
-            "metastore_client_connections_refused_no_fd_total",
-            "Client connections reset at once because the process or the system was out of file descriptors (EMFILE/ENFILE).",
+            "metastore_client_accepts_out_of_fds_total",
+            "Accepts that failed because the process or the system was out of file descriptors (EMFILE/ENFILE); each time the listener stops listening for a moment, refusing new connections.",
             MetricType::COUNTER,
-            counters.connections_refused_no_fd as f64,
+            counters.accepts_out_of_fds as f64,
         ),
         {
             let mut family = family(
@@ -397,6 +397,12 @@ fn metastore_families(node: &NodeView, cores: &CoreSnapshot) -> Vec<MetricFamily
             "Calls failed because a request message stayed incomplete for --grpc-request-message-timeout.",
             MetricType::COUNTER,
             counters.request_message_timeouts as f64,
+        ),
+        single(
+            "metastore_txn_checks_off_core_total",
+            "Txn requests large enough to be decoded and checked on a helper thread, off the core.",
+            MetricType::COUNTER,
+            counters.txn_checks_off_core as f64,
         ),
         single(
             "metastore_rate_limited_total",

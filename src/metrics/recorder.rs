@@ -133,15 +133,19 @@ pub struct CoreCounters {
     pub connections_accepted: u64,
     /// Refused because `--max-connections` were open.
     pub connections_rejected: u64,
-    /// Refused because the process or the system was out of file
-    /// descriptors (EMFILE / ENFILE on accept).
-    pub connections_refused_no_fd: u64,
+    /// Accepts that failed because the process or the system was out of
+    /// file descriptors (EMFILE / ENFILE); each time the listener stops
+    /// listening for a moment, refusing new connections.
+    pub accepts_out_of_fds: u64,
     /// Closed by the server, by [`ConnectionClose`] (indexed by its
     /// position in `ConnectionClose::ALL`).
     pub connections_closed: [u64; ConnectionClose::ALL.len()],
     /// Calls failed because a request message stayed incomplete for
     /// `--grpc-request-message-timeout`.
     pub request_message_timeouts: u64,
+    /// Txn requests large enough to be decoded and checked on a helper
+    /// thread rather than on the core.
+    pub txn_checks_off_core: u64,
     pub rate_limited: u64,
     pub slow_requests: u64,
     pub handler_panics: u64,
@@ -192,7 +196,7 @@ impl CoreSnapshot {
         mine.connections_open += theirs.connections_open;
         mine.connections_accepted += theirs.connections_accepted;
         mine.connections_rejected += theirs.connections_rejected;
-        mine.connections_refused_no_fd += theirs.connections_refused_no_fd;
+        mine.accepts_out_of_fds += theirs.accepts_out_of_fds;
         for (count, more) in mine
             .connections_closed
             .iter_mut()
@@ -201,6 +205,7 @@ impl CoreSnapshot {
             *count += more;
         }
         mine.request_message_timeouts += theirs.request_message_timeouts;
+        mine.txn_checks_off_core += theirs.txn_checks_off_core;
         mine.rate_limited += theirs.rate_limited;
         mine.slow_requests += theirs.slow_requests;
         mine.handler_panics += theirs.handler_panics;

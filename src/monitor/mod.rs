@@ -26,14 +26,21 @@ use crate::log_throttle::LogThrottle;
 
 pub use node::NodeHandles;
 
-/// Connections served at once over all metrics URLs. Scrapers and probes
-/// use a few; beyond it a connection gets 503 and is closed, so a flood of
-/// them cannot take the descriptors and memory the clients need.
-pub const MAX_CONNECTIONS: usize = 64;
-/// A request's header must arrive within this, and an idle keep-alive
-/// connection is closed after it (hyper starts the timer when it waits
-/// for a request head).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--metrics-max-connections`' default: scrapers and probes use a few.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// What keeps the monitoring endpoint from being the way to exhaust the
+/// server's descriptors and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonitorLimits {
+    /// Connections served at once over all metrics URLs; beyond it a
+    /// connection gets 503 and is closed.
+    pub max_connections: usize,
+    /// A request's header must arrive within this, and an idle keep-alive
+    /// connection is closed after it (hyper starts the timer whenever it
+    /// waits for a request head).
+    pub header_read_timeout: Duration,
+}
 /// The largest request head accepted (hyper answers 431 above it).
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// After a failed accept the loop pauses this long.
@@ -46,7 +53,11 @@ const BUSY_REPLY: &[u8] =
 
 /// Binds every address now (so a taken port fails startup, as etcd's
 /// does), then serves them from a new thread.
-pub fn start(addresses: &[SocketAddr], node: NodeHandles) -> std::io::Result<()> {
+pub fn start(
+    addresses: &[SocketAddr],
+    limits: MonitorLimits,
+    node: NodeHandles,
+) -> std::io::Result<()> {
     let listeners = addresses
         .iter()
         .map(|address| {
@@ -69,18 +80,19 @@ pub fn start(addresses: &[SocketAddr], node: NodeHandles) -> std::io::Result<()>
                     return;
                 }
             };
-            runtime.block_on(serve(listeners, node));
+            runtime.block_on(serve(listeners, limits, node));
         })?;
     Ok(())
 }
 
-async fn serve(listeners: Vec<TcpListener>, node: Arc<NodeHandles>) {
+async fn serve(listeners: Vec<TcpListener>, limits: MonitorLimits, node: Arc<NodeHandles>) {
     let open = Arc::new(AtomicUsize::new(0));
     let mut accepts = Vec::new();
     for listener in listeners {
         match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => accepts.push(tokio::spawn(accept_loop(
                 listener,
+                limits,
                 node.clone(),
                 open.clone(),
             ))),
@@ -103,6 +115,7 @@ impl Drop for Slot {
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
+    limits: MonitorLimits,
     node: Arc<NodeHandles>,
     open: Arc<AtomicUsize>,
 ) {
@@ -122,10 +135,10 @@ async fn accept_loop(
                 continue;
             }
         };
-        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             open.fetch_sub(1, Ordering::AcqRel);
             refusals.log(Instant::now(), |suppressed| {
-                tracing::warn!(%peer, suppressed, limit = MAX_CONNECTIONS, "refusing metrics connections: too many open");
+                tracing::warn!(%peer, suppressed, limit = limits.max_connections, "refusing metrics connections: too many open (--metrics-max-connections)");
             });
             // Best effort, without waiting: the socket buffer takes it.
             let _ = stream.try_write(BUSY_REPLY);
@@ -137,7 +150,7 @@ async fn accept_loop(
             let service = service_fn(move |request| http::route(node.clone(), request));
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(limits.header_read_timeout)
                 .max_header_size(MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

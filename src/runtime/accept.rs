@@ -5,10 +5,14 @@
 //! Whatever the load, connections already open keep working and a new one
 //! learns its fate at once: over the cap it gets a gRPC status
 //! (RESOURCE_EXHAUSTED) or, when too many refusals are already in flight,
-//! an immediate close; when accept itself fails for want of a file
-//! descriptor (EMFILE, ENFILE), a descriptor kept in reserve is released
-//! to take the waiting connections off the queue and reset them, instead of
-//! leaving their clients to time out. The loop backs off while accepts
+//! an immediate close. When accept itself fails for want of a file
+//! descriptor (EMFILE, ENFILE), the core's listener stops listening while
+//! the loop backs off: the kernel resets the connections waiting in its
+//! queue and refuses new ones (or hands them to another core's listener),
+//! instead of leaving their clients to time out, and it needs no
+//! descriptor to do so. (A descriptor kept in reserve and freed to accept
+//! and reset them would be taken by another thread first: the other cores'
+//! accepts are waiting in the kernel.) The loop backs off while accepts
 //! fail, and each refusal is counted (per core) and logged at most every
 //! few seconds.
 
@@ -39,8 +43,6 @@ const POLITE_REFUSALS: usize = 64;
 /// `MAX_ACCEPT_BACKOFF` while accepts keep failing.
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
-/// Waiting connections reset per round while out of descriptors.
-const RESETS_PER_ROUND: usize = 256;
 /// A refusal or accept failure is logged at most this often.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -87,32 +89,6 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// A descriptor held so that, when the process has none left, one can be
-/// freed to accept (and reset) a waiting connection.
-struct FdReserve {
-    file: Option<std::fs::File>,
-}
-
-impl FdReserve {
-    fn new() -> Self {
-        Self {
-            file: std::fs::File::open("/dev/null").ok(),
-        }
-    }
-
-    fn release(&mut self) {
-        self.file = None;
-    }
-
-    /// Takes a descriptor again; another thread may have taken the freed
-    /// one, in which case the next round tries again.
-    fn restore(&mut self) {
-        if self.file.is_none() {
-            self.file = std::fs::File::open("/dev/null").ok();
-        }
-    }
-}
-
 /// Pauses between failing accepts, doubling while they keep failing.
 struct Backoff {
     next: Duration,
@@ -141,39 +117,21 @@ fn out_of_descriptors(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-/// Resets connections waiting in `listener`'s queue, using the reserve
-/// descriptor for each accept. `listener` is a second handle on the core's
-/// listening socket; only this core accepts on that socket, so a queue
-/// found readable stays readable until this accept.
-fn reset_waiting_connections(listener: &StdTcpListener, reserve: &mut FdReserve) -> usize {
-    reserve.release();
-    let mut reset = 0;
-    while reset < RESETS_PER_ROUND {
-        let mut ready = [rustix::event::PollFd::new(
-            listener,
-            rustix::event::PollFlags::IN,
-        )];
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        match rustix::event::poll(&mut ready, Some(&zero)) {
-            Ok(1) => {}
-            _ => break,
-        }
-        match listener.accept() {
-            Ok((stream, _)) => {
-                // RST rather than FIN: the client learns at once, and no
-                // TIME_WAIT is left on this side.
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                drop(stream);
-                reset += 1;
-            }
-            Err(_) => break,
-        }
-    }
-    reserve.restore();
-    reset
+/// Stops listening on the socket behind `listener` (a second handle on a
+/// core's listening socket): on Linux, `shutdown(SHUT_RD)` on a listening
+/// TCP socket resets the connections in its accept queue and takes it out
+/// of the port's SO_REUSEPORT group, so new connections go to another
+/// core's listener or are refused. The socket keeps its port because the
+/// port was bound explicitly (a socket bound to port 0 would lose it), so
+/// it can listen again.
+fn stop_listening(listener: &StdTcpListener) -> std::io::Result<()> {
+    socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Read)
+}
+
+/// Listens again; on a socket that never stopped, `listen` only sets the
+/// backlog again.
+fn listen_again(listener: &StdTcpListener) -> std::io::Result<()> {
+    socket2::SockRef::from(listener).listen(super::LISTEN_BACKLOG)
 }
 
 /// What the accept loop logs, each at most every `LOG_INTERVAL`.
@@ -194,7 +152,6 @@ pub(super) async fn accept_loop(
         .map_err(|error| format!("cannot use listener: {error}"))?;
     let listener = monoio::net::TcpListener::from_std(listener)
         .map_err(|error| format!("cannot use listener: {error}"))?;
-    let mut reserve = FdReserve::new();
     let mut backoff = Backoff::new();
     let polite_refusals = Rc::new(Cell::new(0usize));
     let mut logs = AcceptLogs {
@@ -208,22 +165,28 @@ pub(super) async fn accept_loop(
                 backoff.reset();
                 accepted
             }
-            Err(error) if out_of_descriptors(&error) => {
-                let reset = reset_waiting_connections(&spare_handle, &mut reserve);
-                admission
-                    .metrics
-                    .count(|counters| counters.connections_refused_no_fd += reset as u64);
-                logs.out_of_descriptors.log(Instant::now(), |suppressed| {
-                    tracing::warn!(%error, reset, suppressed, "out of file descriptors: new client connections are reset until some close (raise `ulimit -n` or lower --max-connections)");
-                });
-                monoio::time::sleep(backoff.take()).await;
-                continue;
-            }
             Err(error) => {
-                logs.failed.log(Instant::now(), |suppressed| {
-                    tracing::warn!(%error, suppressed, "accept failed");
-                });
+                if out_of_descriptors(&error) {
+                    admission
+                        .metrics
+                        .count(|counters| counters.accepts_out_of_fds += 1);
+                    let stopped = stop_listening(&spare_handle);
+                    logs.out_of_descriptors.log(Instant::now(), |suppressed| {
+                        tracing::warn!(%error, suppressed, stopped_listening = stopped.is_ok(), "out of file descriptors: new client connections are refused until some close (raise `ulimit -n` or lower --max-connections)");
+                    });
+                } else {
+                    logs.failed.log(Instant::now(), |suppressed| {
+                        tracing::warn!(%error, suppressed, "accept failed");
+                    });
+                }
                 monoio::time::sleep(backoff.take()).await;
+                // Also after other errors: a listener that could not
+                // listen again last time gets another chance.
+                if let Err(error) = listen_again(&spare_handle) {
+                    logs.failed.log(Instant::now(), |suppressed| {
+                        tracing::error!(%error, suppressed, "cannot listen again; retrying");
+                    });
+                }
                 continue;
             }
         };
@@ -317,17 +280,29 @@ mod tests {
     }
 
     #[test]
-    fn waiting_connections_are_reset_with_the_reserve_descriptor() {
-        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind");
-        let address = listener.local_addr().expect("address");
-        let clients: Vec<std::net::TcpStream> = (0..3)
+    fn a_listener_that_stops_resets_its_queue_refuses_new_connections_and_listens_again() {
+        use std::io::Read;
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("socket");
+        // An explicit port, as the server's: one bound to port 0 gives it
+        // back when it stops listening.
+        let port = StdTcpListener::bind("127.0.0.1:0")
+            .and_then(|probe| probe.local_addr())
+            .expect("a free port")
+            .port();
+        let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        socket.bind(&address.into()).expect("bind");
+        socket.listen(16).expect("listen");
+        let listener: StdTcpListener = socket.into();
+        let mut queued: Vec<std::net::TcpStream> = (0..3)
             .map(|_| std::net::TcpStream::connect(address).expect("connect"))
             .collect();
-        let mut reserve = FdReserve::new();
-        assert_eq!(reset_waiting_connections(&listener, &mut reserve), 3);
-        assert!(reserve.file.is_some(), "the reserve is taken again");
-        for mut client in clients {
-            use std::io::Read;
+        stop_listening(&listener).expect("stop");
+        for client in &mut queued {
             let mut byte = [0u8; 1];
             let read = client.read(&mut byte);
             assert!(
@@ -335,10 +310,14 @@ mod tests {
                 "{read:?}"
             );
         }
-        assert_eq!(
-            reset_waiting_connections(&listener, &mut reserve),
-            0,
-            "an empty queue does not block"
+        let refused = std::net::TcpStream::connect(address);
+        assert!(
+            matches!(&refused, Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused),
+            "{refused:?}"
         );
+        listen_again(&listener).expect("listen again");
+        let client = std::net::TcpStream::connect(address).expect("connect again");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert_eq!(accepted.peer_addr().ok(), client.local_addr().ok());
     }
 }

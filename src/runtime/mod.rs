@@ -40,6 +40,8 @@ const CONTROL_QUEUE_CAPACITY: usize = 16;
 
 /// etcd's first revision for an empty store.
 const INITIAL_REVISION: i64 = 1;
+/// Connections the kernel queues per listener before they are accepted.
+const LISTEN_BACKLOG: i32 = 1024;
 /// One helper thread per this many cores (at least one): heavy request
 /// work is rare, and each helper competes with the executors for a CPU.
 const HELPER_THREAD_PER_CORES: usize = 4;
@@ -317,6 +319,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     }
     crate::monitor::start(
         &config.metrics_addresses,
+        config.metrics_limits,
         crate::monitor::NodeHandles {
             space,
             log_stats: log_stats.clone(),
@@ -353,7 +356,7 @@ fn bind_listeners(config: &ServerConfig) -> Result<Vec<Vec<StdTcpListener>>, Sta
         drop(reuse_socket(address, false).map_err(listen_error)?);
         for listeners in &mut per_core {
             let socket = reuse_socket(address, true).map_err(listen_error)?;
-            socket.listen(1024).map_err(listen_error)?;
+            socket.listen(LISTEN_BACKLOG).map_err(listen_error)?;
             listeners.push(socket.into());
         }
     }

@@ -1,5 +1,5 @@
 //! A few threads for request work too heavy for a core's executor (today:
-//! the duplicate-key check of a large txn). A core that ran it inline would
+//! decoding a large txn and etcd's checks on it). A core that ran it inline would
 //! stall every connection and shard worker on that core meanwhile.
 //!
 //! Node-wide and bounded: at most `queue` jobs wait, so a flood of heavy

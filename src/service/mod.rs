@@ -57,8 +57,8 @@ pub struct ServiceContext {
     pub alarms: alarm::AlarmSet,
     /// `--quota-backend-bytes`; `None`: no quota (see `quota`).
     pub quota_bytes: Option<u64>,
-    /// Node-wide threads for request work too heavy for the executor (the
-    /// duplicate-key check of a large txn).
+    /// Node-wide threads for request work too heavy for the executor
+    /// (decoding and checking a large txn).
     pub helpers: std::sync::Arc<helper_pool::HelperPool>,
 }
 

@@ -35,37 +35,20 @@ pub fn check_delete(request: &DeleteRangeRequest) -> Result<(), KvError> {
     Ok(())
 }
 
-/// etcd's `checkTxnRequest` followed by `checkIntervals` on both branches.
-pub fn check_txn(request: &TxnRequest, max_txn_ops: usize) -> Result<(), KvError> {
-    check_txn_shape(request, max_txn_ops)?;
-    check_txn_overlaps(request)
-}
-
-/// etcd's `checkTxnRequest`: op counts and empty keys, at every depth.
-/// Returns how many ops the txn holds at all depths, so the caller can
-/// tell a txn whose overlap check is worth moving off the core.
-pub fn check_txn_shape(request: &TxnRequest, max_txn_ops: usize) -> Result<usize, KvError> {
-    let mut total_ops = 0;
-    check_txn_level(request, max_txn_ops as i64, &mut total_ops)?;
-    Ok(total_ops)
-}
-
-/// etcd's `checkIntervals` on both branches, after `check_txn_shape`, as
-/// etcd orders them; the size of the request is checked later (only for
-/// writes), so a too large txn with a duplicate key gets "duplicate key"
+/// etcd's `checkTxnRequest` (op counts and empty keys, at every depth)
+/// followed by `checkIntervals` on both branches (`txn_intervals`, O(n log
+/// n)). The size of the request is checked later, and only for writes, as
+/// etcd does: a too large txn with a duplicate key gets "duplicate key"
 /// from both servers.
-pub fn check_txn_overlaps(request: &TxnRequest) -> Result<(), KvError> {
+pub fn check_txn(request: &TxnRequest, max_txn_ops: usize) -> Result<(), KvError> {
+    check_txn_shape(request, max_txn_ops as i64)?;
     check_intervals(&request.success)?;
     check_intervals(&request.failure)
 }
 
 /// `max_txn_ops` is signed: etcd passes `max - ops` down to nested txns and
 /// that budget can go negative.
-fn check_txn_level(
-    request: &TxnRequest,
-    max_txn_ops: i64,
-    total_ops: &mut usize,
-) -> Result<(), KvError> {
+fn check_txn_shape(request: &TxnRequest, max_txn_ops: i64) -> Result<(), KvError> {
     // etcd limits the largest of the three lists, not their sum.
     let ops = request
         .compare
@@ -78,23 +61,18 @@ fn check_txn_level(
     if request.compare.iter().any(|compare| compare.key.is_empty()) {
         return Err(KvError::EmptyKey);
     }
-    *total_ops += request.success.len() + request.failure.len();
     for op in request.success.iter().chain(&request.failure) {
-        check_request_op(op, max_txn_ops - ops, total_ops)?;
+        check_request_op(op, max_txn_ops - ops)?;
     }
     Ok(())
 }
 
-fn check_request_op(
-    op: &RequestOp,
-    max_txn_ops: i64,
-    total_ops: &mut usize,
-) -> Result<(), KvError> {
+fn check_request_op(op: &RequestOp, max_txn_ops: i64) -> Result<(), KvError> {
     match &op.request {
         Some(Request::RequestRange(range)) => check_range(range),
         Some(Request::RequestPut(put)) => check_put(put),
         Some(Request::RequestDeleteRange(delete)) => check_delete(delete),
-        Some(Request::RequestTxn(txn)) => check_txn_level(txn, max_txn_ops, total_ops),
+        Some(Request::RequestTxn(txn)) => check_txn_shape(txn, max_txn_ops),
         None => Err(KvError::EmptyRequestOp),
     }
 }
