@@ -310,6 +310,9 @@ fn emit_header_block(
     }
 }
 
+/// Bytes read from the socket at a time while the rewriter inspects them.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// The IO adapter: reads through an [`AuthorityRewriter`], writes untouched.
 pub struct AuthorityRewritingIo<T> {
     inner: T,
@@ -319,8 +322,10 @@ pub struct AuthorityRewritingIo<T> {
     signals: Rc<InboundSignals>,
     /// Set once the rewriter refused a block: nothing more is read.
     stopped: bool,
-    /// Raw bytes read from the socket, reused.
-    read_buffer: Box<[u8]>,
+    /// Raw bytes read from the socket, reused until the connection passes
+    /// through, then freed: with thousands of connections open, 16 KiB
+    /// each that is never used again adds up.
+    read_buffer: Vec<u8>,
     /// Rewritten bytes not yet handed to h2.
     ready: BytesMut,
 }
@@ -332,7 +337,7 @@ impl<T> AuthorityRewritingIo<T> {
             rewriter: AuthorityRewriter::new(max_block_len),
             signals,
             stopped: false,
-            read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
+            read_buffer: Vec::new(),
             ready: BytesMut::new(),
         }
     }
@@ -358,8 +363,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityRewritingIo<T> {
                 return Poll::Pending;
             }
             if this.rewriter.passthrough {
+                if !this.read_buffer.is_empty() {
+                    this.read_buffer = Vec::new();
+                    this.ready = BytesMut::new();
+                }
                 // Nothing left to inspect: read straight into h2's buffer.
                 return Pin::new(&mut this.inner).poll_read(context, buf);
+            }
+            if this.read_buffer.is_empty() {
+                this.read_buffer = vec![0; READ_CHUNK];
             }
             let mut raw = ReadBuf::new(&mut this.read_buffer);
             ready!(Pin::new(&mut this.inner).poll_read(context, &mut raw))?;
