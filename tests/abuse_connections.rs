@@ -511,3 +511,52 @@ fn the_metrics_port_caps_connections_and_times_out_silent_ones() {
     let (status, _) = common::http_request(&server.metrics_url(), "GET", "/metrics");
     assert_eq!(status, 200);
 }
+
+/// etcd's keepalive enforcement (`--grpc-keepalive-min-time`): a client
+/// that pings more often, more than twice, is told to go away
+/// (ENHANCE_YOUR_CALM); one that keeps to the minimum time is answered.
+#[test]
+fn a_ping_flood_is_told_to_calm_down() {
+    let server = MetastoreServer::start(&["--grpc-keepalive-min-time", "1s"]);
+    runtime().block_on(async {
+        let ping = raw_h2::frame(raw_h2::PING, 0, 0, &[7; 8]);
+        let mut polite = RawConnection::connect(server.addr())
+            .await
+            .expect("connect");
+        polite.send(&raw_h2::opening()).await.expect("send");
+        for _ in 0..3 {
+            polite.send(&ping).await.expect("send");
+            let mut acked = false;
+            while !acked {
+                let frame = polite
+                    .next_frame(WAIT)
+                    .await
+                    .expect("a frame")
+                    .expect("open");
+                assert_ne!(frame.kind, raw_h2::GOAWAY, "{frame:?}");
+                acked = frame.kind == raw_h2::PING && frame.flags & raw_h2::ACK != 0;
+            }
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+        }
+
+        let mut flood = RawConnection::connect(server.addr())
+            .await
+            .expect("connect");
+        let mut bytes = raw_h2::opening();
+        for _ in 0..100 {
+            bytes.extend(&ping);
+        }
+        flood.send(&bytes).await.expect("send");
+        let mut acks = 0;
+        let ending = flood
+            .wait_for_ending(WAIT, |frame| {
+                if frame.kind == raw_h2::PING {
+                    acks += 1;
+                }
+            })
+            .await;
+        assert_eq!(ending, Ending::GoAway(raw_h2::ENHANCE_YOUR_CALM));
+        assert!(acks <= 3, "{acks} pings answered before GOAWAY");
+        assert!(flood.closes_within(WAIT).await);
+    });
+}

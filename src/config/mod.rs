@@ -144,6 +144,10 @@ pub struct Flags {
     /// Close a connection whose keepalive ping is not answered within this.
     #[arg(long, default_value = "20s", value_parser = parse_positive_duration)]
     pub grpc_keepalive_timeout: std::time::Duration,
+    /// The shortest time between a client's pings; a client that pings more
+    /// often (twice forgiven) is told to go away (GOAWAY ENHANCE_YOUR_CALM).
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    pub grpc_keepalive_min_time: std::time::Duration,
     /// Close a connection that has had no call in flight for this long; 0 never.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub grpc_max_connection_idle: std::time::Duration,
@@ -393,6 +397,7 @@ pub struct ConnectionLimits {
     pub max_concurrent_streams: u32,
     pub keepalive_interval: std::time::Duration,
     pub keepalive_timeout: std::time::Duration,
+    pub keepalive_min_time: std::time::Duration,
     /// `None`: idle connections stay open.
     pub max_connection_idle: Option<std::time::Duration>,
     /// `None`: no node-wide rate limit.
@@ -473,6 +478,7 @@ impl ServerConfig {
             max_concurrent_streams: flags.max_concurrent_streams,
             keepalive_interval: flags.grpc_keepalive_interval,
             keepalive_timeout: flags.grpc_keepalive_timeout,
+            keepalive_min_time: flags.grpc_keepalive_min_time,
             max_connection_idle: (!flags.grpc_max_connection_idle.is_zero())
                 .then_some(flags.grpc_max_connection_idle),
             rate_limit: (flags.rate_limit_requests > 0).then(|| RateLimit {

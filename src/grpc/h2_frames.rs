@@ -7,10 +7,14 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const PREFACE_LEN: usize = PREFACE.len();
 /// RFC 9113 §4.1: every frame starts with a 9-octet header.
 pub const FRAME_HEADER_LEN: usize = 9;
+pub const FRAME_DATA: u8 = 0x0;
 pub const FRAME_HEADERS: u8 = 0x1;
 pub const FRAME_SETTINGS: u8 = 0x4;
+pub const FRAME_PING: u8 = 0x6;
 pub const FRAME_CONTINUATION: u8 = 0x9;
 pub const FLAG_END_STREAM: u8 = 0x1;
+/// SETTINGS and PING acknowledgements (RFC 9113 §6.5, §6.7).
+pub const FLAG_ACK: u8 = 0x1;
 pub const FLAG_END_HEADERS: u8 = 0x4;
 pub const FLAG_PADDED: u8 = 0x8;
 pub const FLAG_PRIORITY: u8 = 0x20;

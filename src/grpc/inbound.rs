@@ -10,6 +10,8 @@
 //! dynamic table churn, no size update the RFC forbids, and a per
 //! connection budget of header bytes. Work per block is then bounded by a
 //! constant, and a connection that keeps sending heavy blocks is closed.
+//! It also counts the client's PINGs against etcd's keepalive policy
+//! (`--grpc-keepalive-min-time`), which h2 alone answers without limit.
 //!
 //! [`GuardedIo`] runs it in place over the socket's reads (no copy: the
 //! bytes land in h2's buffer as before). On a violation it hands h2 only
@@ -24,15 +26,15 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::authority::AuthorityError;
 use super::h2_frames::{
-    FLAG_END_HEADERS, FRAME_CONTINUATION, FRAME_HEADER_LEN, FRAME_HEADERS, FRAME_SETTINGS,
-    FrameHeader, PREFACE_LEN, PRIORITY_LEN, split_headers_payload,
+    FLAG_ACK, FLAG_END_HEADERS, FRAME_CONTINUATION, FRAME_DATA, FRAME_HEADER_LEN, FRAME_HEADERS,
+    FRAME_PING, FRAME_SETTINGS, FrameHeader, PREFACE_LEN, PRIORITY_LEN, split_headers_payload,
 };
 use super::hpack_scan::{self, BlockLimits, ScanError};
 
@@ -62,11 +64,20 @@ pub struct InboundLimits {
     /// may spend at once, and how fast it refills.
     pub budget_bytes: usize,
     pub budget_refill_per_second: usize,
+    /// etcd's `--grpc-keepalive-min-time`: a client should not ping more
+    /// often than this.
+    pub min_ping_interval: Duration,
 }
 
+/// Pings sooner than `min_ping_interval` after the previous one that a
+/// client may send before it is told to calm down (grpc-go's
+/// `maxPingStrikes`).
+const MAX_PING_STRIKES: u32 = 2;
+
 impl InboundLimits {
-    /// Limits for the advertised SETTINGS_MAX_HEADER_LIST_SIZE.
-    pub fn for_header_list_size(max_header_list_size: usize) -> Self {
+    /// Limits for the advertised SETTINGS_MAX_HEADER_LIST_SIZE and the
+    /// keepalive policy.
+    pub fn new(max_header_list_size: usize, min_ping_interval: Duration) -> Self {
         Self {
             block: BlockLimits {
                 max_header_list_size,
@@ -81,6 +92,7 @@ impl InboundLimits {
             free_block_bytes: 2 * 1024,
             budget_bytes: 256 * 1024,
             budget_refill_per_second: 64 * 1024,
+            min_ping_interval,
         }
     }
 }
@@ -94,6 +106,10 @@ pub enum InboundViolation {
     Hpack(ScanError),
     #[error("header blocks used up the connection's budget of header bytes")]
     HeaderBudgetExhausted,
+    /// grpc-go's keepalive enforcement: pings more often than the minimum
+    /// time, more than `MAX_PING_STRIKES` times.
+    #[error("too many pings")]
+    TooManyPings,
     /// RFC 9113 §6.10: nothing may come between HEADERS and the
     /// CONTINUATION frames of its block.
     #[error("frame interleaved inside a header block")]
@@ -120,6 +136,7 @@ impl InboundViolation {
             InboundViolation::HeaderBlockTooLarge { .. }
             | InboundViolation::Hpack(_)
             | InboundViolation::HeaderBudgetExhausted
+            | InboundViolation::TooManyPings
             | InboundViolation::Authority(
                 AuthorityError::HeaderBlockTooLarge(_) | AuthorityError::HeaderListTooLarge(_),
             ) => h2::Reason::ENHANCE_YOUR_CALM,
@@ -189,6 +206,10 @@ pub struct InboundGuard {
     block: Vec<u8>,
     block_stream: Option<u32>,
     budget: HeaderBudget,
+    /// When the client last pinged, and how many pings came too soon since
+    /// it last sent a request or data.
+    last_ping: Option<Instant>,
+    ping_strikes: u32,
 }
 
 /// Buffer capacity a connection keeps between header blocks.
@@ -211,6 +232,8 @@ impl InboundGuard {
             header_frame_payload: Vec::new(),
             block: Vec::new(),
             block_stream: None,
+            last_ping: None,
+            ping_strikes: 0,
         }
     }
 
@@ -326,6 +349,14 @@ impl InboundGuard {
         if header.kind == FRAME_SETTINGS && self.stage == Stage::Settings {
             self.stage = Stage::FirstRequest;
         }
+        match header.kind {
+            FRAME_PING if header.flags & FLAG_ACK == 0 => self.ping(now)?,
+            // grpc-go forgives early pings once the connection carries
+            // calls again (it resets its strikes when it sends headers or
+            // data; on this side, when the client does).
+            FRAME_DATA | FRAME_HEADERS => self.ping_strikes = 0,
+            _ => {}
+        }
         if !header.carries_header_block() {
             return Ok(());
         }
@@ -364,6 +395,24 @@ impl InboundGuard {
             self.stage = Stage::Established;
         }
         checked
+    }
+
+    /// A PING from the client (h2 answers it). grpc-go's server keepalive
+    /// enforcement, as etcd configures it with `--grpc-keepalive-min-time`:
+    /// a ping sooner than the minimum time after the previous one is a
+    /// strike; more than two, and the client is told to go away.
+    fn ping(&mut self, now: Instant) -> Result<(), InboundViolation> {
+        let too_soon = self.last_ping.is_some_and(|last| {
+            now.saturating_duration_since(last) < self.limits.min_ping_interval
+        });
+        self.last_ping = Some(now);
+        if too_soon {
+            self.ping_strikes += 1;
+            if self.ping_strikes > MAX_PING_STRIKES {
+                return Err(InboundViolation::TooManyPings);
+            }
+        }
+        Ok(())
     }
 
     /// A complete header block, before any decoder sees it.

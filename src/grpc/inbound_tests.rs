@@ -8,7 +8,7 @@ use crate::grpc::h2_frames::{FLAG_PADDED, FLAG_PRIORITY, PREFACE};
 const LIMIT: usize = 16 * 1024;
 
 fn limits() -> InboundLimits {
-    InboundLimits::for_header_list_size(LIMIT)
+    InboundLimits::new(LIMIT, Duration::from_secs(5))
 }
 
 fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
@@ -315,5 +315,44 @@ fn the_verdict_does_not_depend_on_how_the_bytes_arrive() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn pings_sooner_than_the_minimum_time_are_struck_out() {
+    let ping = frame(FRAME_PING, 0, 0, &[0; 8]);
+    let ack = frame(FRAME_PING, FLAG_ACK, 0, &[0; 8]);
+    let start = Instant::now();
+    let mut guard = InboundGuard::new(limits());
+    assert_eq!(guard.inspect(&opening(), start).violation, None);
+    // Every 5 s is fine, however long; acknowledgements do not count.
+    for second in 0..20u64 {
+        let at = start + Duration::from_secs(5 * second);
+        assert_eq!(guard.inspect(&ping, at).violation, None);
+        assert_eq!(guard.inspect(&ack, at).violation, None);
+    }
+    // Two strikes are forgiven, the third is not...
+    let later = start + Duration::from_secs(200);
+    for _ in 0..3 {
+        assert_eq!(guard.inspect(&ping, later).violation, None);
+    }
+    let mut guard = InboundGuard::new(limits());
+    guard.inspect(&opening(), start);
+    let burst = [ping.clone(), ping.clone(), ping.clone(), ping.clone()].concat();
+    assert_eq!(
+        guard.inspect(&burst, start).violation,
+        Some(InboundViolation::TooManyPings)
+    );
+    // ...unless the connection carried calls in between.
+    let mut guard = InboundGuard::new(limits());
+    guard.inspect(&opening(), start);
+    let data = frame(FRAME_DATA, 0, 1, &[0; 5]);
+    for _ in 0..10 {
+        assert_eq!(
+            guard
+                .inspect(&[ping.clone(), ping.clone(), data.clone()].concat(), start)
+                .violation,
+            None
+        );
     }
 }

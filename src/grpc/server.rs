@@ -49,6 +49,9 @@ pub struct ServerLimits {
     pub max_receive_message_len: usize,
     /// How long a request message may stay partially received.
     pub request_message_timeout: Duration,
+    /// etcd's `--grpc-keepalive-min-time`: clients pinging more often are
+    /// told to go away (`inbound`).
+    pub keepalive_min_time: Duration,
 }
 
 impl ServerLimits {
@@ -67,6 +70,7 @@ impl ServerLimits {
             max_send_buffer_size: 1024 * 1024,
             max_receive_message_len: max_request_bytes.saturating_add(512 * 1024),
             request_message_timeout: DEFAULT_REQUEST_MESSAGE_TIMEOUT,
+            keepalive_min_time: DEFAULT_KEEPALIVE_MIN_TIME,
         }
     }
 }
@@ -74,6 +78,9 @@ impl ServerLimits {
 /// `--grpc-request-message-timeout`'s default: a 2 MiB message at 1 Mbit/s
 /// takes 17 s.
 pub const DEFAULT_REQUEST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// etcd's `--grpc-keepalive-min-time` default.
+pub const DEFAULT_KEEPALIVE_MIN_TIME: Duration = Duration::from_secs(5);
 
 /// The method a call names in its `:path`, `/package.Service/Method`.
 #[derive(Debug, Clone, PartialEq, Eq)]

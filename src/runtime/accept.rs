@@ -210,11 +210,7 @@ pub(super) async fn accept_loop(
         };
         let signals = Rc::new(InboundSignals::default());
         let max_header_list_size = serving.limits.max_header_list_size as usize;
-        let guarded = GuardedIo::new(
-            io,
-            InboundLimits::for_header_list_size(max_header_list_size),
-            signals.clone(),
-        );
+        let guarded = GuardedIo::new(io, inbound_limits(&serving), signals.clone());
         let io = WriteCoalescing::new(AuthorityRewritingIo::new(
             guarded,
             max_header_list_size,
@@ -228,6 +224,13 @@ pub(super) async fn accept_loop(
             drop(slot);
         });
     }
+}
+
+fn inbound_limits(serving: &Serving) -> InboundLimits {
+    InboundLimits::new(
+        serving.limits.max_header_list_size as usize,
+        serving.limits.keepalive_min_time,
+    )
 }
 
 /// Completes the handshake of a connection over the cap to fail its calls
@@ -248,11 +251,7 @@ fn refuse_politely(
         // the refusal early.
         let signals = Rc::new(InboundSignals::default());
         let max_header_list_size = serving.limits.max_header_list_size as usize;
-        let guarded = GuardedIo::new(
-            io,
-            InboundLimits::for_header_list_size(max_header_list_size),
-            signals.clone(),
-        );
+        let guarded = GuardedIo::new(io, inbound_limits(&serving), signals.clone());
         let io = WriteCoalescing::new(AuthorityRewritingIo::new(
             guarded,
             max_header_list_size,

@@ -202,6 +202,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     let mut limits = ServerLimits::for_max_request_bytes(config.max_request_bytes);
     limits.max_concurrent_streams = config.connection_limits.max_concurrent_streams;
     limits.request_message_timeout = config.connection_limits.request_message_timeout;
+    limits.keepalive_min_time = config.connection_limits.keepalive_min_time;
     let rate_limiter = Arc::new(
         RateLimiter::new(
             config.connection_limits.rate_limit,
