@@ -156,9 +156,12 @@ pub struct Inspection {
 /// A token bucket of header bytes, refilled with time.
 #[derive(Debug)]
 struct HeaderBudget {
+    /// The most it holds: how much a connection may spend at once.
     capacity: f64,
     refill_per_second: f64,
+    /// What it holds now; negative once a block overdrew it.
     level: f64,
+    /// When `level` was last brought up to date (`None`: never spent).
     updated: Option<Instant>,
 }
 
@@ -188,13 +191,16 @@ impl HeaderBudget {
 #[derive(Debug, Clone, Copy)]
 struct CurrentFrame {
     header: FrameHeader,
+    /// Payload bytes still to come.
     remaining: usize,
 }
 
 /// Follows a client's byte stream; see the module documentation.
 pub struct InboundGuard {
     limits: InboundLimits,
+    /// How far the connection has come; its deadlines depend on it.
     stage: Stage,
+    /// Octets of the 24-octet preface received so far.
     preface_seen: usize,
     /// A frame header split across reads.
     partial_header: [u8; FRAME_HEADER_LEN],
@@ -433,7 +439,9 @@ impl InboundGuard {
 /// the violation that ends it. Shared on one core only.
 #[derive(Default)]
 pub struct InboundSignals {
+    /// The guard's stage after the last read (`None`: nothing read yet).
     stage: Cell<Option<Stage>>,
+    /// The first violation found; the connection closes for it.
     violation: RefCell<Option<InboundViolation>>,
     /// The task waiting in [`InboundSignals::violation`].
     waiter: Cell<Option<Waker>>,
@@ -478,6 +486,8 @@ impl InboundSignals {
 pub struct GuardedIo<T> {
     inner: T,
     guard: InboundGuard,
+    /// Shared with the connection task: the stage, and the violation that
+    /// ends the connection.
     signals: std::rc::Rc<InboundSignals>,
     /// Set once a violation was found: nothing more is read.
     stopped: bool,

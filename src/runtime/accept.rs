@@ -77,7 +77,9 @@ impl Admission {
 
 /// One admitted connection; dropping it counts the connection out.
 struct ConnectionSlot {
+    /// The node-wide count it is part of.
     open_connections: Arc<AtomicUsize>,
+    /// The core's gauge of open connections.
     metrics: Rc<CoreMetrics>,
 }
 
@@ -91,6 +93,7 @@ impl Drop for ConnectionSlot {
 
 /// Pauses between failing accepts, doubling while they keep failing.
 struct Backoff {
+    /// The next pause.
     next: Duration,
 }
 
