@@ -9,6 +9,7 @@
 //! - [`proto`]: etcd's protobuf messages, generated from `proto/`.
 //! - [`service`]: the etcd services (KV, Maintenance, Cluster) on top of the store.
 //! - [`metrics`]: per-core recording (HDR histograms, counters), merged on scrape.
+//! - [`log_throttle`]: warnings an attack could repeat, logged at most once per interval.
 //! - [`monitor`]: `/metrics`, `/health`, `/livez`, `/readyz` on their own thread.
 //! - [`lease`]: leases: the node's lease table, IDs, where leases are logged.
 //! - [`watch`]: watchers: matching, history catch-up, the per-core event feed.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod data_dir;
 pub mod grpc;
 pub mod lease;
+pub mod log_throttle;
 pub mod metrics;
 pub mod monitor;
 pub mod proto;

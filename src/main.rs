@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     let available_cores = std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1);
-    let config = match ServerConfig::from_flags(flags, available_cores) {
+    // Before anything opens a file, and before the connection cap's
+    // default is sized for the limit.
+    let open_files = metastore::runtime::raise_open_file_limit();
+    let config = match ServerConfig::from_flags(flags, available_cores, open_files.now) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("error: {message}");
@@ -44,6 +47,20 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::new(config.log_level.as_filter()))
         .with_writer(std::io::stderr)
         .init();
+    match &open_files.error {
+        None => tracing::info!(
+            before = open_files.before,
+            now = open_files.now,
+            max_connections = ?config.connection_limits.max_connections,
+            "open file limit"
+        ),
+        Some(error) => tracing::warn!(
+            limit = open_files.now,
+            %error,
+            max_connections = ?config.connection_limits.max_connections,
+            "cannot raise the open file limit to its hard limit"
+        ),
+    }
     let node = match metastore::runtime::start(&config) {
         Ok(node) => node,
         Err(error) => {

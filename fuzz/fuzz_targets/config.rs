@@ -108,7 +108,8 @@ fuzz_target!(|data: &[u8]| {
     let environment_lookup = |name: &str| environment.get(name).cloned();
     match load(arguments, environment_lookup) {
         Ok(flags) => {
-            if let Err(error) = ServerConfig::from_flags(flags, 4) {
+            // A typical open-file limit: the default connection cap is sized from it.
+            if let Err(error) = ServerConfig::from_flags(flags, 4, 1 << 20) {
                 assert!(
                     error.contains("for '--"),
                     "the error names no flag: {error}"

@@ -1,5 +1,6 @@
 //! One client connection end to end, as the server runs it: the client's
-//! bytes go through `AuthorityRewritingIo` and `WriteCoalescing` into h2
+//! bytes go through the inbound guard (`GuardedIo`: header-block and
+//! stage bounds), `AuthorityRewritingIo` and `WriteCoalescing` into h2
 //! and `grpc::connection::serve_connection`, whose `serve_stream` checks
 //! each call's headers (content type → 415, method → 405, `grpc-timeout`,
 //! `grpc-encoding`, the `:path` method name) before a small echo service
@@ -26,6 +27,8 @@ use libfuzzer_sys::fuzz_target;
 use metastore::grpc::authority::AuthorityRewritingIo;
 use metastore::grpc::codec::OutgoingMessage;
 use metastore::grpc::connection::serve_connection;
+use metastore::grpc::deadlines::StageTimeouts;
+use metastore::grpc::inbound::{GuardedIo, InboundLimits, InboundSignals};
 use metastore::grpc::rate_limit::RateLimiter;
 use metastore::grpc::server::{GrpcService, MethodPath, ServerLimits, Serving};
 use metastore::grpc::write_coalescing::WriteCoalescing;
@@ -101,6 +104,10 @@ fn serving() -> Serving {
         keepalive_interval: Duration::from_secs(2 * 60 * 60),
         keepalive_timeout: Duration::from_secs(20),
         max_connection_idle: None,
+        stages: StageTimeouts {
+            handshake: Duration::from_secs(3600),
+            first_request: Duration::from_secs(3600),
+        },
     }
 }
 
@@ -112,9 +119,16 @@ fuzz_target!(|data: &[u8]| {
     runtime.block_on(async {
         let serving = Rc::new(serving());
         let (client, server) = tokio::io::duplex(256 * 1024);
-        let io = WriteCoalescing::new(AuthorityRewritingIo::new(
-            server,
+        let signals = Rc::new(InboundSignals::default());
+        let limits = InboundLimits::new(
             serving.limits.max_header_list_size as usize,
+            serving.limits.keepalive_min_time,
+        );
+        let guarded = GuardedIo::new(server, limits, signals.clone());
+        let io = WriteCoalescing::new(AuthorityRewritingIo::new(
+            guarded,
+            serving.limits.max_header_list_size as usize,
+            signals.clone(),
         ));
         let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
         let (mut client_read, mut client_write) = tokio::io::split(client);
@@ -130,7 +144,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = client_write.shutdown().await;
             client_write
         };
-        let server = serve_connection(io, peer, Rc::new(Echo), serving);
+        let server = serve_connection(io, peer, Rc::new(Echo), serving, signals);
         let finished = monoio::time::timeout(Duration::from_secs(10), async {
             let (_outcome, client_write) = monoio::join!(server, writer);
             drop(client_write);

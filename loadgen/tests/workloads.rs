@@ -57,7 +57,9 @@ fn start_metastore() -> Target {
             "2",
         ])
         .expect("valid flags");
-        let config = metastore::config::ServerConfig::from_flags(flags, 1).expect("valid config");
+        let open_files = metastore::runtime::raise_open_file_limit().now;
+        let config = metastore::config::ServerConfig::from_flags(flags, 1, open_files)
+            .expect("valid config");
         match metastore::runtime::start(&config) {
             Ok(_node) => {
                 return Target {

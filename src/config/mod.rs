@@ -109,6 +109,15 @@ pub struct Flags {
     /// record everything; `off` records nothing (for measuring its cost).
     #[arg(long, value_enum, default_value = "basic")]
     pub metrics: MetricsLevel,
+    /// Connections the metrics URLs serve at once; beyond it a connection
+    /// gets 503 and is closed.
+    #[arg(long, default_value_t = crate::monitor::DEFAULT_MAX_CONNECTIONS as u32,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub metrics_max_connections: u32,
+    /// A request's header on the metrics URLs must arrive within this; an
+    /// idle keep-alive connection is closed after it.
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub metrics_header_read_timeout: std::time::Duration,
     /// Raise the NOSPACE alarm and refuse writes when the stored data passes
     /// this many bytes; 0 means etcd's default (2 GiB), negative disables it.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -121,8 +130,10 @@ pub struct Flags {
     #[arg(long, default_value = "0")]
     pub auto_compaction_retention: String,
     /// Client connections served at once over all cores; 0 means no limit.
-    #[arg(long, default_value_t = 0)]
-    pub max_connections: u32,
+    /// Default: the open file limit (raised to its hard limit at start)
+    /// less an eighth, and at least 256 + 64 per core, kept for the rest.
+    #[arg(long)]
+    pub max_connections: Option<u32>,
     /// SETTINGS_MAX_CONCURRENT_STREAMS: concurrent calls per client connection.
     #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS,
         value_parser = clap::value_parser!(u32).range(1..))]
@@ -133,9 +144,25 @@ pub struct Flags {
     /// Close a connection whose keepalive ping is not answered within this.
     #[arg(long, default_value = "20s", value_parser = parse_positive_duration)]
     pub grpc_keepalive_timeout: std::time::Duration,
+    /// The shortest time between a client's pings; a client that pings more
+    /// often (twice forgiven) is told to go away (GOAWAY ENHANCE_YOUR_CALM).
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    pub grpc_keepalive_min_time: std::time::Duration,
     /// Close a connection that has had no call in flight for this long; 0 never.
-    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub grpc_max_connection_idle: std::time::Duration,
+    /// Close a new connection that has not sent the HTTP/2 client preface and
+    /// its first SETTINGS frame within this.
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub grpc_handshake_timeout: std::time::Duration,
+    /// Close a new connection that has not sent a whole request header block
+    /// within this (a client closed by it dials again when it has a call).
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub grpc_first_request_timeout: std::time::Duration,
+    /// Fail a call whose request message has been partly received for this
+    /// long (its bytes are held meanwhile).
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub grpc_request_message_timeout: std::time::Duration,
     /// Requests per second admitted over the whole node; 0 means no limit.
     /// Beyond it calls fail with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 0)]
@@ -360,6 +387,8 @@ pub struct ServerConfig {
     /// Where /metrics and the health endpoints are served.
     pub metrics_addresses: Vec<SocketAddr>,
     pub metrics_level: MetricsLevel,
+    /// The metrics endpoint's connection cap and header read timeout.
+    pub metrics_limits: crate::monitor::MonitorLimits,
     /// `None`: no quota.
     pub quota_backend_bytes: Option<u64>,
     /// `None`: no automatic compaction.
@@ -372,9 +401,14 @@ pub struct ServerConfig {
 pub struct ConnectionLimits {
     /// `None`: no limit.
     pub max_connections: Option<usize>,
+    /// Deadlines of a new connection's stages.
+    pub stages: crate::grpc::deadlines::StageTimeouts,
+    /// How long a request message may stay partly received.
+    pub request_message_timeout: std::time::Duration,
     pub max_concurrent_streams: u32,
     pub keepalive_interval: std::time::Duration,
     pub keepalive_timeout: std::time::Duration,
+    pub keepalive_min_time: std::time::Duration,
     /// `None`: idle connections stay open.
     pub max_connection_idle: Option<std::time::Duration>,
     /// `None`: no node-wide rate limit.
@@ -390,9 +424,25 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// `--max-connections`' default for an open file limit: what is left after
+/// the descriptors the server needs besides client connections (shard
+/// files, listeners, the metrics endpoint's connections, each core's
+/// reserve descriptor and its in-flight refusals), kept generously: an
+/// eighth of the limit, and at least 256 + 64 per core.
+pub fn default_max_connections(open_file_limit: u64, cores: usize) -> usize {
+    let reserved = (open_file_limit / 8).max(256 + 64 * cores as u64);
+    open_file_limit.saturating_sub(reserved).max(64) as usize
+}
+
 impl ServerConfig {
     /// Checks what clap cannot check alone, naming the flag on error.
-    pub fn from_flags(flags: Flags, available_cores: usize) -> Result<Self, String> {
+    /// `open_file_limit` (RLIMIT_NOFILE, after raising it) sizes the
+    /// default connection cap.
+    pub fn from_flags(
+        flags: Flags,
+        available_cores: usize,
+        open_file_limit: u64,
+    ) -> Result<Self, String> {
         let cores = flags.cores.map_or(available_cores, |cores| cores as usize);
         if cores > available_cores {
             return Err(format!(
@@ -426,10 +476,20 @@ impl ServerConfig {
         crate::grpc::rate_limit::RateLimiter::new(None, &flags.method_rate_limits)
             .map_err(|error| error.to_string())?;
         let connection_limits = ConnectionLimits {
-            max_connections: (flags.max_connections > 0).then_some(flags.max_connections as usize),
+            max_connections: match flags.max_connections {
+                None => Some(default_max_connections(open_file_limit, cores)),
+                Some(0) => None,
+                Some(max) => Some(max as usize),
+            },
+            stages: crate::grpc::deadlines::StageTimeouts {
+                handshake: flags.grpc_handshake_timeout,
+                first_request: flags.grpc_first_request_timeout,
+            },
+            request_message_timeout: flags.grpc_request_message_timeout,
             max_concurrent_streams: flags.max_concurrent_streams,
             keepalive_interval: flags.grpc_keepalive_interval,
             keepalive_timeout: flags.grpc_keepalive_timeout,
+            keepalive_min_time: flags.grpc_keepalive_min_time,
             max_connection_idle: (!flags.grpc_max_connection_idle.is_zero())
                 .then_some(flags.grpc_max_connection_idle),
             rate_limit: (flags.rate_limit_requests > 0).then(|| RateLimit {
@@ -446,6 +506,10 @@ impl ServerConfig {
                 .map(|url| url.address)
                 .collect(),
             metrics_level: flags.metrics,
+            metrics_limits: crate::monitor::MonitorLimits {
+                max_connections: flags.metrics_max_connections as usize,
+                header_read_timeout: flags.metrics_header_read_timeout,
+            },
             quota_backend_bytes,
             auto_compaction,
             connection_limits,
@@ -497,7 +561,7 @@ mod tests {
     #[test]
     fn defaults_match_etcd() {
         let flags = Flags::try_parse_from(["metastore"]).expect("defaults parse");
-        let config = ServerConfig::from_flags(flags, 4).expect("valid");
+        let config = ServerConfig::from_flags(flags, 4, 20_000).expect("valid");
         assert_eq!(config.max_txn_ops, 128);
         assert_eq!(config.max_request_bytes, 1_572_864);
         assert_eq!(config.cores, 4);
@@ -512,7 +576,10 @@ mod tests {
         );
         assert_eq!(config.quota_backend_bytes, Some(2 * 1024 * 1024 * 1024));
         assert_eq!(config.auto_compaction, None);
-        assert_eq!(config.connection_limits.max_connections, None);
+        assert_eq!(
+            config.connection_limits.max_connections,
+            Some(default_max_connections(20_000, 4))
+        );
         assert_eq!(config.connection_limits.rate_limit, None);
     }
 
@@ -557,7 +624,7 @@ mod tests {
         }
         let flags = Flags::try_parse_from(["metastore", "--method-rate-limits", "Teleport=5"])
             .expect("parses");
-        let error = ServerConfig::from_flags(flags, 2).unwrap_err();
+        let error = ServerConfig::from_flags(flags, 2, 20_000).unwrap_err();
         assert!(error.contains("--method-rate-limits"), "{error}");
     }
 
@@ -573,7 +640,7 @@ mod tests {
         assert!(error.contains("--listen-client-urls"), "{error}");
         let flags = Flags::try_parse_from(["metastore", "--cores", "64"]).expect("parses");
         assert!(
-            ServerConfig::from_flags(flags, 2)
+            ServerConfig::from_flags(flags, 2, 20_000)
                 .unwrap_err()
                 .contains("--cores")
         );

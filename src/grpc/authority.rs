@@ -20,34 +20,32 @@
 
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// RFC 9113 §3.4: the client connection preface.
-const PREFACE_LEN: usize = 24;
-/// RFC 9113 §4.1: every frame starts with a 9-octet header.
-const FRAME_HEADER_LEN: usize = 9;
-const FRAME_HEADERS: u8 = 0x1;
-const FRAME_CONTINUATION: u8 = 0x9;
-const FLAG_END_STREAM: u8 = 0x1;
-const FLAG_END_HEADERS: u8 = 0x4;
-const FLAG_PADDED: u8 = 0x8;
-const FLAG_PRIORITY: u8 = 0x20;
-/// RFC 9113 §6.2: stream dependency (4 octets) + weight (1 octet).
-const PRIORITY_LEN: usize = 5;
+use super::h2_frames::{
+    FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PRIORITY, FRAME_CONTINUATION, FRAME_HEADER_LEN,
+    FRAME_HEADERS, PREFACE_LEN, PRIORITY_LEN, split_headers_payload,
+};
+use super::hpack_scan::FIELD_OVERHEAD;
+use super::inbound::{InboundSignals, InboundViolation};
+
 /// Frames we emit stay within the initial SETTINGS_MAX_FRAME_SIZE, valid
 /// before and after settings are acknowledged.
 const EMIT_MAX_FRAME: usize = 16_384;
 /// The HPACK table size h2 uses (SETTINGS_HEADER_TABLE_SIZE default).
 const HPACK_TABLE_SIZE: usize = 4096;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum AuthorityError {
     #[error("header block larger than {0} bytes")]
     HeaderBlockTooLarge(usize),
+    #[error("header list larger than {0} bytes (SETTINGS_MAX_HEADER_LIST_SIZE)")]
+    HeaderListTooLarge(usize),
     #[error("malformed HEADERS frame padding")]
     BadPadding,
     #[error("frame interleaved inside a header block")]
@@ -81,7 +79,8 @@ pub struct AuthorityRewriter {
     /// through untouched.
     passthrough: bool,
     block: Option<PartialBlock>,
-    /// Upper bound on one header block, compressed.
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the bound on one header block,
+    /// compressed, and on the list it decodes to.
     max_block_len: usize,
 }
 
@@ -162,7 +161,8 @@ impl AuthorityRewriter {
         let payload = &frame[FRAME_HEADER_LEN..];
         match (frame_type, self.block.as_mut()) {
             (FRAME_HEADERS, None) => {
-                let (priority, fragment) = split_headers_payload(flags, payload)?;
+                let (priority, fragment) = split_headers_payload(flags, payload)
+                    .map_err(|_| AuthorityError::BadPadding)?;
                 self.block = Some(PartialBlock {
                     stream_id,
                     end_stream: flags & FLAG_END_STREAM != 0,
@@ -192,28 +192,50 @@ impl AuthorityRewriter {
         block: PartialBlock,
         output: &mut BytesMut,
     ) -> Result<(), AuthorityError> {
+        // RFC 9113 §6.5.2: the list's size is its fields' names and values
+        // plus 32 octets each. Nothing past SETTINGS_MAX_HEADER_LIST_SIZE
+        // is copied: `inbound` bounds the fields of a block, but each may
+        // name a 4 KiB table entry.
+        let limit = self.max_block_len;
+        let mut list_size = 0usize;
+        let mut authority_needs_rewrite = false;
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         self.decoder
             .decode_with_cb(&block.fragment, |name, value| {
-                fields.push((name.into_owned(), value.into_owned()))
+                list_size = list_size.saturating_add(name.len() + value.len() + FIELD_OVERHEAD);
+                if &*name == b":authority" && bare_authority(&value).is_some() {
+                    authority_needs_rewrite = true;
+                }
+                if list_size <= limit {
+                    fields.push((name.into_owned(), value.into_owned()));
+                }
             })
             .map_err(|error| AuthorityError::Hpack(error.to_string()))?;
-        let mut rewrote = false;
-        for (name, value) in &mut fields {
-            if name == b":authority"
-                && let Some(bare) = bare_authority(value)
-            {
-                *value = bare;
-                rewrote = true;
-            }
+        let rewriting = authority_needs_rewrite || self.encoder.is_some();
+        // RFC 9113 §10.5.1: "A server that receives a larger header section
+        // than it is willing to handle can send an HTTP 431 ... The header
+        // section MUST be processed to ensure a consistent connection
+        // state, unless the connection is closed." Not rewriting, the block
+        // goes to h2 as it came: h2 decodes it (its table stays in step)
+        // and answers 431. Rewriting, re-encoding a partial list is no
+        // option: the connection is closed.
+        if list_size > limit && rewriting {
+            return Err(AuthorityError::HeaderListTooLarge(limit));
         }
-        if !rewrote && self.encoder.is_none() {
+        if !rewriting {
             output.put_slice(&block.raw);
             // The connection's authority is fine: stop parsing. Whatever
             // was received after this block goes out as it came.
             self.passthrough = true;
             output.put_slice(&self.pending.split());
             return Ok(());
+        }
+        for (name, value) in &mut fields {
+            if name == b":authority"
+                && let Some(bare) = bare_authority(value)
+            {
+                *value = bare;
+            }
         }
         let encoder = self.encoder.get_or_insert_with(|| {
             let mut encoder = loona_hpack::Encoder::new();
@@ -236,36 +258,6 @@ impl AuthorityRewriter {
         );
         Ok(())
     }
-}
-
-/// RFC 9113 §6.2: [Pad Length] [Priority] Fragment [Padding].
-fn split_headers_payload(
-    flags: u8,
-    payload: &[u8],
-) -> Result<(Option<[u8; PRIORITY_LEN]>, &[u8]), AuthorityError> {
-    let mut body = payload;
-    let mut padding = 0usize;
-    if flags & FLAG_PADDED != 0 {
-        let (&pad_len, rest) = body.split_first().ok_or(AuthorityError::BadPadding)?;
-        padding = usize::from(pad_len);
-        body = rest;
-    }
-    let mut priority = None;
-    if flags & FLAG_PRIORITY != 0 {
-        if body.len() < PRIORITY_LEN {
-            return Err(AuthorityError::BadPadding);
-        }
-        let mut bytes = [0u8; PRIORITY_LEN];
-        bytes.copy_from_slice(&body[..PRIORITY_LEN]);
-        priority = Some(bytes);
-        body = &body[PRIORITY_LEN..];
-    }
-    // "If the length of the padding is the length of the frame payload or
-    // greater, the recipient MUST treat this as a connection error."
-    if padding > body.len() {
-        return Err(AuthorityError::BadPadding);
-    }
-    Ok((priority, &body[..body.len() - padding]))
 }
 
 /// The bare `host:port` of an authority that carries a scheme and/or path
@@ -318,22 +310,34 @@ fn emit_header_block(
     }
 }
 
+/// Bytes read from the socket at a time while the rewriter inspects them.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// The IO adapter: reads through an [`AuthorityRewriter`], writes untouched.
 pub struct AuthorityRewritingIo<T> {
     inner: T,
     rewriter: AuthorityRewriter,
-    /// Raw bytes read from the socket, reused.
-    read_buffer: Box<[u8]>,
+    /// Where a block the rewriter refuses is reported, so the connection
+    /// closes with GOAWAY rather than a bare read error.
+    signals: Rc<InboundSignals>,
+    /// Set once the rewriter refused a block: nothing more is read.
+    stopped: bool,
+    /// Raw bytes read from the socket, reused until the connection passes
+    /// through, then freed: with thousands of connections open, 16 KiB
+    /// each that is never used again adds up.
+    read_buffer: Vec<u8>,
     /// Rewritten bytes not yet handed to h2.
     ready: BytesMut,
 }
 
 impl<T> AuthorityRewritingIo<T> {
-    pub fn new(inner: T, max_block_len: usize) -> Self {
+    pub fn new(inner: T, max_block_len: usize, signals: Rc<InboundSignals>) -> Self {
         Self {
             inner,
             rewriter: AuthorityRewriter::new(max_block_len),
-            read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
+            signals,
+            stopped: false,
+            read_buffer: Vec::new(),
             ready: BytesMut::new(),
         }
     }
@@ -348,23 +352,36 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityRewritingIo<T> {
         let this = self.get_mut();
         loop {
             if !this.ready.is_empty() {
+                // Bytes before a refused block still go to h2.
                 let take = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready[..take]);
                 this.ready.advance(take);
                 return Poll::Ready(Ok(()));
             }
+            if this.stopped {
+                // The connection task was woken by `raise` and is closing.
+                return Poll::Pending;
+            }
             if this.rewriter.passthrough {
+                if !this.read_buffer.is_empty() {
+                    this.read_buffer = Vec::new();
+                    this.ready = BytesMut::new();
+                }
                 // Nothing left to inspect: read straight into h2's buffer.
                 return Pin::new(&mut this.inner).poll_read(context, buf);
+            }
+            if this.read_buffer.is_empty() {
+                this.read_buffer = vec![0; READ_CHUNK];
             }
             let mut raw = ReadBuf::new(&mut this.read_buffer);
             ready!(Pin::new(&mut this.inner).poll_read(context, &mut raw))?;
             if raw.filled().is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            this.rewriter
-                .feed(raw.filled(), &mut this.ready)
-                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+            if let Err(error) = this.rewriter.feed(raw.filled(), &mut this.ready) {
+                this.stopped = true;
+                this.signals.raise(InboundViolation::Authority(error));
+            }
         }
     }
 }

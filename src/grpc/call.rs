@@ -2,6 +2,7 @@
 //! messages and final status going out.
 
 use std::future::poll_fn;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
@@ -17,18 +18,36 @@ pub struct RequestStream {
     /// Holds at most one partial message: we pull DATA only when no whole
     /// message is buffered, and the decoder refuses oversize lengths up front.
     decoder: MessageDecoder,
+    /// How long a message may stay partial: its bytes are ours (their flow
+    /// control capacity went back to the client), up to the largest
+    /// message per stream, so a client that stops mid-message must not
+    /// pin them for ever.
+    message_timeout: Duration,
+    /// When the partial message now buffered began to arrive.
+    partial_since: Option<Instant>,
+    /// Set when the call failed because a message stayed partial too long.
+    message_timed_out: bool,
     /// The call's first message (a reference, not a copy), kept so the
     /// slow-request log can name the key a slow call was about.
     first_message: Option<Bytes>,
 }
 
 impl RequestStream {
-    pub fn new(body: h2::RecvStream, max_message_len: usize) -> Self {
+    pub fn new(body: h2::RecvStream, max_message_len: usize, message_timeout: Duration) -> Self {
         Self {
             body,
             decoder: MessageDecoder::new(max_message_len),
+            message_timeout,
+            partial_since: None,
+            message_timed_out: false,
             first_message: None,
         }
+    }
+
+    /// Whether the call failed because a request message stayed partial
+    /// for longer than the message timeout.
+    pub fn message_timed_out(&self) -> bool {
+        self.message_timed_out
     }
 
     pub fn first_message(&self) -> Option<&Bytes> {
@@ -39,17 +58,42 @@ impl RequestStream {
     pub async fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
         loop {
             if let Some(message) = self.decoder.decode().map_err(|error| error.to_status())? {
+                // What is left belongs to the next message, whose clock
+                // starts now.
+                self.partial_since = (self.decoder.buffered_len() > 0).then(Instant::now);
                 if self.first_message.is_none() {
                     self.first_message = Some(message.clone());
                 }
                 return Ok(Some(message));
             }
-            match self.body.data().await {
+            let data = match self.partial_since {
+                // Between messages: no deadline (a stream may stay quiet).
+                None => self.body.data().await,
+                Some(since) => {
+                    let left = self.message_timeout.saturating_sub(since.elapsed());
+                    match monoio::time::timeout(left, self.body.data()).await {
+                        Ok(data) => data,
+                        Err(_) => {
+                            self.message_timed_out = true;
+                            return Err(Status::cancelled(format!(
+                                "grpc: request message incomplete after {:?} ({} bytes received)",
+                                self.message_timeout,
+                                self.decoder.buffered_len()
+                            )));
+                        }
+                    }
+                }
+            };
+            match data {
                 Some(Ok(chunk)) => {
                     // Capacity goes back to the peer as soon as the bytes
-                    // are ours; the decoder bounds what we keep.
+                    // are ours; the decoder bounds what we keep, and the
+                    // message timeout for how long.
                     let _ = self.body.flow_control().release_capacity(chunk.len());
                     self.decoder.push(chunk);
+                    if self.partial_since.is_none() && self.decoder.buffered_len() > 0 {
+                        self.partial_since = Some(Instant::now());
+                    }
                 }
                 Some(Err(error)) => {
                     return Err(Status::cancelled(format!(
@@ -67,11 +111,19 @@ impl RequestStream {
     /// The next message decoded as `M`, or `None` at end of stream.
     pub async fn next<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
         match self.next_message().await? {
-            Some(bytes) => M::decode(bytes).map(Some).map_err(|error| {
-                Status::internal(format!("grpc: error unmarshalling request: {error}"))
-            }),
+            Some(bytes) => decode_request(bytes).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The one request message of a unary call, undecoded (a service may
+    /// decode a large one off the core).
+    pub async fn unary_message(&mut self) -> Result<Bytes, Status> {
+        // grpc-go (etcd) answers a unary call without a message with
+        // UNKNOWN "EOF".
+        self.next_message()
+            .await?
+            .ok_or_else(|| Status::new(Code::Unknown, "EOF"))
     }
 
     /// The one request message of a unary or server-streaming call.
@@ -82,6 +134,12 @@ impl RequestStream {
             .await?
             .ok_or_else(|| Status::new(Code::Unknown, "EOF"))
     }
+}
+
+/// A request message decoded as `M`, failing as grpc-go does.
+pub fn decode_request<M: prost::Message + Default>(bytes: Bytes) -> Result<M, Status> {
+    M::decode(bytes)
+        .map_err(|error| Status::internal(format!("grpc: error unmarshalling request: {error}")))
 }
 
 /// Response side of one call. Headers go out with the first message; the

@@ -47,6 +47,11 @@ pub struct ServerLimits {
     pub max_send_buffer_size: usize,
     /// Largest request message accepted; above it RESOURCE_EXHAUSTED.
     pub max_receive_message_len: usize,
+    /// How long a request message may stay partially received.
+    pub request_message_timeout: Duration,
+    /// etcd's `--grpc-keepalive-min-time`: clients pinging more often are
+    /// told to go away (`inbound`).
+    pub keepalive_min_time: Duration,
 }
 
 impl ServerLimits {
@@ -64,9 +69,18 @@ impl ServerLimits {
             max_frame_size: 64 * 1024,
             max_send_buffer_size: 1024 * 1024,
             max_receive_message_len: max_request_bytes.saturating_add(512 * 1024),
+            request_message_timeout: DEFAULT_REQUEST_MESSAGE_TIMEOUT,
+            keepalive_min_time: DEFAULT_KEEPALIVE_MIN_TIME,
         }
     }
 }
+
+/// `--grpc-request-message-timeout`'s default: a 2 MiB message at 1 Mbit/s
+/// takes 17 s.
+pub const DEFAULT_REQUEST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// etcd's `--grpc-keepalive-min-time` default.
+pub const DEFAULT_KEEPALIVE_MIN_TIME: Duration = Duration::from_secs(5);
 
 /// The method a call names in its `:path`, `/package.Service/Method`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +135,8 @@ pub struct Serving {
     pub keepalive_timeout: Duration,
     /// Close a connection with no call in flight for this long.
     pub max_connection_idle: Option<Duration>,
+    /// Deadlines of a new connection's stages.
+    pub stages: super::deadlines::StageTimeouts,
 }
 
 /// The message of a call refused by a rate limit: etcd's
@@ -190,8 +206,11 @@ pub(super) async fn serve_stream<Service: GrpcService>(
     if let Some(id) = known {
         serving.metrics.call_started(id);
     }
-    let mut requests =
-        RequestStream::new(request.into_body(), serving.limits.max_receive_message_len);
+    let mut requests = RequestStream::new(
+        request.into_body(),
+        serving.limits.max_receive_message_len,
+        serving.limits.request_message_timeout,
+    );
     let mut sink = sink;
     let status = if serving.rate_limiter.admit(known, started) {
         run_isolated(
@@ -208,6 +227,11 @@ pub(super) async fn serve_stream<Service: GrpcService>(
         Status::resource_exhausted(TOO_MANY_REQUESTS)
     };
     let elapsed = started.elapsed();
+    if requests.message_timed_out() {
+        serving
+            .metrics
+            .count(|counters| counters.request_message_timeouts += 1);
+    }
     if let Some(id) = known {
         serving.metrics.call_handled(id, status.code(), elapsed);
         let unary = methods::method(id).call_type == CallType::Unary;

@@ -10,6 +10,8 @@ use http::{HeaderMap, Request};
 
 use super::codec::encode_message;
 use super::connection::serve_connection;
+use super::deadlines::StageTimeouts;
+use super::inbound::InboundSignals;
 use super::rate_limit::RateLimiter;
 use super::server::{GrpcService, MethodPath, ServerLimits, Serving};
 use super::status::{Code, Status};
@@ -151,6 +153,10 @@ fn unary_streaming_and_error_paths_over_h2() {
             keepalive_interval: Duration::from_secs(2 * 60 * 60),
             keepalive_timeout: Duration::from_secs(20),
             max_connection_idle: None,
+            stages: StageTimeouts {
+                handshake: Duration::from_secs(3600),
+                first_request: Duration::from_secs(3600),
+            },
         });
         monoio::spawn(async move {
             let (stream, peer) = listener.accept().await.expect("accept");
@@ -158,7 +164,8 @@ fn unary_streaming_and_error_paths_over_h2() {
                 .try_into_poll_io()
                 .map_err(|(error, _)| error)
                 .expect("poll io");
-            let _ = serve_connection(io, peer, Rc::new(EchoService), serving).await;
+            let signals = Rc::new(InboundSignals::default());
+            let _ = serve_connection(io, peer, Rc::new(EchoService), serving, signals).await;
         });
         let stream = monoio::net::TcpStream::connect(address)
             .await

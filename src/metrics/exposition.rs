@@ -11,7 +11,7 @@ use prometheus::proto::{
 };
 
 use super::methods::METHODS;
-use super::recorder::{CODE_COUNT, CoreSnapshot, Distribution};
+use super::recorder::{CODE_COUNT, ConnectionClose, CoreSnapshot, Distribution};
 use crate::grpc::Code;
 
 /// Bucket bounds for request latencies, in seconds: grpc-go-prometheus's
@@ -372,6 +372,37 @@ fn metastore_families(node: &NodeView, cores: &CoreSnapshot) -> Vec<MetricFamily
             "Client connections closed at once because --max-connections were open.",
             MetricType::COUNTER,
             counters.connections_rejected as f64,
+        ),
+        single(
+            "metastore_client_accepts_out_of_fds_total",
+            "Accepts that failed because the process or the system was out of file descriptors (EMFILE/ENFILE); each time the listener stops listening for a moment, refusing new connections.",
+            MetricType::COUNTER,
+            counters.accepts_out_of_fds as f64,
+        ),
+        {
+            let mut family = family(
+                "metastore_client_connections_closed_total",
+                "Client connections the server closed, by reason.",
+                MetricType::COUNTER,
+            );
+            for (reason, count) in ConnectionClose::ALL.iter().zip(counters.connections_closed) {
+                family
+                    .mut_metric()
+                    .push(counter(&[("reason", reason.label())], count as f64));
+            }
+            family
+        },
+        single(
+            "metastore_request_message_timeouts_total",
+            "Calls failed because a request message stayed incomplete for --grpc-request-message-timeout.",
+            MetricType::COUNTER,
+            counters.request_message_timeouts as f64,
+        ),
+        single(
+            "metastore_txn_checks_off_core_total",
+            "Txn requests large enough to be decoded and checked on a helper thread, off the core.",
+            MetricType::COUNTER,
+            counters.txn_checks_off_core as f64,
         ),
         single(
             "metastore_rate_limited_total",

@@ -10,4 +10,4 @@ pub mod exposition;
 pub mod methods;
 pub mod recorder;
 
-pub use recorder::{CoreMetrics, CoreSnapshot};
+pub use recorder::{ConnectionClose, CoreMetrics, CoreSnapshot};

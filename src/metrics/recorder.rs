@@ -86,12 +86,66 @@ pub struct MethodStats {
     pub handling: Distribution,
 }
 
+/// Why the server closed a client connection: the `reason` label of
+/// `metastore_client_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// No client preface within `--grpc-handshake-timeout`.
+    HandshakeTimeout,
+    /// No SETTINGS after the preface within `--grpc-handshake-timeout`.
+    SettingsTimeout,
+    /// No request within `--grpc-first-request-timeout`.
+    FirstRequestTimeout,
+    /// No call for `--grpc-max-connection-idle`.
+    Idle,
+    /// A keepalive ping went unanswered.
+    Unresponsive,
+    /// Header blocks broke the HPACK bounds (`grpc::inbound`).
+    HeaderAbuse,
+}
+
+impl ConnectionClose {
+    pub const ALL: [ConnectionClose; 6] = [
+        ConnectionClose::HandshakeTimeout,
+        ConnectionClose::SettingsTimeout,
+        ConnectionClose::FirstRequestTimeout,
+        ConnectionClose::Idle,
+        ConnectionClose::Unresponsive,
+        ConnectionClose::HeaderAbuse,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectionClose::HandshakeTimeout => "handshake_timeout",
+            ConnectionClose::SettingsTimeout => "settings_timeout",
+            ConnectionClose::FirstRequestTimeout => "first_request_timeout",
+            ConnectionClose::Idle => "idle",
+            ConnectionClose::Unresponsive => "keepalive_unanswered",
+            ConnectionClose::HeaderAbuse => "header_abuse",
+        }
+    }
+}
+
 /// Plain counters a core keeps; gauges are counts that also go down.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct CoreCounters {
     pub connections_open: i64,
     pub connections_accepted: u64,
+    /// Refused because `--max-connections` were open.
     pub connections_rejected: u64,
+    /// Accepts that failed because the process or the system was out of
+    /// file descriptors (EMFILE / ENFILE); each time the listener stops
+    /// listening for a moment, refusing new connections.
+    pub accepts_out_of_fds: u64,
+    /// Closed by the server, by [`ConnectionClose`] (indexed by its
+    /// position in `ConnectionClose::ALL`).
+    pub connections_closed: [u64; ConnectionClose::ALL.len()],
+    /// Calls failed because a request message stayed incomplete for
+    /// `--grpc-request-message-timeout`.
+    pub request_message_timeouts: u64,
+    /// Txn requests large enough to be decoded and checked on a helper
+    /// thread rather than on the core.
+    pub txn_checks_off_core: u64,
     pub rate_limited: u64,
     pub slow_requests: u64,
     pub handler_panics: u64,
@@ -142,6 +196,16 @@ impl CoreSnapshot {
         mine.connections_open += theirs.connections_open;
         mine.connections_accepted += theirs.connections_accepted;
         mine.connections_rejected += theirs.connections_rejected;
+        mine.accepts_out_of_fds += theirs.accepts_out_of_fds;
+        for (count, more) in mine
+            .connections_closed
+            .iter_mut()
+            .zip(theirs.connections_closed)
+        {
+            *count += more;
+        }
+        mine.request_message_timeouts += theirs.request_message_timeouts;
+        mine.txn_checks_off_core += theirs.txn_checks_off_core;
         mine.rate_limited += theirs.rate_limited;
         mine.slow_requests += theirs.slow_requests;
         mine.handler_panics += theirs.handler_panics;
@@ -221,6 +285,15 @@ impl CoreMetrics {
                 .cross_core_hop
                 .record_duration(elapsed);
         }
+    }
+
+    /// Counts a connection the server closed.
+    pub fn connection_closed(&self, reason: ConnectionClose) {
+        let index = ConnectionClose::ALL
+            .iter()
+            .position(|known| *known == reason)
+            .unwrap_or_default();
+        self.count(|counters| counters.connections_closed[index] += 1);
     }
 
     /// Adjusts the plain counters; always recorded, even with metrics off,

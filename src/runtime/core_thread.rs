@@ -5,19 +5,16 @@ use std::net::TcpListener as StdTcpListener;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 
+use super::accept::{Admission, accept_loop};
 use super::control::CoreControl;
 use crate::config::ConnectionLimits;
 use crate::data_dir::ShardDirectories;
-use crate::grpc::Status;
-use crate::grpc::authority::AuthorityRewritingIo;
-use crate::grpc::connection::{refuse_connection, serve_connection};
 use crate::grpc::rate_limit::RateLimiter;
 use crate::grpc::server::{ServerLimits, Serving};
-use crate::grpc::write_coalescing::WriteCoalescing;
 use crate::metrics::CoreMetrics;
 use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
 use crate::shard::SnapshotSchedule;
@@ -34,13 +31,8 @@ use crate::store::key_space::KeySpace;
 use crate::store::shard_map::ShardId;
 use crate::wal::{DirectDevice, WalOptions};
 
-/// Pause after a failed accept (e.g. out of file descriptors) so the loop
-/// does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 /// Why a core stops when the main thread gave up on startup.
 const STARTUP_ABANDONED: &str = "startup was abandoned";
-/// The status of calls on a connection over `--max-connections`.
-const TOO_MANY_CONNECTIONS: &str = "metastore: too many client connections";
 
 /// What a core tells the main thread during startup.
 pub enum CoreReport {
@@ -100,6 +92,8 @@ pub struct CoreSetup {
     pub rate_limiter: Arc<RateLimiter>,
     /// Client connections open on every core, against `--max-connections`.
     pub open_connections: Arc<AtomicUsize>,
+    /// Node-wide threads for request work too heavy for an executor.
+    pub helpers: Arc<crate::service::helper_pool::HelperPool>,
 }
 
 pub fn run_core(setup: CoreSetup) {
@@ -205,6 +199,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         connection_limits,
         rate_limiter,
         open_connections,
+        helpers,
         ..
     } = setup;
     let metrics = Rc::new(CoreMetrics::new(metrics_enabled));
@@ -341,6 +336,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         log_stats: all_log_stats,
         alarms,
         quota_bytes,
+        helpers,
     });
     let services = Rc::new(EtcdServices::new(context));
     let serving = Rc::new(Serving {
@@ -351,6 +347,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         keepalive_interval: connection_limits.keepalive_interval,
         keepalive_timeout: connection_limits.keepalive_timeout,
         max_connection_idle: connection_limits.max_connection_idle,
+        stages: connection_limits.stages,
     });
     let admission = Rc::new(Admission {
         open_connections,
@@ -359,8 +356,6 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
     });
     let mut accepts = Vec::new();
     for listener in listeners {
-        let listener = monoio::net::TcpListener::from_std(listener)
-            .map_err(|error| format!("cannot use listener: {error}"))?;
         accepts.push(monoio::spawn(accept_loop(
             listener,
             services.clone(),
@@ -370,7 +365,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
     }
     let _ = reports.send(CoreReport::Serving);
     for accept in accepts {
-        accept.await;
+        accept.await?;
     }
     Ok(())
 }
@@ -415,93 +410,5 @@ fn replay(
     }
     if plan.compacted > 0 {
         memtable.compact(plan.compacted);
-    }
-}
-
-/// The node-wide connection count and its limit, as one core sees them.
-struct Admission {
-    /// Shared by all cores; touched once per connection, never per call.
-    open_connections: Arc<AtomicUsize>,
-    max_connections: Option<usize>,
-    metrics: Rc<CoreMetrics>,
-}
-
-impl Admission {
-    /// Counts a new connection in, unless the node is at its limit.
-    fn admit(&self) -> Option<ConnectionSlot> {
-        let open = self.open_connections.fetch_add(1, Ordering::AcqRel);
-        if self.max_connections.is_some_and(|max| open >= max) {
-            self.open_connections.fetch_sub(1, Ordering::AcqRel);
-            self.metrics
-                .count(|counters| counters.connections_rejected += 1);
-            return None;
-        }
-        self.metrics.count(|counters| {
-            counters.connections_accepted += 1;
-            counters.connections_open += 1;
-        });
-        Some(ConnectionSlot {
-            open_connections: self.open_connections.clone(),
-            metrics: self.metrics.clone(),
-        })
-    }
-}
-
-/// One admitted connection; dropping it counts the connection out.
-struct ConnectionSlot {
-    open_connections: Arc<AtomicUsize>,
-    metrics: Rc<CoreMetrics>,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.open_connections.fetch_sub(1, Ordering::AcqRel);
-        self.metrics
-            .count(|counters| counters.connections_open -= 1);
-    }
-}
-
-async fn accept_loop(
-    listener: monoio::net::TcpListener,
-    services: Rc<EtcdServices>,
-    serving: Rc<Serving>,
-    admission: Rc<Admission>,
-) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                monoio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let io = match stream.try_into_poll_io() {
-            Ok(io) => WriteCoalescing::new(AuthorityRewritingIo::new(
-                io,
-                serving.limits.max_header_list_size as usize,
-            )),
-            Err((error, _)) => {
-                tracing::warn!(%peer, %error, "cannot drive connection");
-                continue;
-            }
-        };
-        let Some(slot) = admission.admit() else {
-            tracing::warn!(%peer, "refusing a client connection: --max-connections are open");
-            let serving = serving.clone();
-            monoio::spawn(async move {
-                let status = Status::resource_exhausted(TOO_MANY_CONNECTIONS);
-                refuse_connection(io, &serving.limits, status).await;
-            });
-            continue;
-        };
-        let (services, serving) = (services.clone(), serving.clone());
-        monoio::spawn(async move {
-            if let Err(error) = serve_connection(io, peer, services, serving).await {
-                tracing::debug!(%peer, %error, "connection closed with an error");
-            }
-            drop(slot);
-        });
     }
 }

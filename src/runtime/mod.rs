@@ -8,6 +8,7 @@
 //! - Nothing blocks an executor thread; the main thread only waits for
 //!   signals.
 
+mod accept;
 pub mod control;
 mod core_thread;
 
@@ -25,6 +26,7 @@ pub use crate::data_dir::{ShardDirectories, shard_directories};
 use crate::grpc::rate_limit::RateLimiter;
 use crate::grpc::server::ServerLimits;
 use crate::service::MemberIdentity;
+use crate::service::helper_pool::HelperPool;
 use crate::shard::durable_loss;
 use crate::shard::frontier::DurableFrontier;
 use crate::shard::raft_group::LogStats;
@@ -40,6 +42,13 @@ const CONTROL_QUEUE_CAPACITY: usize = 16;
 
 /// etcd's first revision for an empty store.
 const INITIAL_REVISION: i64 = 1;
+/// Connections the kernel queues per listener before they are accepted.
+const LISTEN_BACKLOG: i32 = 1024;
+/// One helper thread per this many cores (at least one): heavy request
+/// work is rare, and each helper competes with the executors for a CPU.
+const HELPER_THREAD_PER_CORES: usize = 4;
+/// Heavy jobs waiting for a helper; callers beyond it wait for room.
+const HELPER_QUEUE: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -67,6 +76,53 @@ pub enum StartError {
     DurableDataLost(#[from] crate::shard::durable_loss::LostDurableData),
     #[error("cannot serve metrics (--listen-metrics-urls): {0}")]
     Monitor(std::io::Error),
+    #[error("cannot start the helper threads: {0}")]
+    Helpers(std::io::Error),
+}
+
+/// The open file limit (RLIMIT_NOFILE) before and after [`raise_open_file_limit`].
+#[derive(Debug, Clone)]
+pub struct OpenFileLimit {
+    pub before: u64,
+    /// The soft limit now in force: what the connection cap is sized for.
+    pub now: u64,
+    /// Why it could not be raised, if it could not.
+    pub error: Option<String>,
+}
+
+/// Raises the soft open file limit to the hard limit, as servers that hold
+/// a descriptor per client do (a default soft limit of 1,024 is reached
+/// long before memory or CPU run out). Call before anything opens files.
+pub fn raise_open_file_limit() -> OpenFileLimit {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // "Unlimited" is not a value Linux allows for RLIMIT_NOFILE; read it
+    // as the largest.
+    let before = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if before >= hard {
+        return OpenFileLimit {
+            before,
+            now: before,
+            error: None,
+        };
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => OpenFileLimit {
+            before,
+            now: hard,
+            error: None,
+        },
+        Err(error) => OpenFileLimit {
+            before,
+            now: before,
+            error: Some(error.to_string()),
+        },
+    }
 }
 
 /// Which I/O driver the executors use.
@@ -140,6 +196,8 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     tracing::info!(cores = config.cores, shards = shard_map.shard_count(), driver = driver_name(), data_dir = %config.data_dir.display(), "starting");
     let mut limits = ServerLimits::for_max_request_bytes(config.max_request_bytes);
     limits.max_concurrent_streams = config.connection_limits.max_concurrent_streams;
+    limits.request_message_timeout = config.connection_limits.request_message_timeout;
+    limits.keepalive_min_time = config.connection_limits.keepalive_min_time;
     let rate_limiter = Arc::new(
         RateLimiter::new(
             config.connection_limits.rate_limit,
@@ -148,6 +206,10 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
         .map_err(|error| StartError::Config(error.to_string()))?,
     );
     let open_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let helpers = Arc::new(
+        HelperPool::start(config.cores.div_ceil(HELPER_THREAD_PER_CORES), HELPER_QUEUE)
+            .map_err(StartError::Helpers)?,
+    );
     let (report_sender, reports) = mpsc::channel();
     let mut plan_senders = Vec::new();
     let mut control_senders = Vec::new();
@@ -198,6 +260,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             control,
             connection_limits: config.connection_limits.clone(),
             rate_limiter: rate_limiter.clone(),
+            helpers: helpers.clone(),
             open_connections: open_connections.clone(),
             metrics_enabled: config.metrics_level != crate::config::MetricsLevel::Off,
         };
@@ -263,6 +326,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     }
     crate::monitor::start(
         &config.metrics_addresses,
+        config.metrics_limits,
         crate::monitor::NodeHandles {
             space,
             log_stats: log_stats.clone(),
@@ -299,7 +363,7 @@ fn bind_listeners(config: &ServerConfig) -> Result<Vec<Vec<StdTcpListener>>, Sta
         drop(reuse_socket(address, false).map_err(listen_error)?);
         for listeners in &mut per_core {
             let socket = reuse_socket(address, true).map_err(listen_error)?;
-            socket.listen(1024).map_err(listen_error)?;
+            socket.listen(LISTEN_BACKLOG).map_err(listen_error)?;
             listeners.push(socket.into());
         }
     }

@@ -9,6 +9,7 @@ pub mod auto_compaction;
 pub mod cluster;
 pub mod election;
 pub mod health;
+pub mod helper_pool;
 pub mod kv;
 pub mod lease;
 pub mod lock;
@@ -56,6 +57,9 @@ pub struct ServiceContext {
     pub alarms: alarm::AlarmSet,
     /// `--quota-backend-bytes`; `None`: no quota (see `quota`).
     pub quota_bytes: Option<u64>,
+    /// Node-wide threads for request work too heavy for the executor
+    /// (decoding and checking a large txn).
+    pub helpers: std::sync::Arc<helper_pool::HelperPool>,
 }
 
 impl ServiceContext {

@@ -7,6 +7,7 @@
 //! - [`key_range`]: etcd's `key`/`range_end` forms.
 //! - [`key_space`]: all shards together, consistent reads at a revision.
 //! - [`request_check`]: etcd's request validation, same order, same errors.
+//! - [`txn_intervals`]: etcd's duplicate-key rule for txns, in O(n log n).
 //! - [`range`]: Range semantics (filters, sort, limit, count).
 //! - [`write`]: Put/DeleteRange/Txn evaluation into a change set.
 //! - [`content_hash`]: `HashKV`/`Hash`, equal on equal data for any shard count.
@@ -21,5 +22,6 @@ pub mod range;
 pub mod request_check;
 pub mod revision;
 pub mod shard_map;
+pub mod txn_intervals;
 pub mod version_key;
 pub mod write;

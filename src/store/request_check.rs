@@ -2,11 +2,8 @@
 //! (`etcdserver/api/v3rpc/key.go` in etcd 3.4), in the same order, so the
 //! same bad request gets the same error from both servers.
 
-use std::collections::HashSet;
-
-use bytes::Bytes;
-
 use super::error::KvError;
+use super::txn_intervals::check_intervals;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op::Request,
 };
@@ -38,14 +35,15 @@ pub fn check_delete(request: &DeleteRangeRequest) -> Result<(), KvError> {
     Ok(())
 }
 
-/// etcd's `checkTxnRequest` followed by `checkIntervals` on both branches.
+/// etcd's `checkTxnRequest` (op counts and empty keys, at every depth)
+/// followed by `checkIntervals` on both branches (`txn_intervals`, O(n log
+/// n)). The size of the request is checked later, and only for writes, as
+/// etcd does: a too large txn with a duplicate key gets "duplicate key"
+/// from both servers.
 pub fn check_txn(request: &TxnRequest, max_txn_ops: usize) -> Result<(), KvError> {
     check_txn_shape(request, max_txn_ops as i64)?;
-    // Overlap checks run after the shape checks so a huge request is
-    // rejected before the quadratic-ish work.
     check_intervals(&request.success)?;
-    check_intervals(&request.failure)?;
-    Ok(())
+    check_intervals(&request.failure)
 }
 
 /// `max_txn_ops` is signed: etcd passes `max - ops` down to nested txns and
@@ -79,106 +77,11 @@ fn check_request_op(op: &RequestOp, max_txn_ops: i64) -> Result<(), KvError> {
     }
 }
 
-/// A deleted interval as etcd's `adt` interval tree compares it: strings
-/// compare bytewise, except that an empty string is +infinity.
-#[derive(Debug, Clone)]
-enum DeletedInterval {
-    Point(Bytes),
-    /// `[start, end)`. etcd builds this even for `range_end == "\0"`, which
-    /// makes "from key" deletes overlap nothing; we keep that behaviour.
-    Span {
-        start: Bytes,
-        end: Bytes,
-    },
-}
-
-impl DeletedInterval {
-    fn contains(&self, key: &[u8]) -> bool {
-        match self {
-            DeletedInterval::Point(point) => point == key,
-            DeletedInterval::Span { start, end } => {
-                affine_less_equal(start, key) && affine_less(key, end)
-            }
-        }
-    }
-}
-
-/// `a < b` where the empty string is larger than everything.
-fn affine_less(left: &[u8], right: &[u8]) -> bool {
-    match (left.is_empty(), right.is_empty()) {
-        (true, _) => false,
-        (false, true) => true,
-        (false, false) => left < right,
-    }
-}
-
-fn affine_less_equal(left: &[u8], right: &[u8]) -> bool {
-    !affine_less(right, left)
-}
-
-/// etcd's `checkIntervals`: within one list of ops (and recursively through
-/// nested txns), a key may not be put twice, and may not be put inside a
-/// deleted range. A nested txn's then/else branches exclude each other, so
-/// the same key may be put in both.
-fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Bytes>, Vec<DeletedInterval>), KvError> {
-    let mut deleted: Vec<DeletedInterval> = ops
-        .iter()
-        .filter_map(|op| match &op.request {
-            Some(Request::RequestDeleteRange(delete)) if delete.range_end.is_empty() => {
-                Some(DeletedInterval::Point(delete.key.clone()))
-            }
-            Some(Request::RequestDeleteRange(delete)) => Some(DeletedInterval::Span {
-                start: delete.key.clone(),
-                end: delete.range_end.clone(),
-            }),
-            _ => None,
-        })
-        .collect();
-    let is_deleted = |deleted: &[DeletedInterval], key: &[u8]| {
-        deleted.iter().any(|interval| interval.contains(key))
-    };
-
-    let mut puts: HashSet<Bytes> = HashSet::new();
-    for op in ops {
-        let Some(Request::RequestTxn(nested)) = &op.request else {
-            continue;
-        };
-        let (puts_then, deleted_then) = check_intervals(&nested.success)?;
-        let (puts_else, deleted_else) = check_intervals(&nested.failure)?;
-        for key in &puts_then {
-            if puts.contains(key) || is_deleted(&deleted, key) {
-                return Err(KvError::DuplicateKey);
-            }
-            puts.insert(key.clone());
-        }
-        for key in &puts_else {
-            if puts.contains(key) && !puts_then.contains(key) {
-                return Err(KvError::DuplicateKey);
-            }
-            if is_deleted(&deleted, key) {
-                return Err(KvError::DuplicateKey);
-            }
-            puts.insert(key.clone());
-        }
-        deleted.extend(deleted_then);
-        deleted.extend(deleted_else);
-    }
-
-    for op in ops {
-        let Some(Request::RequestPut(put)) = &op.request else {
-            continue;
-        };
-        if puts.contains(&put.key) || is_deleted(&deleted, &put.key) {
-            return Err(KvError::DuplicateKey);
-        }
-        puts.insert(put.key.clone());
-    }
-    Ok((puts, deleted))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use bytes::Bytes;
 
     fn put(key: &'static str) -> RequestOp {
         RequestOp {

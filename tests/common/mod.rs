@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub mod raw_h2;
 mod stream;
 #[allow(unused_imports)] // not every test crate streams
 pub use stream::{GrpcStream, StreamItem};
@@ -198,6 +199,12 @@ impl MetastoreServer {
         Self::launch(None, extra_args, &[])
     }
 
+    /// Like [`start`](Self::start), run through `wrapper` (a program and
+    /// its arguments that execs the server, e.g. `prlimit --nofile=256 --`).
+    pub fn start_wrapped(wrapper: &[&str], extra_args: &[&str]) -> MetastoreServer {
+        Self::launch_wrapped(None, wrapper, extra_args, &[])
+    }
+
     /// Like [`start`](Self::start) with extra environment variables (e.g.
     /// `FAILPOINTS` for fault injection; test builds compile it in).
     pub fn start_with_env(extra_args: &[&str], environment: &[(&str, &str)]) -> MetastoreServer {
@@ -212,6 +219,15 @@ impl MetastoreServer {
 
     fn launch(
         given_dir: Option<&std::path::Path>,
+        extra_args: &[&str],
+        environment: &[(&str, &str)],
+    ) -> MetastoreServer {
+        Self::launch_wrapped(given_dir, &[], extra_args, environment)
+    }
+
+    fn launch_wrapped(
+        given_dir: Option<&std::path::Path>,
+        wrapper: &[&str],
         extra_args: &[&str],
         environment: &[(&str, &str)],
     ) -> MetastoreServer {
@@ -233,7 +249,14 @@ impl MetastoreServer {
                 (None, None) => unreachable!("one of the two is always set"),
             };
             let url = format!("http://127.0.0.1:{port}");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_metastore"));
+            let mut cmd = match wrapper.split_first() {
+                None => Command::new(env!("CARGO_BIN_EXE_metastore")),
+                Some((program, wrapper_args)) => {
+                    let mut cmd = Command::new(program);
+                    cmd.args(wrapper_args).arg(env!("CARGO_BIN_EXE_metastore"));
+                    cmd
+                }
+            };
             let mut args: Vec<String> = vec![
                 "--name".into(),
                 "default".into(),
@@ -315,6 +338,11 @@ impl MetastoreServer {
     /// Last `max` bytes of the server's stdout+stderr.
     pub fn output_tail(&self, max: usize) -> String {
         self.proc_.output_tail(max)
+    }
+
+    /// The server's process ID (a wrapper execs it, keeping the ID).
+    pub fn pid(&self) -> u32 {
+        self.proc_.child.id()
     }
 
     /// Whether the process is still running.
@@ -816,6 +844,16 @@ pub fn percent_decode(s: &[u8]) -> String {
 // ---------------------------------------------------------------------------
 // Misc helpers
 // ---------------------------------------------------------------------------
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`: peak RSS), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
 
 /// Seed for randomized tests: `TEST_SEED` if set, otherwise time based.
 /// Always printed so a failure can be reproduced.

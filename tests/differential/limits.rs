@@ -152,6 +152,46 @@ async fn diff_request_size() {
     )
     .await
     .ok();
+    // etcd's order of checks: op counts, then duplicate keys, then (for a
+    // write) the size. A too large txn with a duplicate key is refused as
+    // a duplicate, one without as too large.
+    let big_puts = |count: usize| -> Vec<pb::RequestOp> {
+        (0..count)
+            .map(|index| {
+                op(Request::RequestPut(pb::PutRequest {
+                    key: b(format!("z/dup{index:03}")),
+                    value: big(16 * 1024),
+                    ..Default::default()
+                }))
+            })
+            .collect()
+    };
+    let r = d
+        .txn(
+            "1.6 MiB txn of 100 puts",
+            txn(vec![], big_puts(100), vec![]),
+        )
+        .await;
+    d.expect_err(
+        &r,
+        INVALID_ARGUMENT,
+        "etcdserver: request is too large",
+        "big txn",
+    );
+    let mut with_duplicate = big_puts(100);
+    with_duplicate.push(op_put("z/dup042", "again"));
+    let r = d
+        .txn(
+            "1.6 MiB txn of 100 puts with a duplicate key",
+            txn(vec![], with_duplicate, vec![]),
+        )
+        .await;
+    d.expect_err(
+        &r,
+        INVALID_ARGUMENT,
+        "etcdserver: duplicate key given in txn request",
+        "big txn with a duplicate",
+    );
     d.range(
         "range with a 1.6 MiB key (reads are not size-checked by etcd)",
         pb::RangeRequest {
