@@ -1,6 +1,7 @@
 //! Serving one client connection: the HTTP/2 handshake with our limits,
-//! one task per call, keepalive pings, idle close, and the polite refusal
-//! of a connection over `--max-connections`.
+//! one task per call, the connection's outgoing byte budget, keepalive
+//! pings, idle close, and the polite refusal of a connection over
+//! `--max-connections`.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -12,6 +13,8 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::call::ResponseSink;
+use super::frame_meter::MeteredIo;
+use super::send_budget::SendBudget;
 use super::server::{GrpcService, ServerLimits, Serving, serve_stream};
 use super::status::Status;
 
@@ -60,6 +63,10 @@ where
     Io: AsyncRead + AsyncWrite + Unpin + 'static,
     Service: GrpcService + 'static,
 {
+    // Every call on the connection charges its response bytes to one
+    // budget, which the socket's frames credit back (see `send_budget`).
+    let budget = Rc::new(SendBudget::new(serving.limits.connection_send_budget));
+    let io = MeteredIo::new(io, budget.clone());
     let mut connection = builder(&serving.limits).handshake::<_, Bytes>(io).await?;
     let activity = Rc::new(Activity {
         open_calls: Cell::new(0),
@@ -102,10 +109,11 @@ where
             Err(error) => break Err(error),
         };
         let (service, serving, activity) = (service.clone(), serving.clone(), activity.clone());
+        let budget = budget.clone();
         activity.open_calls.set(activity.open_calls.get() + 1);
         activity.last_change.set(Instant::now());
         monoio::spawn(async move {
-            serve_stream(request, respond, &*service, &serving, peer).await;
+            serve_stream(request, respond, &*service, &serving, peer, budget).await;
             activity.open_calls.set(activity.open_calls.get() - 1);
             activity.last_change.set(Instant::now());
         });
@@ -176,8 +184,10 @@ where
 {
     let refusing = async {
         let mut connection = builder(limits).handshake::<_, Bytes>(io).await.ok()?;
+        // Only trailers go out here; the budget is never charged.
+        let budget = Rc::new(SendBudget::new(limits.connection_send_budget));
         while let Some(Ok((_request, respond))) = connection.accept().await {
-            ResponseSink::new(respond).finish(&status);
+            ResponseSink::new(respond, budget.clone()).finish(&status);
             connection.graceful_shutdown();
         }
         Some(())

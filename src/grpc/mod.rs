@@ -8,6 +8,9 @@
 //!   which h2 alone would reject.
 //! - [`connection`]: one HTTP/2 connection (prior-knowledge h2c): our
 //!   limits, a task per call, keepalive pings, idle close, refusal.
+//! - [`send_budget`], [`frame_meter`]: a connection's bound on response
+//!   bytes encoded and not yet written, kept from the frames that pass
+//!   its socket.
 //! - [`server`]: one call: checks its headers, counts, rate limits, times
 //!   and isolates it, and hands it to a [`server::GrpcService`].
 //! - [`rate_limit`]: node-wide and per-method token buckets (GCRA).
@@ -18,7 +21,9 @@ pub mod authority;
 pub mod call;
 pub mod codec;
 pub mod connection;
+pub mod frame_meter;
 pub mod rate_limit;
+pub mod send_budget;
 pub mod server;
 pub mod status;
 pub mod timeout;

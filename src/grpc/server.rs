@@ -19,10 +19,19 @@ use http::{Method, Request, StatusCode};
 
 use super::call::{GRPC_CONTENT_TYPE, RequestStream, ResponseSink};
 use super::rate_limit::RateLimiter;
+use super::send_budget::SendBudget;
 use super::status::Status;
 use super::timeout::parse_grpc_timeout;
 use crate::metrics::CoreMetrics;
 use crate::metrics::methods::{self, CallType, find_method};
+
+/// Response bytes h2 may queue for one stream (see
+/// [`ServerLimits::max_send_buffer_size`]).
+pub const MAX_SEND_BUFFER_PER_STREAM: usize = 128 * 1024;
+/// Response bytes one connection may hold encoded and unwritten (see
+/// [`ServerLimits::connection_send_budget`]); documented in
+/// `docs/ARCHITECTURE.md` and the README.
+pub const CONNECTION_SEND_BUDGET: usize = 256 * 1024;
 
 /// HTTP/2 and gRPC limits, all set explicitly rather than inherited from
 /// the h2 crate's defaults (which change between versions).
@@ -43,8 +52,14 @@ pub struct ServerLimits {
     pub initial_stream_window: u32,
     pub initial_connection_window: u32,
     pub max_frame_size: u32,
-    /// Bytes h2 may buffer per stream for sending before we wait.
+    /// Bytes h2 may queue per stream for sending before the call waits.
+    /// Flow control does not bound this: a client may advertise 2^31-1
+    /// byte windows and then stop reading.
     pub max_send_buffer_size: usize,
+    /// Response bytes a connection may have encoded and not yet written
+    /// to its socket, over all its calls, before they wait (see
+    /// `send_budget`): the per-connection bound on outgoing data.
+    pub connection_send_budget: usize,
     /// Largest request message accepted; above it RESOURCE_EXHAUSTED.
     pub max_receive_message_len: usize,
 }
@@ -62,7 +77,8 @@ impl ServerLimits {
             initial_stream_window: 1024 * 1024,
             initial_connection_window: 4 * 1024 * 1024,
             max_frame_size: 64 * 1024,
-            max_send_buffer_size: 1024 * 1024,
+            max_send_buffer_size: MAX_SEND_BUFFER_PER_STREAM,
+            connection_send_budget: CONNECTION_SEND_BUDGET,
             max_receive_message_len: max_request_bytes.saturating_add(512 * 1024),
         }
     }
@@ -127,15 +143,17 @@ pub struct Serving {
 /// `ErrTooManyRequests`, which its clients already treat as "back off".
 pub const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 
+/// Serves one call. `budget` is its connection's outgoing byte account.
 pub(super) async fn serve_stream<Service: GrpcService>(
     request: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     service: &Service,
     serving: &Serving,
     peer: SocketAddr,
+    budget: Rc<SendBudget>,
 ) {
     let started = Instant::now();
-    let sink = ResponseSink::new(respond);
+    let sink = ResponseSink::new(respond, budget);
     let headers = request.headers();
     // Spec: a request whose content-type does not start with
     // "application/grpc" is not gRPC; answer HTTP 415.
