@@ -219,8 +219,15 @@ async fn first_change(
     let mut after = revision;
     loop {
         let through = space.clock().wait_applied(after + 1).await;
-        let chunk = read_changes(space, &shards, after, through, CATCH_UP_CHUNK_CHANGES)
-            .map_err(|_| through)?;
+        let chunk = read_changes(
+            space,
+            &shards,
+            after,
+            through,
+            CATCH_UP_CHUNK_CHANGES,
+            usize::MAX,
+        )
+        .map_err(|_| through)?;
         if let Some(change) = chunk
             .changes()
             .iter()
