@@ -8,13 +8,14 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::Either;
+use futures_util::future::{Either, select};
 use http::{Method, Request, StatusCode};
 
 use super::call::{GRPC_CONTENT_TYPE, RequestStream, ResponseSink};
@@ -212,15 +213,27 @@ pub(super) async fn serve_stream<Service: GrpcService>(
         RequestStream::new(request.into_body(), serving.limits.max_receive_message_len);
     let mut sink = sink;
     let status = if serving.rate_limiter.admit(known, started) {
-        run_isolated(
+        let client_gone = sink.gone();
+        let call = run_isolated(
             service,
             &method,
             &mut requests,
             &mut sink,
             deadline,
             serving,
-        )
-        .await
+        );
+        match select(pin!(call), client_gone).await {
+            Either::Left((status, _)) => status,
+            // The client reset the stream or its connection ended: the
+            // handler's future is dropped here, so its work stops and its
+            // guards undo what it would have left behind (a Lock waiter's
+            // key), as etcd does when a call's context is canceled. Writes
+            // already handed to a shard still complete (the write path
+            // does not depend on this future); nobody hears the reply.
+            // Counted as CANCELLED, as grpc-go counts a call whose client
+            // canceled it.
+            Either::Right(((), _)) => Status::cancelled("context canceled"),
+        }
     } else {
         serving.metrics.count(|counters| counters.rate_limited += 1);
         Status::resource_exhausted(TOO_MANY_REQUESTS)
