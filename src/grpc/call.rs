@@ -132,20 +132,20 @@ impl Future for ClientGone {
     }
 }
 
-/// Messages encoded by [`ResponseSink::encode_all`] and charged to the
-/// connection's budget, to be handed to [`ResponseSink::send_encoded`] of
-/// the same sink.
-#[must_use = "encoded messages are charged to the connection until sent"]
+/// Messages encoded by [`ResponseSink::encode_all`] and held in the
+/// connection's account, to be handed to [`ResponseSink::send_encoded`]
+/// of the same sink.
+#[must_use = "encoded messages are held in the connection's account until sent"]
 pub struct Encoded(Bytes);
 
 /// Response side of one call. Headers go out with the first message; the
 /// status goes out last, as trailers (or alone, "trailers-only").
 ///
-/// Bounded output: messages are encoded only while the connection is under
-/// its [`SendBudget`], charged to it, and handed to h2 only as the stream's
-/// flow-control capacity allows (at most h2's `max_send_buffer_size` queued
-/// per stream). What is encoded but not handed yet is the sink's to give
-/// back if the call ends first.
+/// Bounded output: messages are encoded and handed to h2 only while the
+/// connection's queue in h2 is under its [`SendBudget`], and handed only as
+/// the stream's flow-control window allows (h2 queues at most its
+/// `max_send_buffer_size` per stream). What is encoded and not handed yet
+/// is held (accounted too) and given back if the call ends first.
 pub struct ResponseSink {
     handles: Rc<RefCell<ResponseHandles>>,
     /// The HTTP/2 stream id, the key of this call's budget account.
@@ -203,9 +203,9 @@ impl ResponseSink {
         self.send_encoded(encoded).await
     }
 
-    /// Encodes `messages` for [`Self::send_encoded`], once the connection
-    /// is under its budget, and charges them to it. A caller that drops
-    /// its messages before sending the bytes holds them only once.
+    /// Encodes `messages` for [`Self::send_encoded`], once the connection's
+    /// queue is under its budget, and accounts them as held. A caller that
+    /// drops its messages before sending the bytes holds them only once.
     pub async fn encode_all<M: OutgoingMessage>(
         &mut self,
         messages: &[M],
@@ -230,8 +230,7 @@ impl ResponseSink {
             encode_message_of_len(message, *length, &mut buffer)
                 .map_err(|error| error.to_status())?;
         }
-        // Charged before any await, so the room just seen is what it uses.
-        self.budget.charge(self.stream_id, buffer.len());
+        self.budget.hold(buffer.len());
         self.held += buffer.len();
         Ok(Encoded(buffer.freeze()))
     }
@@ -245,7 +244,14 @@ impl ResponseSink {
         }
         self.start_response()?;
         while !data.is_empty() {
+            // h2 is handed data only while its queue for the connection is
+            // under the limit, and only what the stream's window admits.
+            self.budget.room().await;
             let available = self.capacity(data.len()).await?;
+            if !self.budget.has_room() {
+                // The window took a while; the queue filled meanwhile.
+                continue;
+            }
             let chunk = data.split_to(available.min(data.len()));
             let handed = chunk.len();
             self.handles
@@ -253,25 +259,50 @@ impl ResponseSink {
                 .stream()
                 .send_data(chunk, false)
                 .map_err(stream_gone)?;
+            self.budget.hand_over(self.stream_id, handed);
             self.held -= handed;
         }
-        // Give back capacity reserved and not used (by `writable`), so an
-        // idle stream holds none of the connection's window.
-        self.handles.borrow_mut().stream().reserve_capacity(0);
+        self.release_capacity();
         Ok(())
     }
 
-    /// Waits until this call should produce more output: the connection
-    /// is under its send budget and, once the response has started, the
-    /// stream's flow-control window is open. A producer that waits here
-    /// before each batch (a watch stream) holds nothing while its client
-    /// does not read.
-    pub async fn writable(&mut self) -> Result<(), Status> {
-        self.budget.room().await;
+    /// Waits until this call should produce more output, and says how
+    /// much: the connection is under its send budget and, once the
+    /// response has started, the stream's flow-control window is open.
+    /// The answer is at most `want`, the budget's room and what h2 would
+    /// take for the stream now. A producer that waits here before each
+    /// batch and produces about the answer (a watch stream) holds nothing
+    /// while its client does not read, and little beyond what the
+    /// client's window admits: its encoded bytes cannot pin the budget of
+    /// the connection's other calls. [`Self::release_capacity`] gives
+    /// back what was reserved and not sent.
+    pub async fn writable(&mut self, want: usize) -> Result<usize, Status> {
+        self.budget.producer_room().await;
+        let mut allowance = want.min(self.budget.queue_room()).max(1);
         if self.handles.borrow().stream.is_some() {
-            self.capacity(1).await?;
+            self.handles
+                .borrow_mut()
+                .stream()
+                .reserve_capacity(allowance);
+            allowance = allowance.min(self.capacity(allowance).await?);
         }
-        Ok(())
+        Ok(allowance)
+    }
+
+    /// Whether `bytes` more may be encoded ahead of the stream's window
+    /// without passing the connection's limit on such bytes: a producer
+    /// that would rather send one large message than several (a watch's
+    /// catch-up response, as etcd shapes it) asks first.
+    pub fn may_hold(&self, bytes: usize) -> bool {
+        self.budget.may_hold(bytes)
+    }
+
+    /// Gives back stream capacity reserved by [`Self::writable`] and not
+    /// used, so an idle stream holds none of the connection's window.
+    pub fn release_capacity(&mut self) {
+        if let Some(stream) = self.handles.borrow_mut().stream.as_mut() {
+            stream.reserve_capacity(0);
+        }
     }
 
     /// Sends the response headers if they have not gone yet.
@@ -353,7 +384,7 @@ impl ResponseSink {
 impl Drop for ResponseSink {
     fn drop(&mut self) {
         // What was encoded and never handed to h2 will not be written.
-        self.budget.credit(self.stream_id, self.held);
+        self.budget.unhold(self.held);
         // A reset stream's queue is dropped by h2: nothing more of it
         // will be written either. (A waker that never wakes is fine: this
         // only asks for the state now.)

@@ -65,7 +65,11 @@ where
 {
     // Every call on the connection charges its response bytes to one
     // budget, which the socket's frames credit back (see `send_budget`).
-    let budget = Rc::new(SendBudget::new(serving.limits.connection_send_budget));
+    let limits = &serving.limits;
+    let budget = Rc::new(SendBudget::new(
+        limits.connection_send_budget,
+        limits.connection_held_budget,
+    ));
     let io = MeteredIo::new(io, budget.clone());
     let mut connection = builder(&serving.limits).handshake::<_, Bytes>(io).await?;
     let activity = Rc::new(Activity {
@@ -185,7 +189,10 @@ where
     let refusing = async {
         let mut connection = builder(limits).handshake::<_, Bytes>(io).await.ok()?;
         // Only trailers go out here; the budget is never charged.
-        let budget = Rc::new(SendBudget::new(limits.connection_send_budget));
+        let budget = Rc::new(SendBudget::new(
+            limits.connection_send_budget,
+            limits.connection_held_budget,
+        ));
         while let Some(Ok((_request, respond))) = connection.accept().await {
             ResponseSink::new(respond, budget.clone()).finish(&status);
             connection.graceful_shutdown();

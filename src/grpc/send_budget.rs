@@ -1,21 +1,29 @@
-//! A connection's budget of outgoing bytes: how much response data may be
-//! encoded and not yet written to the socket, over all its calls.
+//! A connection's budget of outgoing bytes.
 //!
-//! HTTP/2 flow control does not bound this: a client may advertise windows
-//! of 2^31-1 bytes and then stop reading, and h2 queues whatever a call
-//! hands it until the socket takes it. Each call's [`ResponseSink`] charges
-//! its encoded messages here *before* handing them to h2 and waits while
-//! the connection is over budget; [`MeteredIo`] sees the bytes h2 writes
-//! and credits each stream's DATA payload back as it leaves. So what a
-//! connection holds in response data is at most the budget plus one
-//! batch, whether its client reads or not.
+//! HTTP/2 flow control does not bound what a server holds for a client: a
+//! client may advertise windows of 2^31-1 bytes and then stop reading its
+//! socket, and h2 queues whatever a call hands it until the socket takes
+//! it. Or it may keep reading the socket and close its streams' windows,
+//! so that encoded responses wait for windows that do not open. So each
+//! connection keeps two accounts of its response bytes:
 //!
-//! A stream's bytes that will never be written are dropped from the
-//! account when h2 drops them: when a stream is reset, in either
-//! direction. Resets we send are seen on the way out; a client's reset is
-//! seen on the way in, or by the call's sink when it ends.
+//! - **queued**: handed to h2 and not yet written to the socket. Calls
+//!   encode and hand over data only while this is under its limit (socket
+//!   backpressure: when it is over, the client is not reading the
+//!   connection at all, so every call waits).
+//! - **held**: encoded by a call's sink and not handed to h2 yet, mostly
+//!   waiting for the stream's window. This one does not make other calls
+//!   wait (HTTP/2 flow control is per stream: a stream the client does
+//!   not read must not stall the ones it reads); producers that choose how
+//!   much to produce (watch streams) wait while it is over its own limit,
+//!   and size what they produce to the stream's window.
 //!
-//! [`ResponseSink`]: super::call::ResponseSink
+//! [`MeteredIo`] sees the bytes h2 writes and credits each stream's DATA
+//! payload back as it leaves. A stream's queued bytes that will never be
+//! written are dropped when h2 drops them: when the stream is reset, in
+//! either direction. Resets we send are seen on the way out; a client's
+//! reset is seen on the way in, or by the call's sink when it ends.
+//!
 //! [`MeteredIo`]: super::frame_meter::MeteredIo
 
 use std::cell::{Cell, RefCell};
@@ -23,12 +31,12 @@ use std::collections::HashMap;
 
 use event_listener::Event;
 
-/// One stream's part of the account.
+/// One stream's part of the queued account.
 #[derive(Debug, Default, Clone, Copy)]
 struct StreamAccount {
-    /// Charged and not yet written (or dropped).
-    unwritten: usize,
-    /// The call's sink still exists and may charge more.
+    /// Handed to h2 and not yet written (or dropped).
+    queued: usize,
+    /// The call's sink still exists and may hand over more.
     sink_alive: bool,
     /// The client reset the stream while its sink was alive: h2 drops
     /// what is queued once it processes the reset, so the sink forgets
@@ -36,69 +44,131 @@ struct StreamAccount {
     reset_by_client: bool,
 }
 
-/// One connection's outgoing byte account (one per connection, on its
-/// core: `Cell`s, no locks).
-pub struct SendBudget {
-    /// Above this many unwritten bytes, new output waits.
+/// A limit that producers wait on: woken when the account falls back
+/// under it (edge-triggered, so an uncontended connection pays nothing
+/// for notifications).
+struct Limited {
     limit: usize,
-    /// The sum of every account's `unwritten`.
-    unwritten: Cell<usize>,
-    /// By HTTP/2 stream id.
-    accounts: RefCell<HashMap<u32, StreamAccount>>,
-    /// Set when a producer found no room; the next fall below the limit
-    /// wakes every waiter (edge-triggered, so a connection whose budget
-    /// is not contended pays nothing for notifications).
+    current: Cell<usize>,
     waited: Cell<bool>,
-    room: Event,
-    /// The most ever unwritten at once, for tests and measurements.
-    peak: Cell<usize>,
+    event: Event,
 }
 
-impl SendBudget {
-    pub fn new(limit: usize) -> Self {
+impl Limited {
+    fn new(limit: usize) -> Self {
         Self {
             limit,
-            unwritten: Cell::new(0),
-            accounts: RefCell::new(HashMap::new()),
+            current: Cell::new(0),
             waited: Cell::new(false),
-            room: Event::new(),
-            peak: Cell::new(0),
+            event: Event::new(),
         }
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
+    fn has_room(&self) -> bool {
+        self.current.get() < self.limit
     }
 
-    /// Bytes charged and not yet written or dropped.
-    pub fn unwritten(&self) -> usize {
-        self.unwritten.get()
-    }
-
-    pub fn peak(&self) -> usize {
-        self.peak.get()
-    }
-
-    /// Whether a call may encode more output now.
-    pub fn has_room(&self) -> bool {
-        self.unwritten.get() < self.limit
-    }
-
-    /// Waits until the connection is under its limit. A producer that
-    /// then charges a batch without awaiting in between may take the
-    /// account past the limit by that batch; the next one waits.
-    pub async fn room(&self) {
+    async fn room(&self) {
         loop {
             if self.has_room() {
                 return;
             }
-            let listener = self.room.listen();
+            let listener = self.event.listen();
             self.waited.set(true);
             if self.has_room() {
                 return;
             }
             listener.await;
         }
+    }
+
+    fn add(&self, bytes: usize) {
+        self.current.set(self.current.get() + bytes);
+    }
+
+    fn remove(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let current = self.current.get() - bytes;
+        self.current.set(current);
+        if self.waited.get() && current < self.limit {
+            self.waited.set(false);
+            self.event.notify(usize::MAX);
+        }
+    }
+}
+
+/// One connection's outgoing byte accounts (one per connection, on its
+/// core: `Cell`s, no locks).
+pub struct SendBudget {
+    queued: Limited,
+    held: Limited,
+    /// The queued bytes by HTTP/2 stream id.
+    accounts: RefCell<HashMap<u32, StreamAccount>>,
+    /// The most ever queued and held at once, for tests and measurements.
+    peak: Cell<usize>,
+}
+
+impl SendBudget {
+    /// `queued_limit`: bytes h2 may hold unwritten before calls wait;
+    /// `held_limit`: encoded bytes not handed over yet before producers
+    /// that can wait (watch streams) do.
+    pub fn new(queued_limit: usize, held_limit: usize) -> Self {
+        Self {
+            queued: Limited::new(queued_limit),
+            held: Limited::new(held_limit),
+            accounts: RefCell::new(HashMap::new()),
+            peak: Cell::new(0),
+        }
+    }
+
+    /// Bytes handed to h2 and not yet written or dropped.
+    pub fn queued(&self) -> usize {
+        self.queued.current.get()
+    }
+
+    /// Bytes encoded and not yet handed to h2.
+    pub fn held(&self) -> usize {
+        self.held.current.get()
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.get()
+    }
+
+    /// What may still be queued before the limit.
+    pub fn queue_room(&self) -> usize {
+        self.queued.limit.saturating_sub(self.queued())
+    }
+
+    /// Whether h2's queue for the connection is under its limit.
+    pub fn has_room(&self) -> bool {
+        self.queued.has_room()
+    }
+
+    /// Waits until h2's queue for the connection is under its limit. A
+    /// call that then encodes or hands over a batch without awaiting in
+    /// between may take the account past the limit by that batch.
+    pub async fn room(&self) {
+        self.queued.room().await
+    }
+
+    /// Waits until the held bytes are under their limit (and h2's queue
+    /// under its own): before a producer that may wait starts a batch.
+    pub async fn producer_room(&self) {
+        loop {
+            self.held.room().await;
+            self.queued.room().await;
+            if self.held.has_room() {
+                return;
+            }
+        }
+    }
+
+    /// Whether `bytes` more may be held without passing the held limit.
+    pub fn may_hold(&self, bytes: usize) -> bool {
+        self.held().saturating_add(bytes) <= self.held.limit
     }
 
     /// A call's sink for `stream` begins.
@@ -110,36 +180,43 @@ impl SendBudget {
             .sink_alive = true;
     }
 
-    /// `bytes` encoded for `stream`, from now until they are written.
-    pub fn charge(&self, stream: u32, bytes: usize) {
+    /// `bytes` were encoded and wait to be handed to h2.
+    pub fn hold(&self, bytes: usize) {
+        self.held.add(bytes);
+        self.note_peak();
+    }
+
+    /// `bytes` held will never be handed over (their call ended).
+    pub fn unhold(&self, bytes: usize) {
+        self.held.remove(bytes);
+    }
+
+    /// `bytes` held were handed to h2 for `stream`, until written.
+    pub fn hand_over(&self, stream: u32, bytes: usize) {
         if bytes == 0 {
             return;
         }
-        self.accounts
-            .borrow_mut()
-            .entry(stream)
-            .or_default()
-            .unwritten += bytes;
-        let unwritten = self.unwritten.get() + bytes;
-        self.unwritten.set(unwritten);
-        self.peak.set(self.peak.get().max(unwritten));
+        self.held.remove(bytes);
+        self.accounts.borrow_mut().entry(stream).or_default().queued += bytes;
+        self.queued.add(bytes);
+        self.note_peak();
     }
 
-    /// `bytes` of `stream`'s DATA left for the socket, or were charged and
-    /// never handed to h2. Bytes of a stream no longer accounted are
-    /// ignored (its account was dropped at a reset).
+    /// `bytes` of `stream`'s DATA left for the socket. Bytes of a stream
+    /// no longer accounted are ignored (its account was dropped at a
+    /// reset).
     pub fn credit(&self, stream: u32, bytes: usize) {
         let mut accounts = self.accounts.borrow_mut();
         let Some(account) = accounts.get_mut(&stream) else {
             return;
         };
-        let credited = bytes.min(account.unwritten);
-        account.unwritten -= credited;
-        if account.unwritten == 0 && !account.sink_alive {
+        let credited = bytes.min(account.queued);
+        account.queued -= credited;
+        if account.queued == 0 && !account.sink_alive {
             accounts.remove(&stream);
         }
         drop(accounts);
-        self.give_back(credited);
+        self.queued.remove(credited);
     }
 
     /// We reset `stream` (h2 writes RST_STREAM after emptying its queue):
@@ -149,12 +226,12 @@ impl SendBudget {
         let Some(account) = accounts.get_mut(&stream) else {
             return;
         };
-        let dropped = std::mem::take(&mut account.unwritten);
+        let dropped = std::mem::take(&mut account.queued);
         if !account.sink_alive {
             accounts.remove(&stream);
         }
         drop(accounts);
-        self.give_back(dropped);
+        self.queued.remove(dropped);
     }
 
     /// The client reset `stream`. If its sink is gone the account is
@@ -165,11 +242,9 @@ impl SendBudget {
         match accounts.get_mut(&stream) {
             Some(account) if account.sink_alive => account.reset_by_client = true,
             Some(_) => {
-                let dropped = accounts
-                    .remove(&stream)
-                    .map_or(0, |account| account.unwritten);
+                let dropped = accounts.remove(&stream).map_or(0, |account| account.queued);
                 drop(accounts);
-                self.give_back(dropped);
+                self.queued.remove(dropped);
             }
             None => {}
         }
@@ -183,25 +258,16 @@ impl SendBudget {
             return;
         };
         account.sink_alive = false;
-        if reset || account.reset_by_client || account.unwritten == 0 {
-            let dropped = accounts
-                .remove(&stream)
-                .map_or(0, |account| account.unwritten);
+        if reset || account.reset_by_client || account.queued == 0 {
+            let dropped = accounts.remove(&stream).map_or(0, |account| account.queued);
             drop(accounts);
-            self.give_back(dropped);
+            self.queued.remove(dropped);
         }
     }
 
-    fn give_back(&self, bytes: usize) {
-        if bytes == 0 {
-            return;
-        }
-        let unwritten = self.unwritten.get() - bytes;
-        self.unwritten.set(unwritten);
-        if self.waited.get() && unwritten < self.limit {
-            self.waited.set(false);
-            self.room.notify(usize::MAX);
-        }
+    fn note_peak(&self) {
+        self.peak
+            .set(self.peak.get().max(self.queued() + self.held()));
     }
 
     /// Streams with an account (tests: accounts must not leak).
@@ -226,30 +292,35 @@ mod tests {
             .is_ready()
     }
 
+    fn queue(budget: &SendBudget, stream: u32, bytes: usize) {
+        budget.hold(bytes);
+        budget.hand_over(stream, bytes);
+    }
+
     #[test]
     fn written_bytes_are_credited_per_stream() {
-        let budget = SendBudget::new(100);
+        let budget = SendBudget::new(100, 1000);
         budget.open(1);
         budget.open(3);
-        budget.charge(1, 60);
-        budget.charge(3, 50);
-        assert_eq!(budget.unwritten(), 110);
-        assert!(!budget.has_room());
+        queue(&budget, 1, 60);
+        queue(&budget, 3, 50);
+        assert_eq!(budget.queued(), 110);
+        assert!(!ready(budget.room()));
         budget.credit(1, 30);
-        assert_eq!(budget.unwritten(), 80);
-        assert!(budget.has_room());
-        // More than was charged (or for an unknown stream) is ignored.
+        assert_eq!(budget.queued(), 80);
+        assert!(ready(budget.room()));
+        // More than was queued (or for an unknown stream) is ignored.
         budget.credit(3, 500);
         budget.credit(9, 500);
-        assert_eq!(budget.unwritten(), 30);
+        assert_eq!(budget.queued(), 30);
         assert_eq!(budget.peak(), 110);
     }
 
     #[test]
-    fn a_waiter_wakes_when_the_account_falls_below_the_limit() {
-        let budget = SendBudget::new(100);
+    fn a_waiter_wakes_when_the_queue_falls_below_the_limit() {
+        let budget = SendBudget::new(100, 1000);
         budget.open(1);
-        budget.charge(1, 150);
+        queue(&budget, 1, 150);
         let mut waiting = pin!(budget.room());
         let mut context = Context::from_waker(Waker::noop());
         assert!(waiting.as_mut().poll(&mut context).is_pending());
@@ -263,40 +334,58 @@ mod tests {
     }
 
     #[test]
+    fn held_bytes_stop_producers_but_not_other_calls() {
+        let budget = SendBudget::new(100, 200);
+        budget.hold(250);
+        assert!(ready(budget.room()), "a call may still send");
+        assert!(!ready(budget.producer_room()), "a producer waits");
+        assert!(!budget.may_hold(1));
+        budget.open(1);
+        budget.hand_over(1, 100);
+        assert_eq!((budget.held(), budget.queued()), (150, 100));
+        assert!(!ready(budget.room()), "now the queue is full");
+        budget.credit(1, 100);
+        assert!(ready(budget.producer_room()));
+        budget.unhold(150);
+        assert!(budget.may_hold(200));
+        assert_eq!(budget.peak(), 250, "handing over moves bytes, adds none");
+    }
+
+    #[test]
     fn a_finished_stream_stays_accounted_until_written() {
-        let budget = SendBudget::new(100);
+        let budget = SendBudget::new(100, 1000);
         budget.open(5);
-        budget.charge(5, 70);
+        queue(&budget, 5, 70);
         budget.close(5, false);
-        assert_eq!(budget.unwritten(), 70, "still queued in h2");
+        assert_eq!(budget.queued(), 70, "still queued in h2");
         budget.credit(5, 70);
-        assert_eq!(budget.unwritten(), 0);
+        assert_eq!(budget.queued(), 0);
         assert_eq!(budget.accounted_streams(), 0);
     }
 
     #[test]
     fn resets_drop_what_will_never_be_written() {
-        let budget = SendBudget::new(100);
+        let budget = SendBudget::new(100, 1000);
         // Reset by the client after its call ended.
         budget.open(1);
-        budget.charge(1, 40);
+        queue(&budget, 1, 40);
         budget.close(1, false);
         budget.reset_received(1);
-        assert_eq!(budget.unwritten(), 0);
+        assert_eq!(budget.queued(), 0);
         // Reset by the client while the call runs: the account stays
-        // until the sink ends, whatever it charged meanwhile.
+        // until the sink ends, whatever it handed over meanwhile.
         budget.open(3);
-        budget.charge(3, 40);
+        queue(&budget, 3, 40);
         budget.reset_received(3);
-        budget.charge(3, 10);
-        assert_eq!(budget.unwritten(), 50);
+        queue(&budget, 3, 10);
+        assert_eq!(budget.queued(), 50);
         budget.close(3, false);
-        assert_eq!(budget.unwritten(), 0);
+        assert_eq!(budget.queued(), 0);
         // Reset by us.
         budget.open(7);
-        budget.charge(7, 30);
+        queue(&budget, 7, 30);
         budget.reset_sent(7);
-        assert_eq!(budget.unwritten(), 0);
+        assert_eq!(budget.queued(), 0);
         budget.close(7, true);
         assert_eq!(budget.accounted_streams(), 0);
         assert!(ready(budget.room()));

@@ -29,7 +29,7 @@ use crate::metrics::methods::{self, CallType, find_method};
 /// Response bytes h2 may queue for one stream (see
 /// [`ServerLimits::max_send_buffer_size`]).
 pub const MAX_SEND_BUFFER_PER_STREAM: usize = 128 * 1024;
-/// Response bytes one connection may hold encoded and unwritten (see
+/// Response bytes h2 may queue unwritten for one connection (see
 /// [`ServerLimits::connection_send_budget`]); documented in
 /// `docs/ARCHITECTURE.md` and the README.
 pub const CONNECTION_SEND_BUDGET: usize = 256 * 1024;
@@ -57,10 +57,14 @@ pub struct ServerLimits {
     /// Flow control does not bound this: a client may advertise 2^31-1
     /// byte windows and then stop reading.
     pub max_send_buffer_size: usize,
-    /// Response bytes a connection may have encoded and not yet written
-    /// to its socket, over all its calls, before they wait (see
-    /// `send_budget`): the per-connection bound on outgoing data.
+    /// Response bytes h2 may hold unwritten for a connection, over all its
+    /// calls, before they wait (see `send_budget`): the per-connection
+    /// bound on outgoing data while its client does not read the socket.
     pub connection_send_budget: usize,
+    /// Response bytes a connection's calls may hold encoded ahead of their
+    /// streams' windows before its watch streams wait to produce more
+    /// (other calls never wait on it: flow control is per stream).
+    pub connection_held_budget: usize,
     /// Largest request message accepted; above it RESOURCE_EXHAUSTED.
     pub max_receive_message_len: usize,
 }
@@ -80,6 +84,9 @@ impl ServerLimits {
             max_frame_size: 64 * 1024,
             max_send_buffer_size: MAX_SEND_BUFFER_PER_STREAM,
             connection_send_budget: CONNECTION_SEND_BUDGET,
+            // Two of etcd's largest watch responses (what a watch catch-up
+            // may encode at once, see `service::watch`).
+            connection_held_budget: 2 * max_request_bytes.saturating_add(512 * 1024),
             max_receive_message_len: max_request_bytes.saturating_add(512 * 1024),
         }
     }

@@ -54,6 +54,10 @@ struct StreamTask<'a> {
     outbox: Vec<WatchReply>,
     /// The event bytes in `outbox`.
     outbox_bytes: usize,
+    /// What the batch being gathered may hold, from `writable`: at most
+    /// [`FLUSH_BYTES`], the connection's budget room and the client's
+    /// window.
+    allowance: usize,
     /// Keeps the core's watch stream and watcher gauges in step with this
     /// stream, and takes its share back when the stream ends however it ends.
     gauge: WatchGauge,
@@ -108,6 +112,7 @@ pub async fn serve(
         responses,
         outbox: Vec::new(),
         outbox_bytes: 0,
+        allowance: FLUSH_BYTES,
         gauge: WatchGauge::open(context.metrics.clone()),
     };
     let interval = context.watch_progress_interval;
@@ -152,6 +157,10 @@ impl StreamTask<'_> {
     }
 
     async fn flush(&mut self) -> Result<(), Status> {
+        if self.outbox.is_empty() {
+            self.responses.release_capacity();
+            return Ok(());
+        }
         let encoded = self.responses.encode_all(&self.outbox).await?;
         // The replies go before the bytes wait for the client: the
         // stream holds one copy of what it sends, not two.
@@ -161,7 +170,7 @@ impl StreamTask<'_> {
     }
 
     fn outbox_is_full(&self) -> bool {
-        self.outbox.len() >= FLUSH_RESPONSES || self.outbox_bytes >= FLUSH_BYTES
+        self.outbox.len() >= FLUSH_RESPONSES || self.outbox_bytes >= self.allowance
     }
 
     fn update_subscription(&mut self) {
@@ -212,11 +221,12 @@ impl StreamTask<'_> {
             loop {
                 if self.outbox.is_empty() {
                     // A batch starts only when the connection and the
-                    // client can take it. A stream whose client does not
-                    // read waits here holding nothing: its watches stay
-                    // where they are and later resume from the feed or
-                    // history, or end with `compact_revision`.
-                    self.responses.writable().await?;
+                    // client can take it, and is about what they can take.
+                    // A stream whose client does not read waits here
+                    // holding nothing: its watches stay where they are and
+                    // later resume from the feed or history, or end with
+                    // `compact_revision`.
+                    self.allowance = self.responses.writable(FLUSH_BYTES).await?;
                 }
                 let behind = self.step(id, head);
                 // Small deliveries of many watches go out together.
@@ -234,10 +244,11 @@ impl StreamTask<'_> {
     }
 
     /// Moves watch `id` forward, into the outbox, by one step: from the
-    /// feed, up to the outbox's room; from history, one catch-up response
-    /// as etcd shapes it (up to 1,000 revisions), cut at a revision
-    /// boundary once it reaches etcd's fragmenting threshold. False once
-    /// the watch is at `head` (or gone).
+    /// feed, up to the batch's allowance; from history, one catch-up
+    /// response as etcd shapes it (up to 1,000 revisions), cut at a
+    /// revision boundary once it reaches etcd's fragmenting threshold
+    /// (or, while the connection holds too much ahead of its windows, the
+    /// allowance). False once the watch is at `head` (or gone).
     fn step(&mut self, id: i64, head: i64) -> bool {
         let space = self.context.write_path.space().clone();
         // etcd fragments above its request limit plus gRPC overhead.
@@ -267,7 +278,7 @@ impl StreamTask<'_> {
                 .flat_map(|batch| batch.deliverable_from(from));
             let delivery = Delivery {
                 max_response_bytes,
-                max_bytes: FLUSH_BYTES.saturating_sub(self.outbox_bytes),
+                max_bytes: self.allowance.saturating_sub(self.outbox_bytes),
                 header_revision: through,
             };
             self.outbox_bytes += watcher.deliver(
@@ -282,21 +293,30 @@ impl StreamTask<'_> {
         }
         let shards = watcher.shards(&space);
         let after = watcher.next_revision - 1;
-        // Read about what one response may hold: a chunk read and mostly
-        // left unsent would be read again.
+        // A catch-up response as etcd shapes it may be far larger than the
+        // client's window; it is produced only while the connection may
+        // hold that much ahead of its windows, otherwise the step is what
+        // the window admits.
+        let catch_up_bytes = if self.responses.may_hold(max_response_bytes) {
+            max_response_bytes
+        } else {
+            self.allowance.saturating_sub(self.outbox_bytes)
+        };
+        // Read about what the step may send: a chunk read and mostly left
+        // unsent would be read again.
         let read = read_changes(
             &space,
             &shards,
             after,
             head,
             CATCH_UP_CHUNK_CHANGES,
-            max_response_bytes,
+            catch_up_bytes,
         );
         match read {
             Ok(chunk) => {
                 let delivery = Delivery {
                     max_response_bytes,
-                    max_bytes: max_response_bytes,
+                    max_bytes: catch_up_bytes,
                     header_revision: head,
                 };
                 self.outbox_bytes += watcher.deliver(

@@ -115,7 +115,7 @@ impl Connection {
     /// means to stall passes [`MAX_WINDOW`] for both: the server may then
     /// send as much as it likes, as far as HTTP/2 flow control goes.
     pub async fn connect(addr: SocketAddr, window: u32) -> Result<Connection> {
-        Self::connect_with_receive_buffer(addr, window, None).await
+        Self::connect_with(addr, window, window, None).await
     }
 
     /// [`Self::connect`] with the socket's receive buffer (SO_RCVBUF) set:
@@ -124,6 +124,18 @@ impl Connection {
     pub async fn connect_with_receive_buffer(
         addr: SocketAddr,
         window: u32,
+        receive_buffer: Option<u32>,
+    ) -> Result<Connection> {
+        Self::connect_with(addr, window, window, receive_buffer).await
+    }
+
+    /// A connection whose streams start with `stream_window` and whose
+    /// connection window is `connection_window`. A stream's window only
+    /// grows back as its messages are read with [`Call::next`].
+    pub async fn connect_with(
+        addr: SocketAddr,
+        stream_window: u32,
+        connection_window: u32,
         receive_buffer: Option<u32>,
     ) -> Result<Connection> {
         let socket = tokio::net::TcpSocket::new_v4().map_err(|error| error.to_string())?;
@@ -143,8 +155,8 @@ impl Connection {
             gate: gate.clone(),
         };
         let (send, connection) = h2::client::Builder::new()
-            .initial_window_size(window)
-            .initial_connection_window_size(window)
+            .initial_window_size(stream_window)
+            .initial_connection_window_size(connection_window)
             .max_concurrent_reset_streams(4096)
             .handshake::<_, Bytes>(io)
             .await
