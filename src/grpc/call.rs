@@ -152,7 +152,8 @@ pub struct ResponseSink {
     stream_id: u32,
     /// The connection's outgoing byte account, shared by its calls.
     budget: Rc<SendBudget>,
-    /// Bytes charged to the budget and not yet handed to h2.
+    /// Bytes encoded (held in the budget's account) and not yet handed to
+    /// h2; given back if the call ends first.
     held: usize,
     /// Reused for the encoded lengths of the messages of one send.
     lengths: Vec<usize>,
@@ -213,10 +214,11 @@ impl ResponseSink {
         if messages.is_empty() {
             return Ok(Encoded(Bytes::new()));
         }
-        // Nothing is encoded while the connection is over its budget: a
-        // client that does not read holds its calls here, not our memory.
+        // Nothing is encoded while the connection's queue is over its
+        // budget: a client that does not read holds its calls here, not
+        // our memory.
         self.budget.room().await;
-        // One allocation of exactly the bytes charged: a buffer grown by
+        // One allocation of exactly the bytes accounted: a buffer grown by
         // doubling (or shared with the next send) would hold up to twice
         // what the budget counts for as long as h2 queues any of it.
         self.lengths.clear();

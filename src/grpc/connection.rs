@@ -63,7 +63,7 @@ where
     Io: AsyncRead + AsyncWrite + Unpin + 'static,
     Service: GrpcService + 'static,
 {
-    // Every call on the connection charges its response bytes to one
+    // Every call on the connection accounts its response bytes in one
     // budget, which the socket's frames credit back (see `send_budget`).
     let limits = &serving.limits;
     let budget = Rc::new(SendBudget::new(
@@ -188,7 +188,7 @@ where
 {
     let refusing = async {
         let mut connection = builder(limits).handshake::<_, Bytes>(io).await.ok()?;
-        // Only trailers go out here; the budget is never charged.
+        // Only trailers go out here: nothing is ever accounted.
         let budget = Rc::new(SendBudget::new(
             limits.connection_send_budget,
             limits.connection_held_budget,

@@ -86,7 +86,9 @@ impl ServerLimits {
             connection_send_budget: CONNECTION_SEND_BUDGET,
             // Two of etcd's largest watch responses (what a watch catch-up
             // may encode at once, see `service::watch`).
-            connection_held_budget: 2 * max_request_bytes.saturating_add(512 * 1024),
+            connection_held_budget: max_request_bytes
+                .saturating_add(512 * 1024)
+                .saturating_mul(2),
             max_receive_message_len: max_request_bytes.saturating_add(512 * 1024),
         }
     }

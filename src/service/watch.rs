@@ -26,13 +26,14 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// one send: keeps the per-write cost of h2 off each of a revision's many
 /// small responses.
 const FLUSH_RESPONSES: usize = 256;
-/// Event bytes collected before a send, and what one watch delivers per
-/// step from the feed: a stream produces about this much, sends it, and
-/// produces more only once its connection and its client can take it
-/// (`writable`). So a stream holds at most one step, whatever its client
-/// does. (A count of events or responses bounded nothing: a response of
-/// 1,000 revisions can be any size, and sends of ~20 MB made the allocator
-/// take fresh pages from the kernel for each.)
+/// Most event bytes collected before a send, and so what watches deliver
+/// per batch from the feed: a stream produces what `writable` allows (at
+/// most this, less when the connection's queue or the client's window has
+/// less room), sends it, and produces more only once its connection and
+/// its client can take it. So a stream holds at most one batch, whatever
+/// its client does. (A count of events or responses bounded nothing: a
+/// response of 1,000 revisions can be any size, and sends of ~20 MB made
+/// the allocator take fresh pages from the kernel for each.)
 const FLUSH_BYTES: usize = 64 * 1024;
 
 /// What woke the stream's loop.
