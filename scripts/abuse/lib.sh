@@ -26,11 +26,16 @@ build_binaries() {
     cp "$target/release/metastore" "$work/metastore-new"
 }
 
-port=$((24000 + RANDOM % 2000))
+next_port=$((24000 + RANDOM % 2000))
+port=
 server_pid=
 
-# start_server old|new label: a fresh data dir; waits until it answers.
+# start_server old|new label: a fresh data dir and fresh ports (the last
+# server's closed connections keep its port in TIME_WAIT for a while);
+# waits until it answers.
 start_server() {
+    port=$next_port
+    next_port=$((next_port + 2))
     local data="$work/data-$2"
     rm -rf "$data"
     "$work/metastore-$1" --data-dir "$data" \
