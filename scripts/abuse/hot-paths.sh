@@ -9,7 +9,8 @@ set -euo pipefail
 rounds=${1:-3}
 # shellcheck source=scripts/abuse/lib.sh
 source "$(dirname "$0")/lib.sh"
-build_binaries -p loadgen
+build_binaries
+(cd "$root" && cargo build --release -p loadgen >&2)
 loadgen="$target/release/loadgen"
 
 summary() {
