@@ -357,7 +357,16 @@ pub fn encode_message<M: OutgoingMessage + ?Sized>(
     message: &M,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let body_len = message.encoded_len();
+    encode_message_of_len(message, message.encoded_len(), dst)
+}
+
+/// [`encode_message`] for a caller that already asked the message for its
+/// `encoded_len` (to size a buffer), so it is not computed twice.
+pub fn encode_message_of_len<M: OutgoingMessage + ?Sized>(
+    message: &M,
+    body_len: usize,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
     put_header(body_len, dst)?;
     // `encode_raw` rather than `encode`: `encode` would walk the message a
     // second time only to compare encoded_len with the remaining capacity,

@@ -1,8 +1,9 @@
 //! Serving one client connection: the HTTP/2 handshake with our limits,
-//! one task per call, keepalive pings, idle close, the deadlines of a new
-//! connection's stages (`deadlines`), GOAWAY for a client whose header
-//! blocks break `inbound`'s bounds, and the polite refusal of a connection
-//! over `--max-connections`.
+//! one task per call, the connection's outgoing byte budget, keepalive
+//! pings, idle close, the deadlines of a new connection's stages
+//! (`deadlines`), GOAWAY for a client whose header blocks break
+//! `inbound`'s bounds, and the polite refusal of a connection over
+//! `--max-connections`.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -16,7 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::call::ResponseSink;
 use super::deadlines::{MissedStage, missed_stage};
+use super::frame_meter::MeteredIo;
 use super::inbound::{InboundSignals, InboundViolation};
+use super::send_budget::SendBudget;
 use super::server::{GrpcService, ServerLimits, Serving, serve_stream};
 use super::status::Status;
 use crate::metrics::ConnectionClose;
@@ -139,6 +142,14 @@ where
     Service: GrpcService + 'static,
 {
     let accepted_at = Instant::now();
+    // Every call on the connection accounts its response bytes in one
+    // budget, which the socket's frames credit back (see `send_budget`).
+    let limits = &serving.limits;
+    let budget = Rc::new(SendBudget::new(
+        limits.connection_send_budget,
+        limits.connection_held_budget,
+    ));
+    let io = MeteredIo::new(io, budget.clone());
     // The client preface: h2's handshake ends once it has read it.
     let handshake = builder(&serving.limits).handshake::<_, Bytes>(io);
     let mut connection = match monoio::time::timeout(serving.stages.handshake, handshake).await {
@@ -201,10 +212,11 @@ where
             Err(error) => break Err(error),
         };
         let (service, serving, activity) = (service.clone(), serving.clone(), activity.clone());
+        let budget = budget.clone();
         activity.open_calls.set(activity.open_calls.get() + 1);
         activity.last_change.set(Instant::now());
         monoio::spawn(async move {
-            serve_stream(request, respond, &*service, &serving, peer).await;
+            serve_stream(request, respond, &*service, &serving, peer, budget).await;
             activity.open_calls.set(activity.open_calls.get() - 1);
             activity.last_change.set(Instant::now());
         });
@@ -354,8 +366,13 @@ where
 {
     let refusing = async {
         let mut connection = builder(limits).handshake::<_, Bytes>(io).await.ok()?;
+        // Only trailers go out here: nothing is ever accounted.
+        let budget = Rc::new(SendBudget::new(
+            limits.connection_send_budget,
+            limits.connection_held_budget,
+        ));
         while let Some(Ok((_request, respond))) = connection.accept().await {
-            ResponseSink::new(respond).finish(&status);
+            ResponseSink::new(respond, budget.clone()).finish(&status);
             connection.graceful_shutdown();
         }
         Some(())

@@ -13,6 +13,9 @@
 //! - [`connection`]: one HTTP/2 connection (prior-knowledge h2c): our
 //!   limits, a task per call, keepalive pings, idle close, refusal;
 //!   [`deadlines`]: the deadline of each stage of a new connection.
+//! - [`send_budget`], [`frame_meter`]: a connection's bound on response
+//!   bytes encoded and not yet written, kept from the frames that pass
+//!   its socket.
 //! - [`server`]: one call: checks its headers, counts, rate limits, times
 //!   and isolates it, and hands it to a [`server::GrpcService`].
 //! - [`rate_limit`]: node-wide and per-method token buckets (GCRA).
@@ -24,10 +27,12 @@ pub mod call;
 pub mod codec;
 pub mod connection;
 pub mod deadlines;
+pub mod frame_meter;
 pub mod h2_frames;
 pub mod hpack_scan;
 pub mod inbound;
 pub mod rate_limit;
+pub mod send_budget;
 pub mod server;
 pub mod status;
 pub mod timeout;

@@ -8,21 +8,31 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::Either;
+use futures_util::future::{Either, select};
 use http::{Method, Request, StatusCode};
 
 use super::call::{GRPC_CONTENT_TYPE, RequestStream, ResponseSink};
 use super::rate_limit::RateLimiter;
+use super::send_budget::SendBudget;
 use super::status::Status;
 use super::timeout::parse_grpc_timeout;
 use crate::metrics::CoreMetrics;
 use crate::metrics::methods::{self, CallType, find_method};
+
+/// Response bytes h2 may queue for one stream (see
+/// [`ServerLimits::max_send_buffer_size`]).
+pub const MAX_SEND_BUFFER_PER_STREAM: usize = 128 * 1024;
+/// Response bytes h2 may queue unwritten for one connection (see
+/// [`ServerLimits::connection_send_budget`]); documented in
+/// `docs/ARCHITECTURE.md` and the README.
+pub const CONNECTION_SEND_BUDGET: usize = 256 * 1024;
 
 /// HTTP/2 and gRPC limits, all set explicitly rather than inherited from
 /// the h2 crate's defaults (which change between versions).
@@ -43,8 +53,18 @@ pub struct ServerLimits {
     pub initial_stream_window: u32,
     pub initial_connection_window: u32,
     pub max_frame_size: u32,
-    /// Bytes h2 may buffer per stream for sending before we wait.
+    /// Bytes h2 may queue per stream for sending before the call waits.
+    /// Flow control does not bound this: a client may advertise 2^31-1
+    /// byte windows and then stop reading.
     pub max_send_buffer_size: usize,
+    /// Response bytes h2 may hold unwritten for a connection, over all its
+    /// calls, before they wait (see `send_budget`): the per-connection
+    /// bound on outgoing data while its client does not read the socket.
+    pub connection_send_budget: usize,
+    /// Response bytes a connection's calls may hold encoded ahead of their
+    /// streams' windows before its watch streams wait to produce more
+    /// (other calls never wait on it: flow control is per stream).
+    pub connection_held_budget: usize,
     /// Largest request message accepted; above it RESOURCE_EXHAUSTED.
     pub max_receive_message_len: usize,
     /// How long a request message may stay partially received.
@@ -67,7 +87,13 @@ impl ServerLimits {
             initial_stream_window: 1024 * 1024,
             initial_connection_window: 4 * 1024 * 1024,
             max_frame_size: 64 * 1024,
-            max_send_buffer_size: 1024 * 1024,
+            max_send_buffer_size: MAX_SEND_BUFFER_PER_STREAM,
+            connection_send_budget: CONNECTION_SEND_BUDGET,
+            // Two of etcd's largest watch responses (what a watch catch-up
+            // may encode at once, see `service::watch`).
+            connection_held_budget: max_request_bytes
+                .saturating_add(512 * 1024)
+                .saturating_mul(2),
             max_receive_message_len: max_request_bytes.saturating_add(512 * 1024),
             request_message_timeout: DEFAULT_REQUEST_MESSAGE_TIMEOUT,
             keepalive_min_time: DEFAULT_KEEPALIVE_MIN_TIME,
@@ -143,15 +169,17 @@ pub struct Serving {
 /// `ErrTooManyRequests`, which its clients already treat as "back off".
 pub const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 
+/// Serves one call. `budget` is its connection's outgoing byte account.
 pub(super) async fn serve_stream<Service: GrpcService>(
     request: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     service: &Service,
     serving: &Serving,
     peer: SocketAddr,
+    budget: Rc<SendBudget>,
 ) {
     let started = Instant::now();
-    let sink = ResponseSink::new(respond);
+    let sink = ResponseSink::new(respond, budget);
     let headers = request.headers();
     // Spec: a request whose content-type does not start with
     // "application/grpc" is not gRPC; answer HTTP 415.
@@ -213,15 +241,27 @@ pub(super) async fn serve_stream<Service: GrpcService>(
     );
     let mut sink = sink;
     let status = if serving.rate_limiter.admit(known, started) {
-        run_isolated(
+        let client_gone = sink.gone();
+        let call = run_isolated(
             service,
             &method,
             &mut requests,
             &mut sink,
             deadline,
             serving,
-        )
-        .await
+        );
+        match select(pin!(call), client_gone).await {
+            Either::Left((status, _)) => status,
+            // The client reset the stream or its connection ended: the
+            // handler's future is dropped here, so its work stops and its
+            // guards undo what it would have left behind (a Lock waiter's
+            // key), as etcd does when a call's context is canceled. Writes
+            // already handed to a shard still complete (the write path
+            // does not depend on this future); nobody hears the reply.
+            // Counted as CANCELLED, as grpc-go counts a call whose client
+            // canceled it.
+            Either::Right(((), _)) => Status::cancelled("context canceled"),
+        }
     } else {
         serving.metrics.count(|counters| counters.rate_limited += 1);
         Status::resource_exhausted(TOO_MANY_REQUESTS)

@@ -1,10 +1,11 @@
 //! `v3electionpb.Election`: Campaign, Proclaim, Leader, Observe, Resign;
 //! etcd's `concurrency.Election` run in the server.
 
+use std::rc::Rc;
+
 use bytes::Bytes;
 
-use super::lock::ReleaseOnDrop;
-use super::recipes::{self, recipe_error, session_key};
+use super::recipes::{self, OwnKey, Undo, recipe_error, session_key};
 use super::{ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::TxnRequest;
@@ -24,17 +25,20 @@ const NOT_LEADER: &str = "election: not leader";
 const NO_LEADER: &str = "election: no leader";
 
 pub async fn call(
-    context: &ServiceContext,
+    context: &Rc<ServiceContext>,
     method: &str,
     requests: &mut RequestStream,
     responses: &mut ResponseSink,
 ) -> Result<(), Status> {
     match method {
         "Campaign" => {
-            unary(requests, responses, async |request| {
-                campaign(context, request).await
-            })
-            .await
+            let request = requests.unary::<CampaignRequest>().await?;
+            let (response, candidate_key) = campaign(context, request).await?;
+            // The key stays only once the client has its answer (etcd's
+            // Campaign resigns when its context ends).
+            responses.send(&response).await?;
+            candidate_key.keep();
+            Ok(())
         }
         "Proclaim" => {
             unary(requests, responses, async |request| {
@@ -64,11 +68,13 @@ pub async fn call(
 
 /// etcd's `Election.Campaign`: create `name/<lease hex>` with the value
 /// (or proclaim the value on a key this lease already has), then wait until
-/// every older candidate is gone.
+/// every older candidate is gone. The candidate's key is deleted (if it is
+/// still the one this campaign stands on) when the call ends before its
+/// client has the answer.
 async fn campaign(
-    context: &ServiceContext,
+    context: &Rc<ServiceContext>,
     request: CampaignRequest,
-) -> Result<CampaignResponse, Status> {
+) -> Result<(CampaignResponse, OwnKey), Status> {
     let lease = recipes::session_lease(context, request.lease).await?;
     let prefix = recipes::recipe_prefix(&request.name);
     let key = session_key(&prefix, lease);
@@ -77,38 +83,46 @@ async fn campaign(
         success: vec![recipes::put_op(&key, request.value.clone(), lease)],
         failure: vec![recipes::get_op(&key)],
     };
-    let response = recipes::txn(context, txn).await?;
+    let response = recipes::txn_creating_key(context, txn, key.clone()).await?;
     let mut leader = LeaderKey {
         name: request.name.clone(),
         key: key.clone(),
         rev: response.header.as_ref().map_or(0, |header| header.revision),
         lease,
     };
-    if !response.succeeded {
-        let existing = response
+    let existing = if response.succeeded {
+        None
+    } else {
+        response
             .responses
             .first()
             .and_then(|op| match &op.response {
                 Some(Response::ResponseRange(range)) => range.kvs.first().cloned(),
                 _ => None,
-            });
-        if let Some(existing) = existing {
-            leader.rev = existing.create_revision;
-            if existing.value != request.value {
-                proclaim_value(context, &leader, request.value.clone()).await?;
-            }
-        }
-    }
-    let mut guard = ReleaseOnDrop {
-        write_path: context.write_path.clone(),
-        key: Some(key),
+            })
     };
+    if let Some(existing) = &existing {
+        leader.rev = existing.create_revision;
+    }
+    // Armed before the next await, so no cancellation can slip between.
+    let candidate_key = OwnKey::new(
+        context.write_path.clone(),
+        Undo {
+            key,
+            created_at: Some(leader.rev),
+        },
+    );
+    if let Some(existing) = existing
+        && existing.value != request.value
+    {
+        proclaim_value(context, &leader, request.value.clone()).await?;
+    }
     recipes::wait_deletes(context, &prefix, leader.rev - 1).await?;
-    guard.key = None;
-    Ok(CampaignResponse {
+    let response = CampaignResponse {
         header: response.header,
         leader: Some(leader),
-    })
+    };
+    Ok((response, candidate_key))
 }
 
 async fn proclaim_value(

@@ -5,28 +5,29 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::recipes::{self, session_key};
+use super::recipes::{self, OwnKey, Undo, session_key};
 use super::{ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
+use crate::proto::etcdserverpb::TxnRequest;
 use crate::proto::etcdserverpb::range_request::SortOrder;
 use crate::proto::etcdserverpb::response_op::Response;
-use crate::proto::etcdserverpb::{DeleteRangeRequest, TxnRequest};
 use crate::proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
-use crate::shard::write_path::WritePath;
-use crate::store::write::WriteRequest;
 
 pub async fn call(
-    context: &ServiceContext,
+    context: &Rc<ServiceContext>,
     method: &str,
     requests: &mut RequestStream,
     responses: &mut ResponseSink,
 ) -> Result<(), Status> {
     match method {
         "Lock" => {
-            unary(requests, responses, async |request| {
-                lock(context, request).await
-            })
-            .await
+            let request = requests.unary::<LockRequest>().await?;
+            let (response, waiter_key) = lock(context, request).await?;
+            // The key stays only once the client has its answer: a call
+            // canceled while the answer waits for the client deletes it.
+            responses.send(&response).await?;
+            waiter_key.keep();
+            Ok(())
         }
         "Unlock" => {
             unary(requests, responses, async |request| {
@@ -38,31 +39,14 @@ pub async fn call(
     }
 }
 
-/// Deletes a waiter's key if its Lock call ends before it is acquired
-/// (the client went away or the deadline passed), as etcd's mutex does.
-pub struct ReleaseOnDrop {
-    pub write_path: Rc<WritePath>,
-    pub key: Option<Bytes>,
-}
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            let write_path = self.write_path.clone();
-            monoio::spawn(async move {
-                let delete = WriteRequest::DeleteRange(DeleteRangeRequest {
-                    key,
-                    ..Default::default()
-                });
-                let _ = write_path.write(delete).await;
-            });
-        }
-    }
-}
-
 /// etcd's `Mutex.Lock`: create `name/<lease hex>` if absent, then wait
-/// until every key under `name/` created before it is gone.
-async fn lock(context: &ServiceContext, request: LockRequest) -> Result<LockResponse, Status> {
+/// until every key under `name/` created before it is gone. The waiter's
+/// key is deleted if the call ends before its client has the answer
+/// (etcd's `Mutex.Lock` unlocks when its context ends).
+async fn lock(
+    context: &Rc<ServiceContext>,
+    request: LockRequest,
+) -> Result<(LockResponse, OwnKey), Status> {
     let lease = recipes::session_lease(context, request.lease).await?;
     let prefix = recipes::recipe_prefix(&request.name);
     let key = session_key(&prefix, lease);
@@ -72,7 +56,15 @@ async fn lock(context: &ServiceContext, request: LockRequest) -> Result<LockResp
         success: vec![recipes::put_op(&key, Bytes::new(), lease), owner.clone()],
         failure: vec![recipes::get_op(&key), owner],
     };
-    let response = recipes::txn(context, txn).await?;
+    let response = recipes::txn_creating_key(context, txn, key.clone()).await?;
+    // Armed before the next await, so no cancellation can slip between.
+    let waiter_key = OwnKey::new(
+        context.write_path.clone(),
+        Undo {
+            key: key.clone(),
+            created_at: None,
+        },
+    );
     let header_revision = response.header.as_ref().map_or(0, |header| header.revision);
     let ranges: Vec<_> = response
         .responses
@@ -95,18 +87,11 @@ async fn lock(context: &ServiceContext, request: LockRequest) -> Result<LockResp
         .and_then(|range| range.kvs.first())
         .map(|kv| kv.create_revision);
     if owner_revision.is_none_or(|owner| owner == my_revision) {
-        return Ok(LockResponse {
-            header: response.header,
-            key,
-        });
+        let header = response.header;
+        return Ok((LockResponse { header, key }, waiter_key));
     }
-    let mut guard = ReleaseOnDrop {
-        write_path: context.write_path.clone(),
-        key: Some(key.clone()),
-    };
     let header = recipes::wait_deletes(context, &prefix, my_revision - 1).await?;
-    guard.key = None;
-    Ok(LockResponse { header, key })
+    Ok((LockResponse { header, key }, waiter_key))
 }
 
 async fn unlock(

@@ -128,10 +128,10 @@ impl GrpcService for EtcdServices {
                 Box::pin(lease::call(context, name, requests, responses)).await
             }
             ("v3lockpb.Lock", name) => {
-                Box::pin(lock::call(context, name, requests, responses)).await
+                Box::pin(lock::call(&self.context, name, requests, responses)).await
             }
             ("v3electionpb.Election", name) => {
-                Box::pin(election::call(context, name, requests, responses)).await
+                Box::pin(election::call(&self.context, name, requests, responses)).await
             }
             ("grpc.health.v1.Health", name) => health::call(name, requests, responses).await,
             ("etcdserverpb.Cluster", name) => {

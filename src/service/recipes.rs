@@ -3,7 +3,10 @@
 //! Election services are etcd's recipes over KV, Lease and Watch, and give
 //! the same answers.
 
+use std::rc::Rc;
+
 use bytes::Bytes;
+use futures_channel::oneshot;
 
 use super::ServiceContext;
 use crate::grpc::{Code, Status};
@@ -15,8 +18,10 @@ use crate::proto::etcdserverpb::{
     TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
+use crate::shard::write_path::WritePath;
 use crate::store::error::KvError;
 use crate::store::key_range::{KeyRange, prefix_end};
+use crate::store::write::WriteRequest;
 use crate::watch::CATCH_UP_CHUNK_CHANGES;
 use crate::watch::history::read_changes;
 
@@ -151,6 +156,132 @@ pub async fn delete(
     Ok(response.header)
 }
 
+/// A key a Lock or Campaign call put in place for its client (a lock
+/// waiter's, an election candidate's), deleted if the call ends before
+/// its client has the answer: the client reset the stream, went away, or
+/// the deadline passed. etcd's `Mutex.Lock` unlocks and
+/// `Election.Campaign` resigns when their context ends the same way.
+/// [`Self::keep`] once the answer is out.
+pub struct OwnKey {
+    write_path: Rc<WritePath>,
+    /// What to delete; `None` once kept.
+    undo: Option<Undo>,
+}
+
+/// How a dropped [`OwnKey`] undoes its key.
+#[derive(Debug, Clone)]
+pub struct Undo {
+    pub key: Bytes,
+    /// Delete only while the key is still the one created at this
+    /// revision (etcd's `Resign`); `None`: delete whatever is there
+    /// (etcd's `Unlock`).
+    pub created_at: Option<i64>,
+}
+
+impl Undo {
+    fn request(self) -> WriteRequest {
+        let delete = DeleteRangeRequest {
+            key: self.key.clone(),
+            ..Default::default()
+        };
+        match self.created_at {
+            None => WriteRequest::DeleteRange(delete),
+            Some(revision) => WriteRequest::Txn(TxnRequest {
+                compare: vec![compare_create_revision(&self.key, revision)],
+                success: vec![delete_op(&self.key)],
+                failure: Vec::new(),
+            }),
+        }
+    }
+
+    /// Runs the delete on a task of its own: the call that owned the key
+    /// is ending (its future is being dropped) and cannot wait for it.
+    fn spawn(self, write_path: Rc<WritePath>) {
+        let request = self.request();
+        monoio::spawn(async move {
+            if let Err(error) = write_path.write(request).await {
+                tracing::warn!(%error, "could not delete the key of a canceled Lock or Campaign; its lease will expire it");
+            }
+        });
+    }
+}
+
+impl OwnKey {
+    pub fn new(write_path: Rc<WritePath>, undo: Undo) -> Self {
+        Self {
+            write_path,
+            undo: Some(undo),
+        }
+    }
+
+    /// The client has its answer: the key stays.
+    pub fn keep(mut self) {
+        self.undo = None;
+    }
+}
+
+impl Drop for OwnKey {
+    fn drop(&mut self) {
+        if let Some(undo) = self.undo.take() {
+            undo.spawn(self.write_path.clone());
+        }
+    }
+}
+
+/// Runs `txn`, which creates `key` when it succeeds, on a task of its own.
+/// Once handed to the write path a write completes even if the call that
+/// sent it is canceled (it may commit without a reply, as in etcd); a
+/// call canceled while its txn runs would then leave the key behind with
+/// nobody to learn of it. So the key is deleted if the call is gone when
+/// the txn answers, or ends before taking the answer.
+pub async fn txn_creating_key(
+    context: &Rc<ServiceContext>,
+    request: TxnRequest,
+    key: Bytes,
+) -> Result<TxnResponse, Status> {
+    let (answer, answered) = oneshot::channel();
+    let task_context = context.clone();
+    let task_key = key.clone();
+    monoio::spawn(async move {
+        let result = txn(&task_context, request).await;
+        if let Err(Ok(response)) = answer.send(result) {
+            undo_created(&response, task_key, &task_context.write_path);
+        }
+    });
+    let mut pending = PendingAnswer {
+        answered,
+        key,
+        write_path: context.write_path.clone(),
+    };
+    (&mut pending.answered)
+        .await
+        .map_err(|_| Status::internal("grpc: the recipe's txn task ended without an answer"))?
+}
+
+/// The answer of a [`txn_creating_key`] task: if the call ends with the
+/// answer delivered but not taken, the key it created is deleted.
+struct PendingAnswer {
+    answered: oneshot::Receiver<Result<TxnResponse, Status>>,
+    key: Bytes,
+    write_path: Rc<WritePath>,
+}
+
+impl Drop for PendingAnswer {
+    fn drop(&mut self) {
+        if let Ok(Some(Ok(response))) = self.answered.try_recv() {
+            undo_created(&response, self.key.clone(), &self.write_path);
+        }
+    }
+}
+
+/// Deletes `key` if `response` (of a txn that creates it) created it.
+fn undo_created(response: &TxnResponse, key: Bytes, write_path: &Rc<WritePath>) {
+    if response.succeeded {
+        let created_at = response.header.as_ref().map(|header| header.revision);
+        Undo { key, created_at }.spawn(write_path.clone());
+    }
+}
+
 /// etcd's `waitDeletes`: waits until no key under `prefix` with create
 /// revision at most `max_create_revision` is left; returns the header of
 /// the read that found none.
@@ -219,8 +350,15 @@ async fn first_change(
     let mut after = revision;
     loop {
         let through = space.clock().wait_applied(after + 1).await;
-        let chunk = read_changes(space, &shards, after, through, CATCH_UP_CHUNK_CHANGES)
-            .map_err(|_| through)?;
+        let chunk = read_changes(
+            space,
+            &shards,
+            after,
+            through,
+            CATCH_UP_CHUNK_CHANGES,
+            usize::MAX,
+        )
+        .map_err(|_| through)?;
         if let Some(change) = chunk
             .changes()
             .iter()

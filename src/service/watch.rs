@@ -17,21 +17,24 @@ use crate::watch::feed::{EventFeed, Subscription};
 use crate::watch::history::{Compacted, check_not_compacted, read_changes};
 use crate::watch::reply::WatchReply;
 use crate::watch::stream::WatchStream;
-use crate::watch::watcher::HeaderStamp;
+use crate::watch::watcher::{Delivery, HeaderStamp};
 
 /// etcd's `grpcOverheadBytes`, added to `--max-request-bytes` for the
 /// fragmenting threshold.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Responses collected from a stream's watches before they are written as
-/// one send: bounds what waits in memory while keeping the per-write cost
-/// of h2 off each of a revision's many small responses.
+/// one send: keeps the per-write cost of h2 off each of a revision's many
+/// small responses.
 const FLUSH_RESPONSES: usize = 256;
-/// Events collected before a send, whatever the number of responses: a
-/// watch that is behind gets up to 1,000 revisions in one response, and
-/// 256 such responses made one send of ~20 MB, a buffer so large that the
-/// allocator took fresh pages from the kernel for each (half the server's
-/// CPU went to zeroing them during a 10,000-watcher fan-out).
-const FLUSH_EVENTS: usize = 4096;
+/// Most event bytes collected before a send, and so what watches deliver
+/// per batch from the feed: a stream produces what `writable` allows (at
+/// most this, less when the connection's queue or the client's window has
+/// less room), sends it, and produces more only once its connection and
+/// its client can take it. So a stream holds at most one batch, whatever
+/// its client does. (A count of events or responses bounded nothing: a
+/// response of 1,000 revisions can be any size, and sends of ~20 MB made
+/// the allocator take fresh pages from the kernel for each.)
+const FLUSH_BYTES: usize = 64 * 1024;
 
 /// What woke the stream's loop.
 enum Wakeup {
@@ -50,6 +53,12 @@ struct StreamTask<'a> {
     subscription: Option<Subscription>,
     responses: &'a mut ResponseSink,
     outbox: Vec<WatchReply>,
+    /// The event bytes in `outbox`.
+    outbox_bytes: usize,
+    /// What the batch being gathered may hold, from `writable`: at most
+    /// [`FLUSH_BYTES`], the connection's budget room and the client's
+    /// window.
+    allowance: usize,
     /// Keeps the core's watch stream and watcher gauges in step with this
     /// stream, and takes its share back when the stream ends however it ends.
     gauge: WatchGauge,
@@ -103,6 +112,8 @@ pub async fn serve(
         subscription: None,
         responses,
         outbox: Vec::new(),
+        outbox_bytes: 0,
+        allowance: FLUSH_BYTES,
         gauge: WatchGauge::open(context.metrics.clone()),
     };
     let interval = context.watch_progress_interval;
@@ -147,21 +158,20 @@ impl StreamTask<'_> {
     }
 
     async fn flush(&mut self) -> Result<(), Status> {
-        let outbox = std::mem::take(&mut self.outbox);
-        self.responses.send_all(&outbox).await?;
-        self.outbox = outbox;
+        if self.outbox.is_empty() {
+            self.responses.release_capacity();
+            return Ok(());
+        }
+        let encoded = self.responses.encode_all(&self.outbox).await?;
+        // The replies go before the bytes wait for the client: the
+        // stream holds one copy of what it sends, not two.
         self.outbox.clear();
-        Ok(())
+        self.outbox_bytes = 0;
+        self.responses.send_encoded(encoded).await
     }
 
     fn outbox_is_full(&self) -> bool {
-        self.outbox.len() >= FLUSH_RESPONSES
-            || self
-                .outbox
-                .iter()
-                .map(|reply| reply.events.len())
-                .sum::<usize>()
-                >= FLUSH_EVENTS
+        self.outbox.len() >= FLUSH_RESPONSES || self.outbox_bytes >= self.allowance
     }
 
     fn update_subscription(&mut self) {
@@ -209,14 +219,24 @@ impl StreamTask<'_> {
             return Ok(());
         }
         for id in self.watches.ids() {
-            // Still behind after a step: it read a history chunk, which is
-            // large; send it before reading the next.
-            while self.step(id, head) {
-                self.flush().await?;
-            }
-            // Small feed deliveries of many watches go out together.
-            if self.outbox_is_full() {
-                self.flush().await?;
+            loop {
+                if self.outbox.is_empty() {
+                    // A batch starts only when the connection and the
+                    // client can take it, and is about what they can take.
+                    // A stream whose client does not read waits here
+                    // holding nothing: its watches stay where they are and
+                    // later resume from the feed or history, or end with
+                    // `compact_revision`.
+                    self.allowance = self.responses.writable(FLUSH_BYTES).await?;
+                }
+                let behind = self.step(id, head);
+                // Small deliveries of many watches go out together.
+                if self.outbox_is_full() {
+                    self.flush().await?;
+                }
+                if !behind {
+                    break;
+                }
             }
         }
         self.flush().await?;
@@ -224,12 +244,16 @@ impl StreamTask<'_> {
         Ok(())
     }
 
-    /// Moves watch `id` forward by one feed pass or one history chunk, into
-    /// the outbox. False once it is at `head` (or gone).
+    /// Moves watch `id` forward, into the outbox, by one step: from the
+    /// feed, up to the batch's allowance; from history, one catch-up
+    /// response as etcd shapes it (up to 1,000 revisions), cut at a
+    /// revision boundary once it reaches etcd's fragmenting threshold
+    /// (or, while the connection holds too much ahead of its windows, the
+    /// allowance). False once the watch is at `head` (or gone).
     fn step(&mut self, id: i64, head: i64) -> bool {
         let space = self.context.write_path.space().clone();
         // etcd fragments above its request limit plus gRPC overhead.
-        let max_bytes = self.context.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let max_response_bytes = self.context.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let Some(watcher) = self.watches.get_mut(id) else {
             return false;
         };
@@ -246,30 +270,62 @@ impl StreamTask<'_> {
         // The feed may lag the watermark briefly; what it lacks comes from
         // history, so a watch behind gets everything up to `head` at once.
         if let Some(batches) = self.feed.batches_from(watcher.next_revision) {
-            // One delivery for all batches: a watch that is behind gets its
-            // backlog in one response (as etcd's catch-up does).
+            // One delivery over all batches: a watch that is behind gets
+            // its backlog in few responses (as etcd's catch-up does).
             let through = batches.last().map_or(head, |batch| batch.through);
-            let changes = batches.iter().flat_map(|batch| batch.deliverable());
-            watcher.deliver(
+            let from = watcher.next_revision;
+            let changes = batches
+                .iter()
+                .flat_map(|batch| batch.deliverable_from(from));
+            let delivery = Delivery {
+                max_response_bytes,
+                max_bytes: self.allowance.saturating_sub(self.outbox_bytes),
+                header_revision: through,
+            };
+            self.outbox_bytes += watcher.deliver(
                 changes,
                 through,
                 &space,
                 &self.stamp,
-                max_bytes,
+                delivery,
                 &mut self.outbox,
             );
             return watcher.next_revision <= head;
         }
         let shards = watcher.shards(&space);
         let after = watcher.next_revision - 1;
-        match read_changes(&space, &shards, after, head, CATCH_UP_CHUNK_CHANGES) {
+        // A catch-up response as etcd shapes it may be far larger than the
+        // client's window; it is produced only while the connection may
+        // hold that much ahead of its windows, otherwise the step is what
+        // the window admits.
+        let catch_up_bytes = if self.responses.may_hold(max_response_bytes) {
+            max_response_bytes
+        } else {
+            self.allowance.saturating_sub(self.outbox_bytes)
+        };
+        // Read about what the step may send: a chunk read and mostly left
+        // unsent would be read again.
+        let read = read_changes(
+            &space,
+            &shards,
+            after,
+            head,
+            CATCH_UP_CHUNK_CHANGES,
+            catch_up_bytes,
+        );
+        match read {
             Ok(chunk) => {
-                watcher.deliver(
+                let delivery = Delivery {
+                    max_response_bytes,
+                    max_bytes: catch_up_bytes,
+                    header_revision: head,
+                };
+                self.outbox_bytes += watcher.deliver(
                     chunk.deliverable(),
                     chunk.through,
                     &space,
                     &self.stamp,
-                    max_bytes,
+                    delivery,
                     &mut self.outbox,
                 );
                 watcher.next_revision <= head

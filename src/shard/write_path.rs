@@ -216,7 +216,16 @@ impl WritePath {
     /// Compacts every shard at `revision` after etcd's checks. Returns once
     /// every shard logged the compaction durably; with `physical` (etcd's
     /// flag), once every shard also freed the history below it.
-    pub async fn compact(&self, revision: i64, physical: bool) -> Result<(), KvError> {
+    ///
+    /// Runs as a task of its own, like a multi-shard write's coordinator:
+    /// a Compact call whose client goes away is canceled, and a compaction
+    /// point raised with only some shards told would be torn.
+    pub async fn compact(self: &Rc<Self>, revision: i64, physical: bool) -> Result<(), KvError> {
+        let this = self.clone();
+        monoio::spawn(async move { this.compact_every_shard(revision, physical).await }).await
+    }
+
+    async fn compact_every_shard(&self, revision: i64, physical: bool) -> Result<(), KvError> {
         self.space.begin_compaction(revision)?;
         let mut waits = Vec::new();
         for shard in self.space.shard_map().all_shards() {

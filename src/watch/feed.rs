@@ -163,6 +163,7 @@ impl EventFeed {
             head,
             watermark,
             FEED_MAX_CHANGES,
+            FEED_MAX_PAYLOAD_BYTES,
         ) {
             Ok(chunk) => {
                 let mut state = self.state.borrow_mut();

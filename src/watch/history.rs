@@ -46,29 +46,39 @@ impl HistoryChunk {
     /// take, up to their few bytes of framing each. Counted when asked
     /// (the feed asks twice per batch); catch-up chunks never need it.
     pub fn payload_bytes(&self) -> usize {
-        self.changes
-            .iter()
-            .map(|change| {
-                change.key.len()
-                    + change
-                        .version
-                        .as_ref()
-                        .map_or(0, |version| version.value.len())
-            })
-            .sum()
+        self.changes.iter().map(payload_len).sum()
     }
 
     /// Each change with the cell that holds (or will hold) its shared
     /// encoded event.
     pub fn deliverable(&self) -> impl Iterator<Item = DeliverableChange<'_>> {
-        self.changes
+        self.deliverable_from(self.after + 1)
+    }
+
+    /// [`Self::deliverable`] from the first change at or above `revision`,
+    /// found by binary search: a watch that takes a large feed batch in
+    /// several bounded steps does not pass over what it already sent.
+    pub fn deliverable_from(&self, revision: i64) -> impl Iterator<Item = DeliverableChange<'_>> {
+        let first = self
+            .changes
+            .partition_point(|change| change.position.revision < revision);
+        self.changes[first..]
             .iter()
-            .zip(&self.encoded_events)
+            .zip(&self.encoded_events[first..])
             .map(|(change, encoded_event)| DeliverableChange {
                 change,
                 encoded_event,
             })
     }
+}
+
+/// A change's key and value bytes.
+fn payload_len(change: &HistoricalChange) -> usize {
+    change.key.len()
+        + change
+            .version
+            .as_ref()
+            .map_or(0, |version| version.value.len())
 }
 
 /// A change as a watcher delivers it (see [`HistoryChunk::deliverable`]).
@@ -100,9 +110,11 @@ pub fn check_not_compacted(space: &KeySpace, after: i64) -> Result<(), Compacted
 }
 
 /// Reads the changes in `after+1..=through` from `shards`, at most about
-/// `max_changes` of them: a shard stops at a revision boundary once it has
-/// that many, and the chunk then ends at the lowest revision every shard
-/// read completely, so a revision is never split between chunks.
+/// `max_changes` of them and `max_payload_bytes` of their keys and values
+/// per shard: a shard stops at a revision boundary once it has that many,
+/// and the chunk then ends at the lowest revision every shard read
+/// completely, so a revision is never split between chunks (and a chunk
+/// holds at least one revision of each shard that has one).
 /// `through` must be at or below the watermark.
 pub fn read_changes(
     space: &KeySpace,
@@ -110,23 +122,27 @@ pub fn read_changes(
     after: i64,
     through: i64,
     max_changes: usize,
+    max_payload_bytes: usize,
 ) -> Result<HistoryChunk, Compacted> {
     check_not_compacted(space, after)?;
     let mut complete_through = through;
     let mut changes = Vec::new();
     for &shard in shards {
         let mut taken = 0usize;
+        let mut taken_bytes = 0usize;
         let mut last_revision = after;
         let mut truncated = false;
         space
             .memtable(shard)
             .changes_between(after, through, |change| {
-                if taken >= max_changes && change.position.revision != last_revision {
+                let full = taken >= max_changes || taken_bytes >= max_payload_bytes;
+                if full && change.position.revision != last_revision {
                     truncated = true;
                     return false;
                 }
                 last_revision = change.position.revision;
                 taken += 1;
+                taken_bytes += payload_len(&change);
                 changes.push(change);
                 true
             });
@@ -192,7 +208,7 @@ mod tests {
     fn a_revision_spanning_shards_comes_back_in_sub_revision_order() {
         let space = space_with_history();
         let all: Vec<ShardId> = space.shard_map().all_shards().collect();
-        let chunk = read_changes(&space, &all, 1, 3, 100).unwrap();
+        let chunk = read_changes(&space, &all, 1, 3, 100, usize::MAX).unwrap();
         assert_eq!(keys(&chunk), vec!["d", "c", "b", "a", "k3"]);
         assert_eq!(chunk.through, 3);
     }
@@ -204,7 +220,7 @@ mod tests {
         let mut after = 1;
         let mut seen = Vec::new();
         while after < 9 {
-            let chunk = read_changes(&space, &all, after, 9, 1).unwrap();
+            let chunk = read_changes(&space, &all, after, 9, 1, usize::MAX).unwrap();
             assert!(chunk.through > after, "every chunk makes progress");
             seen.extend(chunk.changes().iter().map(|change| change.position));
             after = chunk.through;
@@ -223,13 +239,13 @@ mod tests {
         space.restore_compaction(5);
         let all: Vec<ShardId> = space.shard_map().all_shards().collect();
         assert_eq!(
-            read_changes(&space, &all, 3, 9, 100).unwrap_err(),
+            read_changes(&space, &all, 3, 9, 100, usize::MAX).unwrap_err(),
             Compacted {
                 compact_revision: 5
             }
         );
         assert!(
-            read_changes(&space, &all, 4, 9, 100).is_ok(),
+            read_changes(&space, &all, 4, 9, 100, usize::MAX).is_ok(),
             "resuming at the point is fine"
         );
     }

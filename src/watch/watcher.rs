@@ -37,6 +37,18 @@ impl HeaderStamp {
     }
 }
 
+/// How one [`Watcher::deliver`] shapes what it produces.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// etcd's fragmenting threshold for a watch that asked for fragments.
+    pub max_response_bytes: usize,
+    /// Event bytes after which delivery stops at a revision boundary.
+    pub max_bytes: usize,
+    /// The revision the responses' headers carry: etcd stamps a catch-up
+    /// with the store revision it caught up to, not its last event's.
+    pub header_revision: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Watcher {
     pub id: i64,
@@ -88,24 +100,30 @@ impl Watcher {
 
     /// Delivers `changes` (a contiguous piece of history ending at
     /// `through`, possibly starting before this watcher's position) into
-    /// `out`, and moves the watcher past `through`. A response holds whole
-    /// revisions only (atomic), at most [`MAX_REVISIONS_PER_RESPONSE`] of
-    /// them, unless fragmenting splits a large one.
+    /// `out`, and moves the watcher past what it delivered. A response
+    /// holds whole revisions only (atomic), at most
+    /// [`MAX_REVISIONS_PER_RESPONSE`] of them, unless fragmenting splits a
+    /// large one. Once `max_bytes` of events are out, delivery stops at the
+    /// next revision boundary and the watcher's position stays there (etcd
+    /// does the same past `watchBatchMaxRevs`): the caller sends what it
+    /// has before producing more. Returns the bytes of events delivered.
     pub fn deliver<'a>(
         &mut self,
         changes: impl IntoIterator<Item = DeliverableChange<'a>>,
         through: i64,
         space: &KeySpace,
         stamp: &HeaderStamp,
-        max_response_bytes: usize,
+        delivery: Delivery,
         out: &mut Vec<WatchReply>,
-    ) {
+    ) -> usize {
         if through < self.next_revision {
-            return;
+            return 0;
         }
         let mut events = Vec::new();
         let mut revisions_in_response = 0usize;
         let mut last_revision = 0;
+        let mut delivered_bytes = 0usize;
+        let mut stopped_at = None;
         for deliverable in changes {
             let change = deliverable.change;
             if !self.wants(change) {
@@ -113,14 +131,18 @@ impl Watcher {
             }
             let revision = change.position.revision;
             if revision != last_revision {
+                // At least one revision per delivery, so every call
+                // makes progress.
+                if last_revision != 0 && delivered_bytes >= delivery.max_bytes {
+                    stopped_at = Some(revision);
+                    break;
+                }
                 if revisions_in_response == MAX_REVISIONS_PER_RESPONSE {
-                    // etcd stamps every batch of a catch-up with the
-                    // revision read through, not the batch's last event.
                     self.push_response(
                         std::mem::take(&mut events),
-                        through,
+                        delivery.header_revision,
                         stamp,
-                        max_response_bytes,
+                        delivery.max_response_bytes,
                         out,
                     );
                     revisions_in_response = 0;
@@ -128,12 +150,22 @@ impl Watcher {
                 revisions_in_response += 1;
                 last_revision = revision;
             }
-            events.push(self.encoded_event(deliverable, space));
+            let event = self.encoded_event(deliverable, space);
+            delivered_bytes += WatchReply::event_field_len(&event);
+            events.push(event);
         }
         if !events.is_empty() {
-            self.push_response(events, through, stamp, max_response_bytes, out);
+            self.push_response(
+                events,
+                delivery.header_revision,
+                stamp,
+                delivery.max_response_bytes,
+                out,
+            );
         }
-        self.next_revision = through + 1;
+        // Every change below `stopped_at` was looked at; none at or above.
+        self.next_revision = stopped_at.unwrap_or(through + 1);
+        delivered_bytes
     }
 
     /// The change's event for this watcher, encoded. Without `prev_kv`
@@ -312,5 +344,91 @@ mod tests {
         let rejoined: Vec<Bytes> = pieces.into_iter().flat_map(|piece| piece.events).collect();
         assert_eq!(rejoined, reply.events);
         assert_eq!(fragments(reply.clone(), 1 << 20), vec![reply]);
+    }
+
+    /// A watch delivered in small steps (as a stream whose client reads
+    /// slowly does) gets every change once, in order, whole revisions per
+    /// response, and every step makes progress.
+    #[test]
+    fn bounded_deliveries_resume_where_they_stopped() {
+        use crate::lease::table::LeaseTable;
+        use crate::store::memtable::Version;
+        use crate::store::revision::RevisionClock;
+        use crate::store::shard_map::ShardMap;
+        use crate::watch::history::read_changes;
+
+        let space = KeySpace::new(
+            ShardMap::new(4, 1),
+            RevisionClock::new(1, 1),
+            LeaseTable::for_member(0),
+        );
+        // Revisions 2..=40; every fifth spans four keys (a txn).
+        let mut expected = Vec::new();
+        for revision in 2..=40i64 {
+            let keys = if revision % 5 == 0 { 4 } else { 1 };
+            for sub_revision in 0..keys {
+                let key = Bytes::from(format!("k{revision}-{sub_revision}"));
+                let shard = space.shard_map().shard_of(&key);
+                space.memtable(shard).insert(
+                    key.clone(),
+                    revision,
+                    Version {
+                        value: Bytes::from(vec![b'v'; 10 + revision as usize]),
+                        create_revision: revision,
+                        version: 1,
+                        lease: 0,
+                        sub_revision,
+                    },
+                );
+                expected.push((revision, key));
+            }
+        }
+        let all: Vec<ShardId> = space.shard_map().all_shards().collect();
+        let chunk = read_changes(&space, &all, 1, 40, usize::MAX, usize::MAX).expect("history");
+        let request = WatchCreateRequest::default();
+        let range = KeyRange::from_bytes(&Bytes::from_static(b"\0"), &Bytes::from_static(b"\0"));
+        let mut watcher = Watcher::new(7, range, &request, 2);
+        let stamp = HeaderStamp::default();
+        let delivery = Delivery {
+            max_response_bytes: usize::MAX,
+            max_bytes: 150,
+            header_revision: 40,
+        };
+        let mut received = Vec::new();
+        let mut steps = 0;
+        while watcher.next_revision <= 40 {
+            let before = watcher.next_revision;
+            let mut out = Vec::new();
+            let delivered = watcher.deliver(
+                chunk.deliverable_from(before),
+                chunk.through,
+                &space,
+                &stamp,
+                delivery,
+                &mut out,
+            );
+            assert!(watcher.next_revision > before, "every step makes progress");
+            assert!(delivered > 0);
+            let mut step_revisions = Vec::new();
+            for reply in out {
+                for event in &reply.events {
+                    let event = <Event as prost::Message>::decode(event.clone()).unwrap();
+                    let kv = event.kv.unwrap();
+                    received.push((kv.mod_revision, kv.key.clone()));
+                    step_revisions.push(kv.mod_revision);
+                }
+            }
+            // Whole revisions: a txn's four changes never straddle steps.
+            for revision in &step_revisions {
+                let in_step = step_revisions
+                    .iter()
+                    .filter(|other| *other == revision)
+                    .count();
+                assert_eq!(in_step, if revision % 5 == 0 { 4 } else { 1 });
+            }
+            steps += 1;
+        }
+        assert!(steps > 5, "the limit split the delivery ({steps} steps)");
+        assert_eq!(received, expected);
     }
 }

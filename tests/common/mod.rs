@@ -7,6 +7,9 @@
 //!   codec, so framing bugs on either side cannot cancel each other out.
 //! * [`GrpcStream`] (`stream.rs`) is its bidi-streaming counterpart (Watch,
 //!   LeaseKeepAlive), with bounded waits so tests can assert silence.
+//! * [`raw_client`] has raw h2 connections that stop reading, reset
+//!   streams or drop their connection (abuse tests); [`orphaned_lock`] the
+//!   orphaned Lock waiter scenario. Both are also used by `examples/`.
 
 #![allow(dead_code)]
 
@@ -18,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub mod orphaned_lock;
+pub mod raw_client;
 pub mod raw_h2;
 mod stream;
 #[allow(unused_imports)] // not every test crate streams
