@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{GrpcClient, MetastoreServer, etcdctl_command, http_request};
-use etcd_client::{Client, EventType};
+use etcd_client::{Client, EventType, WatchOptions};
 use metastore::proto::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
 
 const IMAGE_MIB: u64 = 160;
@@ -193,6 +193,13 @@ async fn a_full_disk_refuses_writes_keeps_serving_and_resumes_after_disarm() {
     let lease = etcd.lease_grant(60, None).await.expect("grant").id();
     etcd.put("watched", "small", None).await.expect("put");
     let mut events = etcd.watch("watched", None).await.expect("watch");
+    // A watch on everything the fill writes, not read until the disk is
+    // full: its backlog must come in responses the client accepts (the
+    // Rust client refuses messages over 4 MiB; the fill is ~256 KiB a put).
+    let mut backlog = etcd
+        .watch("fill-", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch");
 
     let filler = fill(&mount, 20 << 20);
     let mut client = GrpcClient::connect(server.addr()).await.expect("connect");
@@ -201,6 +208,15 @@ async fn a_full_disk_refuses_writes_keeps_serving_and_resumes_after_disarm() {
     assert_eq!(count(&mut client, true).await, acknowledged as i64);
     assert_eq!(count(&mut client, false).await, acknowledged as i64);
     assert_read_only(&server);
+    let mut delivered = 0;
+    while delivered < acknowledged {
+        let response = backlog.message().await.expect("watch").expect("events");
+        delivered += response.events().len();
+    }
+    assert_eq!(
+        delivered, acknowledged,
+        "every acknowledged put is watched once"
+    );
     // Keep-alives, watches and deletions go on.
     let (mut keeper, mut keep_alives) = etcd.lease_keep_alive(lease).await.expect("keep-alive");
     keeper.keep_alive().await.expect("send keep-alive");
