@@ -110,7 +110,13 @@ impl RateLimiter {
     /// now. The method's own limit is checked first, so a call it refuses
     /// does not use up the node-wide budget.
     pub fn admit(&self, method: Option<MethodId>, now: Instant) -> bool {
-        let method_bucket = method.and_then(|id| self.per_method[usize::from(id.0)].as_ref());
+        // `get`: a limiter built without the method table (`Default`: no
+        // limits) has no entry for any method, and admits every call.
+        let method_bucket = method.and_then(|id| {
+            self.per_method
+                .get(usize::from(id.0))
+                .and_then(Option::as_ref)
+        });
         if let Some(bucket) = method_bucket
             && !bucket.try_acquire(now)
         {
@@ -127,6 +133,21 @@ mod tests {
     use super::*;
     use crate::metrics::methods::find_method;
     use std::time::Duration;
+
+    /// Found by the `grpc_connection` fuzz target, whose server uses a
+    /// default (unlimited) limiter: a known method indexed past its empty
+    /// table and panicked the call.
+    #[test]
+    fn a_limiter_without_limits_admits_every_method() {
+        let limiter = RateLimiter::default();
+        let now = Instant::now();
+        for name in ["Put", "Range"] {
+            let method = find_method("etcdserverpb.KV", name);
+            assert!(method.is_some(), "{name} is a known method");
+            assert!(limiter.admit(method, now));
+        }
+        assert!(limiter.admit(None, now));
+    }
 
     #[test]
     fn a_bucket_admits_its_burst_then_its_rate() {
