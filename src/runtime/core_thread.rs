@@ -18,6 +18,7 @@ use crate::grpc::server::{ServerLimits, Serving};
 use crate::metrics::CoreMetrics;
 use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
 use crate::shard::SnapshotSchedule;
+use crate::shard::apply::apply_command;
 use crate::shard::disk_space::{DiskSpaceGuard, FullDiskReporter};
 use crate::shard::frontier::DurableFrontier;
 use crate::shard::log_entry::{self, ShardCommandRecord};
@@ -261,9 +262,13 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             group
                 .propose(log_entry::encode(&ShardCommandRecord::void(from, to)))
                 .map_err(|error| format!("shard {shard}: {error}"))?;
-            group.persist().await.map_err(|error| {
+            let persisted = group.persist().await.map_err(|error| {
                 format!("shard {shard}: logging the recovery decision: {error}")
             })?;
+            // A void record changes no state; replay reads it from the log.
+            if let Some(last) = persisted.committed.last() {
+                group.applied_through(last.index);
+            }
         }
         let schedule = SnapshotSchedule::new(
             snapshot_count,
@@ -398,15 +403,7 @@ fn replay(
         .iter()
         .filter(|command| command.revision == 0 || plan.keeps(command.revision))
     {
-        for change in &command.changes {
-            memtable.insert(change.key.clone(), command.revision, change.to_version());
-        }
-        if let Some(grant) = &command.lease_grant {
-            space.leases().insert(grant.id, grant.ttl_seconds, now);
-        }
-        if command.lease_revoke != 0 {
-            space.leases().remove(command.lease_revoke);
-        }
+        apply_command(space, shard, command, now);
     }
     if plan.compacted > 0 {
         memtable.compact(plan.compacted);

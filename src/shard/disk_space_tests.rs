@@ -4,34 +4,20 @@
 //! nothing it acknowledged.
 
 use std::collections::BTreeSet;
-use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
 
-use super::disk_space::{DiskSpaceGuard, FullDiskReporter, RETRY_INTERVAL};
-use super::frontier::DurableFrontier;
-use super::log_storage::ShardLogStorage;
-use super::raft_group::{LogStats, RaftGroup, log_mirror};
+use super::disk_space::{FullDiskReporter, RETRY_INTERVAL};
 use super::recovery::read_shard_log;
-use super::{ShardCommand, ShardWorker, SnapshotSchedule};
-use crate::lease::table::LeaseTable;
-use crate::metrics::CoreMetrics;
+use super::{ShardCommand, test_worker};
 use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest};
 use crate::service::alarm::AlarmSet;
 use crate::store::error::KvError;
-use crate::store::key_space::KeySpace;
-use crate::store::revision::RevisionClock;
-use crate::store::shard_map::ShardMap;
 use crate::store::write::WriteRequest;
 use crate::test_support::run_on_monoio as run;
-use crate::wal::{MemoryDevice, WalOptions};
-
-const OPTIONS: WalOptions = WalOptions {
-    segment_bytes: 1 << 20,
-};
+use crate::wal::MemoryDevice;
 
 /// One shard on a fresh `device`, its worker running; returns the way in.
 async fn start_shard(
@@ -39,44 +25,13 @@ async fn start_shard(
     alarms: &AlarmSet,
     snapshots: &std::path::Path,
 ) -> flume::Sender<ShardCommand> {
-    let log = read_shard_log(0, device.clone(), 0).await.expect("read");
-    let wal = log.reading.resume(OPTIONS).await.expect("resume");
-    let frontier = Arc::new(DurableFrontier::new([(wal.log_id(), 0)]));
-    let storage = ShardLogStorage::new(
-        log_mirror(None, &log.entries, log.hard_state).expect("mirror"),
-        snapshots.to_owned(),
-    );
-    let group = RaftGroup::start(
-        storage,
-        wal,
-        Default::default(),
-        (0, frontier),
-        Arc::new(LogStats::default()),
-    )
-    .await
-    .expect("start");
-    let clock = RevisionClock::new(1, 1);
-    let space = KeySpace::new(
-        ShardMap::new(1, 1),
-        clock.clone(),
-        LeaseTable::for_member(7),
-    );
-    let (sender, commands) = flume::bounded(64);
-    let schedule = SnapshotSchedule::new(u64::MAX, snapshots.to_owned(), sender.clone());
     let reporter = FullDiskReporter {
         alarms: alarms.clone(),
         member_id: 7,
     };
-    let worker = ShardWorker::new(
-        0,
-        space,
-        clock.slot(0),
-        group,
-        schedule,
-        Rc::new(CoreMetrics::new(false)),
-        DiskSpaceGuard::new(0, Some(reporter), OPTIONS.segment_bytes),
-    );
-    monoio::spawn(worker.run(commands));
+    let shard = test_worker::new_worker(device, snapshots, Some(reporter)).await;
+    let sender = shard.sender.clone();
+    monoio::spawn(shard.worker.run(shard.commands));
     // The worker prepares the WAL's next segment before its first turn.
     while !device
         .file_names()

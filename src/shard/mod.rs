@@ -8,6 +8,9 @@
 //! order so two coordinators never deadlock, then sends each participant
 //! its part to apply.
 
+pub mod apply;
+#[cfg(test)]
+mod apply_tests;
 pub mod compacting;
 pub mod disk_space;
 #[cfg(test)]
@@ -21,6 +24,8 @@ pub mod recovery;
 #[cfg(test)]
 mod recovery_faults;
 pub mod snapshotting;
+#[cfg(test)]
+mod test_worker;
 pub mod write_path;
 
 use bytes::Bytes;
@@ -30,6 +35,7 @@ use crate::metrics::CoreMetrics;
 use crate::store::error::KvError;
 use crate::store::key_space::KeySpace;
 use crate::store::memtable::Version;
+use crate::store::pending::PendingVersions;
 use crate::store::revision::{PendingRevision, RevisionSlot};
 use crate::store::shard_map::ShardId;
 use crate::store::write::{self, ChangeSet, WriteContext, WriteRequest, WriteResponse};
@@ -115,20 +121,28 @@ pub enum HeldCommand {
 /// Most commands taken from the channel in one turn; they share one fsync.
 const MAX_COMMANDS_PER_TURN: usize = 1024;
 
-/// An answer that may be given only once its entry is durable.
-enum DeferredReply {
+/// An answer that may be given only once its entry is applied, with the
+/// entry's log index.
+struct DeferredReply {
+    index: u64,
+    answer: DeferredAnswer,
+}
+
+enum DeferredAnswer {
     Write {
         reply: WriteReply,
         outcome: WriteOutcome,
         /// `None` for a write that logs without taking a revision (a lease
         /// revocation with no keys).
         pending: Option<PendingRevision>,
-        revoked_lease: Option<i64>,
     },
-    Compacted(oneshot::Sender<()>),
+    Compacted {
+        done: oneshot::Sender<()>,
+        /// Answer once the history is freed, not once the record applies.
+        physical: bool,
+    },
     LeaseGranted {
         id: i64,
-        ttl_seconds: i64,
         reply: oneshot::Sender<Result<(), KvError>>,
     },
 }
@@ -137,12 +151,12 @@ enum DeferredReply {
 /// the owner of its Raft group and WAL.
 ///
 /// Each turn of its loop takes every command already queued (up to
-/// [`MAX_COMMANDS_PER_TURN`]), evaluates each against the newest state,
-/// applies it to the memtable at once (so the next command sees it) and
-/// proposes it to Raft; then one persist makes the whole turn durable with
-/// one write and one fdatasync, and only then are revisions completed and
-/// replies sent. Readers cannot see a change before that: its revision is
-/// pending until then, and readers stop below the watermark.
+/// [`MAX_COMMANDS_PER_TURN`]), evaluates each against the newest state (the
+/// memtable plus what this shard proposed and has not applied yet,
+/// `pending`) and proposes it to Raft; then one persist makes the whole
+/// turn durable with one write and one fdatasync, Raft commits it, and the
+/// worker applies the committed entries in log order (`apply`: the only
+/// way the memtable changes) before it completes revisions and replies.
 pub struct ShardWorker<D: StorageDevice> {
     shard: ShardId,
     space: std::sync::Arc<KeySpace>,
@@ -157,6 +171,12 @@ pub struct ShardWorker<D: StorageDevice> {
     /// Whether the WAL could allocate its next segment, and what a full
     /// disk refuses (`disk_space`).
     disk: disk_space::DiskSpaceGuard,
+    /// Versions proposed and not applied yet: the next write is evaluated
+    /// against them, since the memtable changes only on apply.
+    pending: PendingVersions,
+    /// Commands proposed and not applied yet, with their log index and
+    /// term, so applying this member's own entries needs no decoding.
+    proposals: std::collections::VecDeque<(u64, u64, ShardCommandRecord)>,
 }
 
 /// When and where a shard snapshots (see `snapshotting`).
@@ -230,6 +250,8 @@ impl<D: StorageDevice> ShardWorker<D> {
             metrics,
             compaction: None,
             disk,
+            pending: PendingVersions::default(),
+            proposals: Default::default(),
         }
     }
 
@@ -334,28 +356,12 @@ impl<D: StorageDevice> ShardWorker<D> {
         }
     }
 
-    /// Logs a compaction record and starts (or raises) the stepwise freeing
-    /// of history. The first step runs after this turn's persist, so the
-    /// record is durable before anything is freed.
-    fn start_compaction(
-        &mut self,
-        revision: i64,
-        physical: bool,
-        done: oneshot::Sender<()>,
-        deferred: &mut Vec<DeferredReply>,
-    ) {
-        self.propose(&ShardCommandRecord::compaction(revision));
-        let compaction = match &mut self.compaction {
-            Some(running) => {
-                running.raise_to(revision);
-                running
-            }
-            none => none.insert(compacting::ShardCompaction::new(revision)),
-        };
-        if physical {
-            compaction.notify_when_freed(done);
-        } else {
-            deferred.push(DeferredReply::Compacted(done));
+    /// Starts (or raises) the stepwise freeing of history once a
+    /// compaction record is applied; the first step runs after this turn.
+    fn start_compaction(&mut self, revision: i64) {
+        match &mut self.compaction {
+            Some(running) => running.raise_to(revision),
+            None => self.compaction = Some(compacting::ShardCompaction::new(revision)),
         }
     }
 
@@ -534,7 +540,7 @@ impl<D: StorageDevice> ShardWorker<D> {
                     let _ = reply.send(Err(KvError::NoSpace));
                     return;
                 }
-                match run_write(&self.space, &self.slot, request) {
+                match run_write(&self.space, &self.slot, request, Some(&self.pending)) {
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
@@ -543,13 +549,18 @@ impl<D: StorageDevice> ShardWorker<D> {
                         let _ = reply.send(Ok(outcome));
                     }
                     Ok((outcome, changes, pending)) => {
-                        self.apply(changes.changes.iter(), changes.revision);
-                        self.propose(&ShardCommandRecord::for_change_set(&changes));
-                        deferred.push(DeferredReply::Write {
-                            reply,
-                            outcome,
-                            pending,
-                            revoked_lease: changes.revoked_lease,
+                        self.pending.propose(changes.revision, &changes.changes);
+                        if let Some(lease) = changes.revoked_lease {
+                            self.pending.revoke_lease(lease);
+                        }
+                        let index = self.propose(ShardCommandRecord::for_change_set(&changes));
+                        deferred.push(DeferredReply {
+                            index,
+                            answer: DeferredAnswer::Write {
+                                reply,
+                                outcome,
+                                pending,
+                            },
                         });
                     }
                 }
@@ -560,7 +571,7 @@ impl<D: StorageDevice> ShardWorker<D> {
                 reply,
             } => {
                 let granting = deferred.iter().any(|deferred| {
-                    matches!(deferred, DeferredReply::LeaseGranted { id: pending, .. } if *pending == id)
+                    matches!(deferred.answer, DeferredAnswer::LeaseGranted { id: pending, .. } if pending == id)
                 });
                 if granting || self.space.leases().exists(id) {
                     let _ = reply.send(Err(KvError::LeaseExists));
@@ -570,17 +581,21 @@ impl<D: StorageDevice> ShardWorker<D> {
                     let _ = reply.send(Err(KvError::NoSpace));
                     return;
                 }
-                self.propose(&ShardCommandRecord::lease_grant(id, ttl_seconds));
-                deferred.push(DeferredReply::LeaseGranted {
-                    id,
-                    ttl_seconds,
-                    reply,
+                let index = self.propose(ShardCommandRecord::lease_grant(id, ttl_seconds));
+                deferred.push(DeferredReply {
+                    index,
+                    answer: DeferredAnswer::LeaseGranted { id, reply },
                 });
             }
             ShardCommand::Hold { held, commands } => {
                 // What this shard already accepted becomes durable and is
                 // answered before it stops for the coordinator.
                 self.persist_and_reply(deferred).await;
+                // The coordinator evaluates against the memtable alone.
+                debug_assert!(
+                    self.pending.is_empty() && self.proposals.is_empty(),
+                    "a held shard has applied all it proposed"
+                );
                 if held.send(()).is_err() {
                     return;
                 }
@@ -592,17 +607,13 @@ impl<D: StorageDevice> ShardWorker<D> {
                     durable,
                 }) = commands.recv_async().await
                 {
-                    self.apply(
-                        changes.iter().map(|(key, version)| (key, version)),
-                        revision,
-                    );
-                    self.propose(&ShardCommandRecord::for_changes(
+                    self.propose(ShardCommandRecord::for_changes(
                         revision,
                         participants,
                         changes.iter().map(|(key, version)| (key, version)),
                         revoked_lease,
                     ));
-                    self.persist().await;
+                    self.persist_and_apply().await;
                     let _ = durable.send(());
                 }
             }
@@ -610,7 +621,13 @@ impl<D: StorageDevice> ShardWorker<D> {
                 revision,
                 physical,
                 done,
-            } => self.start_compaction(revision, physical, done, deferred),
+            } => {
+                let index = self.propose(ShardCommandRecord::compaction(revision));
+                deferred.push(DeferredReply {
+                    index,
+                    answer: DeferredAnswer::Compacted { done, physical },
+                });
+            }
             ShardCommand::Snapshot { done } => self.snapshots.requested.push(done),
             ShardCommand::SnapshotWritten { raft_index, result } => {
                 // Releasing the log re-logs the hard state; answer what is
@@ -621,104 +638,129 @@ impl<D: StorageDevice> ShardWorker<D> {
         }
     }
 
-    fn apply<'a>(
-        &self,
-        changes: impl IntoIterator<Item = (&'a Bytes, &'a Version)>,
-        revision: i64,
-    ) {
-        let memtable = self.space.memtable(self.shard);
-        for (key, version) in changes {
-            debug_assert_eq!(
-                self.space.shard_map().shard_of(key),
-                self.shard,
-                "change routed to the wrong shard"
-            );
-            memtable.insert(key.clone(), revision, version.clone());
-        }
-    }
-
-    fn propose(&mut self, record: &ShardCommandRecord) {
-        match self.group.propose(log_entry::encode(record)) {
+    /// Appends `record` to the shard's log; returns its index.
+    fn propose(&mut self, record: ShardCommandRecord) -> u64 {
+        match self.group.propose(log_entry::encode(&record)) {
             Ok(index) => {
                 self.snapshots.logged.push_back((index, record.revision));
                 self.snapshots.entries_since_snapshot += 1;
+                let term = self.group.term_of(index).unwrap_or_default();
+                self.proposals.push_back((index, term, record));
+                index
             }
             Err(error) => {
-                // The change is applied in memory already; without its log
-                // entry the shard would diverge from its log.
+                // Its revision is taken and its versions are pending: without
+                // its log entry the shard would diverge from its log.
                 tracing::error!(shard = self.shard, %error, "cannot append to the shard's Raft log; aborting");
                 std::process::abort();
             }
         }
     }
 
+    /// Applies a committed entry: the only way the shard's state changes.
+    /// This member's own proposals are applied from what it proposed; any
+    /// other entry is decoded from the log.
+    fn apply(&mut self, entry: &raft::eraftpb::Entry, now: std::time::Instant) {
+        let own = self
+            .proposals
+            .front()
+            .is_some_and(|(index, term, _)| *index == entry.index && *term == entry.term);
+        let command = if own {
+            self.proposals.pop_front().map(|(_, _, command)| command)
+        } else if entry.data.is_empty() {
+            // A new leader's empty entry.
+            None
+        } else {
+            match <ShardCommandRecord as prost::Message>::decode(&entry.data[..]) {
+                Ok(command) => Some(command),
+                Err(error) => {
+                    // Skipping a committed entry would fork this shard
+                    // from its log and from every other member.
+                    tracing::error!(shard = self.shard, index = entry.index, %error, "a committed entry does not decode; aborting");
+                    std::process::abort();
+                }
+            }
+        };
+        let Some(command) = command else {
+            return;
+        };
+        apply::apply_command(&self.space, self.shard, &command, now);
+        for change in &command.changes {
+            self.pending.applied(command.revision, &change.key);
+        }
+        if command.lease_revoke != 0 {
+            self.pending.lease_revocation_applied(command.lease_revoke);
+        }
+        if command.compact_revision > 0 {
+            self.start_compaction(command.compact_revision);
+        }
+    }
+
     /// One write + one fdatasync for everything proposed. A failed write or
     /// fsync is fatal: the kernel may have dropped the dirty pages, so a
     /// retry could report success for data that is gone.
-    async fn persist(&mut self) {
+    /// Makes everything proposed durable, then applies what Raft
+    /// committed, in log order.
+    async fn persist_and_apply(&mut self) {
         let started = std::time::Instant::now();
-        match self.group.persist().await {
-            Ok(persisted) if persisted.entries > 0 => {
-                self.metrics
-                    .wal_synced(persisted.syncing, started.elapsed(), persisted.entries);
-            }
-            Ok(_) => {}
+        let persisted = match self.group.persist().await {
+            Ok(persisted) => persisted,
             Err(error) => {
                 tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed; aborting (an fsync is never retried)");
                 std::process::abort();
             }
+        };
+        if persisted.entries > 0 {
+            self.metrics
+                .wal_synced(persisted.syncing, started.elapsed(), persisted.entries);
+        }
+        let now = std::time::Instant::now();
+        for entry in &persisted.committed {
+            self.apply(entry, now);
+        }
+        if let Some(last) = persisted.committed.last() {
+            self.group.applied_through(last.index);
         }
     }
 
+    /// Persists and applies, then answers every deferred request whose
+    /// entry is applied (with one voter: all of them).
     async fn persist_and_reply(&mut self, deferred: &mut Vec<DeferredReply>) {
-        if deferred.is_empty() {
+        if deferred.is_empty() && self.proposals.is_empty() {
             return;
         }
-        self.persist().await;
-        for reply in deferred.drain(..) {
-            match reply {
-                DeferredReply::Write {
+        self.persist_and_apply().await;
+        let applied = self.group.applied_index();
+        let answerable = deferred.partition_point(|deferred| deferred.index <= applied);
+        for deferred in deferred.drain(..answerable) {
+            match deferred.answer {
+                DeferredAnswer::Write {
                     reply,
                     outcome,
                     pending,
-                    revoked_lease,
                 } => {
-                    finish_write(&self.space, revoked_lease, pending);
+                    if let Some(pending) = pending {
+                        pending.complete();
+                    }
                     // The requester may have gone away; the write stands.
                     let _ = reply.send(Ok(outcome));
                 }
-                DeferredReply::Compacted(done) => {
+                DeferredAnswer::Compacted {
+                    done,
+                    physical: true,
+                } if self.compaction.is_some() => {
+                    if let Some(compaction) = &mut self.compaction {
+                        compaction.notify_when_freed(done);
+                    }
+                }
+                DeferredAnswer::Compacted { done, .. } => {
                     let _ = done.send(());
                 }
-                DeferredReply::LeaseGranted {
-                    id,
-                    ttl_seconds,
-                    reply,
-                } => {
-                    self.space
-                        .leases()
-                        .insert(id, ttl_seconds, std::time::Instant::now());
+                DeferredAnswer::LeaseGranted { reply, .. } => {
                     let _ = reply.send(Ok(()));
                 }
             }
         }
-    }
-}
-
-/// The last step of a write, once every part of it is durable: a revoked
-/// lease leaves the table, then the revision completes (readers may see
-/// it). The caller still holds the write's shards, so no put can attach to
-/// the lease in between.
-pub fn finish_write(
-    space: &KeySpace,
-    revoked_lease: Option<i64>,
-    pending: Option<PendingRevision>,
-) {
-    if let Some(lease) = revoked_lease {
-        space.leases().remove(lease);
-    }
-    if let Some(pending) = pending {
-        pending.complete();
     }
 }
 
@@ -730,14 +772,19 @@ pub fn run_write(
     space: &KeySpace,
     slot: &RevisionSlot,
     request: WriteRequest,
+    pending: Option<&PendingVersions>,
 ) -> Result<(WriteOutcome, ChangeSet, Option<PendingRevision>), KvError> {
-    let lease_exists = |lease: i64| space.leases().exists(lease);
+    let lease_exists = |lease: i64| {
+        space.leases().exists(lease)
+            && !pending.is_some_and(|pending| pending.is_lease_revoked(lease))
+    };
     let mut context = WriteContext {
         space,
         begin_revision: space.clock().watermark(),
         // The shards this write touches are held still: read their newest state.
         read_revision: write::LATEST,
         lease_exists: &lease_exists,
+        pending,
     };
     let prepared = write::prepare(&context, request)?;
     let pending = prepared.changes_something.then(|| slot.take());

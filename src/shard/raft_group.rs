@@ -66,12 +66,16 @@ impl LogStats {
     }
 }
 
-/// What one [`RaftGroup::persist`] made durable, for metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What one [`RaftGroup::persist`] made durable, and what Raft committed.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Persisted {
     pub entries: usize,
     /// Time spent in the WAL's write + fdatasync.
     pub syncing: std::time::Duration,
+    /// Entries Raft committed, in log order, for the caller to apply and
+    /// then report with [`RaftGroup::applied_through`]. Nothing may change
+    /// the shard's state before its entry is here.
+    pub committed: Vec<Entry>,
 }
 
 pub struct RaftGroup<D: StorageDevice> {
@@ -163,7 +167,18 @@ impl<D: StorageDevice> RaftGroup<D> {
             entry_records,
         };
         group.node.campaign()?;
-        group.persist().await?;
+        let persisted = group.persist().await?;
+        // Only the new leader's empty entry: the recovered log was applied
+        // before the group started.
+        debug_assert!(
+            persisted
+                .committed
+                .iter()
+                .all(|entry| entry.data.is_empty())
+        );
+        if let Some(last) = persisted.committed.last() {
+            group.applied_through(last.index);
+        }
         if group.node.raft.state != StateRole::Leader {
             return Err(GroupError::NotLeader);
         }
@@ -178,6 +193,11 @@ impl<D: StorageDevice> RaftGroup<D> {
     pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, GroupError> {
         self.node.propose(Vec::new(), data)?;
         Ok(self.node.raft.raft_log.last_index())
+    }
+
+    /// The index of the last entry applied.
+    pub fn applied_index(&self) -> u64 {
+        self.node.raft.raft_log.applied
     }
 
     /// The index of the last entry in the log.
@@ -247,12 +267,25 @@ impl<D: StorageDevice> RaftGroup<D> {
     }
 
     /// Makes everything proposed so far durable with one WAL write and one
-    /// fdatasync, and lets Raft commit it. Returns the number of entries
-    /// that became durable. An error here is fatal: the caller aborts.
+    /// fdatasync, lets Raft commit it, and returns what became durable and
+    /// what was committed (with one voter: everything durable). An error
+    /// here is fatal: the caller aborts.
+    ///
+    /// Raft's `Ready` is handled whole: entries and hard state are
+    /// persisted before anything is applied; committed entries go to the
+    /// caller. A single voter never receives a snapshot or has a message
+    /// to send (asserted); the peer transport is what will send them.
     pub async fn persist(&mut self) -> Result<Persisted, GroupError> {
         let mut persisted = Persisted::default();
         while self.node.has_ready() {
             let mut ready = self.node.ready();
+            debug_assert!(
+                ready.snapshot().is_empty()
+                    && ready.messages().is_empty()
+                    && ready.persisted_messages().is_empty(),
+                "a single voter has no peer to hear from or send to"
+            );
+            persisted.committed.extend(ready.take_committed_entries());
             let entries = ready.take_entries();
             if !entries.is_empty() || ready.hs().is_some() {
                 self.begin_frame();
@@ -282,24 +315,27 @@ impl<D: StorageDevice> RaftGroup<D> {
                     writable.set_hardstate(hard_state.clone());
                 }
             }
-            // Single member: nothing to send; committed entries were
-            // applied to the memtable when proposed (see `ShardWorker`).
             let mut light = self.node.advance(ready);
             if let Some(commit) = light.commit_index() {
                 self.node.store().mirror().wl().mut_hard_state().commit = commit;
             }
-            light.take_committed_entries();
-            self.node.advance_apply();
+            debug_assert!(light.messages().is_empty(), "a single voter sends nothing");
+            persisted.committed.extend(light.take_committed_entries());
         }
         self.trim_mirror()?;
         let log = &self.node.raft.raft_log;
         self.stats
             .committed_index
             .store(log.committed, Ordering::Relaxed);
-        self.stats
-            .applied_index
-            .store(log.applied, Ordering::Relaxed);
         Ok(persisted)
+    }
+
+    /// Tells Raft the caller applied every committed entry through `index`.
+    pub fn applied_through(&mut self, index: u64) {
+        if index > self.node.raft.raft_log.applied {
+            self.node.advance_apply_to(index);
+            self.stats.applied_index.store(index, Ordering::Relaxed);
+        }
     }
 
     /// Starts a frame with the frontier record if nothing is buffered yet.
@@ -381,7 +417,13 @@ mod tests {
                         .propose(format!("entry {batch}-{item}").into_bytes())
                         .expect("propose");
                 }
-                group.persist().await.expect("persist");
+                let persisted = group.persist().await.expect("persist");
+                assert_eq!(
+                    persisted.committed.len(),
+                    100,
+                    "one voter commits what is durable"
+                );
+                group.applied_through(persisted.committed.last().expect("committed").index);
             }
             let mirror = group.node.store().mirror();
             let (first, last) = (

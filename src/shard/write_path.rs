@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures_channel::oneshot;
 
-use super::{HeldCommand, ShardCommand, WriteOutcome, finish_write, run_write};
+use super::{HeldCommand, ShardCommand, WriteOutcome, run_write};
 use crate::store::error::KvError;
 use crate::store::key_space::KeySpace;
 use crate::store::revision::RevisionSlot;
@@ -52,7 +52,7 @@ impl WritePath {
         let outcome = match participants.len() {
             0 => {
                 // Nothing can change (e.g. an empty range); no shard to hold.
-                let (outcome, _, _) = run_write(&self.space, &self.slot, request)?;
+                let (outcome, _, _) = run_write(&self.space, &self.slot, request, None)?;
                 outcome
             }
             1 => {
@@ -136,7 +136,7 @@ impl WritePath {
                 .map_err(|_| KvError::ShardUnavailable(shard))?;
             holds.push((shard, commands));
         }
-        let (outcome, changes, pending) = run_write(&self.space, &self.slot, request)?;
+        let (outcome, changes, pending) = run_write(&self.space, &self.slot, request, None)?;
         if changes.is_empty() {
             // Nothing changed: nothing to log; releasing the holds is all.
             return Ok(outcome);
@@ -186,8 +186,12 @@ impl WritePath {
         for (shard, done) in waits {
             done.await.map_err(|_| KvError::ShardUnavailable(shard))?;
         }
-        // Every part is durable: finish, then release the shards.
-        finish_write(&self.space, changes.revoked_lease, pending);
+        // Every part is durable and applied (a revoked lease left the table
+        // with its home shard's part): readers may see the revision, then
+        // the shards are released.
+        if let Some(pending) = pending {
+            pending.complete();
+        }
         drop(holds);
         Ok(outcome)
     }

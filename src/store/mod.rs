@@ -3,6 +3,7 @@
 //! - [`shard_map`]: key → shard (stable hash) and shard → core.
 //! - [`revision`]: the global revision sequencer and the applied watermark.
 //! - [`memtable`]: one shard's lock-free multi-version skip list.
+//! - [`pending`]: what a shard proposed and has not applied yet, for evaluating the next write.
 //! - [`version_key`]: the skip list's order, searched without owned keys.
 //! - [`key_range`]: etcd's `key`/`range_end` forms.
 //! - [`key_space`]: all shards together, consistent reads at a revision.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod key_range;
 pub mod key_space;
 pub mod memtable;
+pub mod pending;
 pub mod range;
 pub mod request_check;
 pub mod revision;

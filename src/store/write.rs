@@ -21,6 +21,7 @@ use super::error::KvError;
 use super::key_range::KeyRange;
 use super::key_space::{KeySpace, RangeResult};
 use super::memtable::Version;
+use super::pending::PendingVersions;
 use super::range;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::{
@@ -99,6 +100,65 @@ pub struct WriteContext<'a> {
     pub read_revision: i64,
     /// Looks up a lease by ID.
     pub lease_exists: &'a dyn Fn(i64) -> bool,
+    /// What the shard proposed and has not applied yet (a shard worker's
+    /// own writes; `None` where every participant is applied through, as
+    /// for a coordinator's held shards and for reads). Reads at [`LATEST`]
+    /// see it, so a write sees the writes accepted before it.
+    pub pending: Option<&'a PendingVersions>,
+}
+
+impl WriteContext<'_> {
+    /// `key`'s live version at `at`, pending versions included.
+    fn get(&self, key: &Bytes, at: i64) -> Option<KeyValue> {
+        if let Some((revision, version)) = self.pending.and_then(|pending| pending.newest(key, at))
+        {
+            return (!version.is_tombstone()).then(|| version.to_key_value(key, revision));
+        }
+        self.space
+            .memtable(self.space.shard_map().shard_of(key))
+            .get(key, at)
+    }
+
+    /// `KeySpace::range` with pending versions laid over it.
+    fn range(
+        &self,
+        range: &KeyRange,
+        at: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<RangeResult, KvError> {
+        let Some(pending) = self.pending.filter(|pending| pending.touches(range)) else {
+            return self.space.range(range, at, limit, count_only);
+        };
+        let stored = self.space.range(range, at, 0, false)?;
+        let mut key_values = pending.overlay(range, at, stored.key_values);
+        let count = key_values.len();
+        if count_only {
+            key_values.clear();
+        } else if limit != 0 {
+            key_values.truncate(limit);
+        }
+        Ok(RangeResult { key_values, count })
+    }
+
+    /// True when at least one key of `range` is live at `at`.
+    fn any_live(&self, range: &KeyRange, at: i64) -> bool {
+        match self.pending.filter(|pending| pending.touches(range)) {
+            None => self.space.any_live(range, at),
+            Some(_) => self
+                .range(range, at, 0, true)
+                .is_ok_and(|found| found.count > 0),
+        }
+    }
+
+    /// Every key attached to `lease`, in key order, pending versions included.
+    fn keys_with_lease(&self, lease: i64) -> Vec<Bytes> {
+        let stored = self.space.keys_with_lease(lease);
+        match self.pending {
+            Some(pending) => pending.keys_with_lease(lease, stored),
+            None => stored,
+        }
+    }
 }
 
 /// Every key a write request may read or change, as ranges; the caller
@@ -179,7 +239,6 @@ pub fn prepare(
     context: &WriteContext<'_>,
     request: WriteRequest,
 ) -> Result<PreparedWrite, KvError> {
-    let space = context.space;
     match &request {
         WriteRequest::Put(put) => {
             check_put_preconditions(context, put)?;
@@ -190,7 +249,7 @@ pub fn prepare(
             })
         }
         WriteRequest::DeleteRange(delete) => {
-            let changes_something = space.any_live(
+            let changes_something = context.any_live(
                 &KeyRange::from_bytes(&delete.key, &delete.range_end),
                 context.read_revision,
             );
@@ -201,7 +260,7 @@ pub fn prepare(
             })
         }
         WriteRequest::Txn(txn) => {
-            let path = compare_to_path(space, txn, context.read_revision);
+            let path = compare_to_path(context, txn, context.read_revision);
             if !is_read_only(txn) {
                 for_each_op_on_path(txn, &path, &mut |op| match op {
                     Request::RequestPut(put) => check_put_preconditions(context, put),
@@ -216,7 +275,7 @@ pub fn prepare(
                     // A delete changes something iff its range holds a live
                     // key before the txn: checkIntervals forbids puts inside
                     // deleted ranges, so earlier ops cannot create one.
-                    Request::RequestDeleteRange(delete) => space.any_live(
+                    Request::RequestDeleteRange(delete) => context.any_live(
                         &KeyRange::from_bytes(&delete.key, &delete.range_end),
                         context.read_revision,
                     ),
@@ -234,7 +293,10 @@ pub fn prepare(
             if !(context.lease_exists)(*lease) {
                 return Err(KvError::LeaseNotFound);
             }
-            let changes_something = space.has_keys_with_lease(*lease);
+            let changes_something = match context.pending {
+                None => context.space.has_keys_with_lease(*lease),
+                Some(_) => !context.keys_with_lease(*lease).is_empty(),
+            };
             Ok(PreparedWrite {
                 request,
                 txn_path: None,
@@ -265,7 +327,7 @@ pub fn check_txn_range_revisions(
 
 fn check_put_preconditions(context: &WriteContext<'_>, put: &PutRequest) -> Result<(), KvError> {
     if (put.ignore_value || put.ignore_lease)
-        && read_one(context.space, &put.key, context.read_revision).is_none()
+        && context.get(&put.key, context.read_revision).is_none()
     {
         return Err(KvError::KeyNotFound);
     }
@@ -273,10 +335,6 @@ fn check_put_preconditions(context: &WriteContext<'_>, put: &PutRequest) -> Resu
         return Err(KvError::LeaseNotFound);
     }
     Ok(())
-}
-
-fn read_one(space: &KeySpace, key: &Bytes, at: i64) -> Option<KeyValue> {
-    space.memtable(space.shard_map().shard_of(key)).get(key, at)
 }
 
 /// Visits every non-txn op on the taken path, depth first, in op order.
@@ -308,11 +366,11 @@ fn for_each_op_on_path(
 
 /// Evaluates the compares of `txn` and of every nested txn on the taken
 /// path, all against the same state (etcd's `compareToPath`).
-pub fn compare_to_path(space: &KeySpace, txn: &TxnRequest, at: i64) -> TxnPath {
+pub fn compare_to_path(context: &WriteContext<'_>, txn: &TxnRequest, at: i64) -> TxnPath {
     let succeeded = txn
         .compare
         .iter()
-        .all(|compare| evaluate_compare(space, compare, at));
+        .all(|compare| evaluate_compare(context, compare, at));
     let ops = if succeeded {
         &txn.success
     } else {
@@ -321,7 +379,7 @@ pub fn compare_to_path(space: &KeySpace, txn: &TxnRequest, at: i64) -> TxnPath {
     let nested = ops
         .iter()
         .filter_map(|op| match &op.request {
-            Some(Request::RequestTxn(nested)) => Some(compare_to_path(space, nested, at)),
+            Some(Request::RequestTxn(nested)) => Some(compare_to_path(context, nested, at)),
             _ => None,
         })
         .collect();
@@ -331,9 +389,9 @@ pub fn compare_to_path(space: &KeySpace, txn: &TxnRequest, at: i64) -> TxnPath {
 /// etcd's `applyCompare`: every key in the range must satisfy the compare;
 /// an empty range compares against a zero KeyValue, except for VALUE,
 /// which always fails (a missing value cannot be told from an empty one).
-fn evaluate_compare(space: &KeySpace, compare: &Compare, at: i64) -> bool {
+fn evaluate_compare(context: &WriteContext<'_>, compare: &Compare, at: i64) -> bool {
     let range = KeyRange::from_bytes(&compare.key, &compare.range_end);
-    let found = match space.range(&range, at, 0, false) {
+    let found = match context.range(&range, at, 0, false) {
         Ok(found) => found.key_values,
         Err(_) => return false,
     };
@@ -426,7 +484,7 @@ pub fn execute(
         }
         WriteRequest::LeaseRevoke(lease) => {
             // etcd deletes a lease's keys in sorted order, in one txn.
-            for key in context.space.keys_with_lease(*lease) {
+            for key in context.keys_with_lease(*lease) {
                 execution.record_change(key, Version::tombstone());
             }
             WriteResponse::LeaseRevoke(LeaseRevokeResponse {
@@ -489,7 +547,7 @@ impl Execution<'_, '_> {
         match self.changes.get(key) {
             Some(version) if version.is_tombstone() => None,
             Some(version) => Some(version.to_key_value(key, self.write_revision())),
-            None => read_one(self.context.space, key, self.context.read_revision),
+            None => self.context.get(key, self.context.read_revision),
         }
     }
 
@@ -497,7 +555,6 @@ impl Execution<'_, '_> {
     fn range_with_changes(&self, range: &KeyRange) -> RangeResult {
         let stored = self
             .context
-            .space
             .range(range, self.context.read_revision, 0, false)
             .unwrap_or_default();
         if self.changes.is_empty() {
@@ -591,7 +648,6 @@ impl Execution<'_, '_> {
                 request.revision
             };
             self.context
-                .space
                 .range(&range, at, range::fetch_limit(request), request.count_only)
                 .unwrap_or_default()
         };
@@ -646,8 +702,9 @@ pub fn read_only_txn(space: &KeySpace, txn: &TxnRequest, at: i64) -> Result<TxnR
         begin_revision: at,
         read_revision: at,
         lease_exists: &no_leases,
+        pending: None,
     };
-    let path = compare_to_path(space, txn, at);
+    let path = compare_to_path(&context, txn, at);
     check_txn_range_revisions(&context, txn, &path)?;
     let mut execution = Execution {
         context: &context,
