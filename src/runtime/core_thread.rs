@@ -23,7 +23,7 @@ use crate::shard::disk_space::{DiskSpaceGuard, FullDiskReporter};
 use crate::shard::frontier::DurableFrontier;
 use crate::shard::log_entry::{self, ShardCommandRecord};
 use crate::shard::log_storage::ShardLogStorage;
-use crate::shard::raft_group::{LogStats, RaftGroup, log_mirror};
+use crate::shard::raft_group::{GroupConfig, LogStats, RaftGroup, log_mirror};
 use crate::shard::recovery::{RecoveredLog, RecoveryPlan, ShardInventory, ShardOnDisk, read_shard};
 use crate::shard::snapshotting::LoadedShardSnapshot;
 use crate::shard::write_path::WritePath;
@@ -235,8 +235,13 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             .as_ref()
             .map(|snapshot| (snapshot.meta.raft_index, snapshot.meta.raft_term));
         replay(&space, shard, snapshot, &log.commands, &plan);
-        let mirror = log_mirror(snapshot_position, &log.entries, log.hard_state.clone())
-            .map_err(|error| format!("shard {shard}: {error}"))?;
+        let mirror = log_mirror(
+            snapshot_position,
+            &log.entries,
+            log.hard_state.clone(),
+            &GroupConfig::single_voter(),
+        )
+        .map_err(|error| format!("shard {shard}: {error}"))?;
         let storage = ShardLogStorage::new(mirror, directories.snapshots.clone());
         let entry_records = log
             .entries
@@ -255,6 +260,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             entry_records,
             (shard, frontier.clone()),
             stats,
+            &GroupConfig::single_voter(),
         )
         .await
         .map_err(|error| format!("shard {shard}: {error}"))?;

@@ -9,11 +9,10 @@
 
 use std::path::PathBuf;
 
-use raft::eraftpb::{ConfState, Entry, Snapshot};
+use raft::eraftpb::{Entry, Snapshot};
 use raft::storage::{MemStorage, RaftState};
 use raft::{GetEntriesContext, Storage, StorageError};
 
-use super::raft_group::LOCAL_MEMBER;
 use crate::snapshot::{SnapshotView, load_newest_snapshot};
 
 pub struct ShardLogStorage {
@@ -82,7 +81,7 @@ impl Storage for ShardLogStorage {
         let metadata = snapshot.mut_metadata();
         metadata.index = meta.raft_index;
         metadata.term = meta.raft_term;
-        metadata.set_conf_state(ConfState::from((vec![LOCAL_MEMBER], vec![])));
+        metadata.set_conf_state(self.mirror.initial_state()?.conf_state);
         snapshot.data = bytes.into();
         Ok(snapshot)
     }
@@ -91,7 +90,9 @@ impl Storage for ShardLogStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::raft_group::LOCAL_MEMBER;
     use crate::snapshot::{SnapshotMeta, WritePace, encode_snapshot, write_snapshot_file};
+    use raft::eraftpb::ConfState;
 
     #[test]
     fn snapshot_requests_are_served_from_the_newest_file() {

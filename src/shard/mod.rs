@@ -17,6 +17,8 @@ pub mod disk_space;
 mod disk_space_tests;
 pub mod durable_loss;
 pub mod frontier;
+#[cfg(test)]
+mod group_twin_tests;
 pub mod log_entry;
 pub mod log_storage;
 pub mod raft_group;

@@ -3,13 +3,14 @@
 //!
 //! The write path is Raft's even with a single member: propose → persist
 //! (one WAL write + one fdatasync for everything proposed since the last
-//! persist) → commit → reply. With one voter an entry is committed the
-//! moment it is durable on this node; adding members later changes the
-//! transport and membership, not this path.
+//! persist) → commit → apply → reply. With one voter an entry is committed
+//! the moment it is durable on this node. With several, the caller ticks
+//! the group, steps it with the peers' messages and sends the messages
+//! `persist` returns; the path is the same.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::eraftpb::{ConfState, Entry, HardState, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 use thiserror::Error;
@@ -22,6 +23,37 @@ use crate::wal::{ReleasedSegments, StorageDevice, Wal, WalError};
 
 /// This member's Raft ID while MetaStore runs alone.
 pub const LOCAL_MEMBER: u64 = 1;
+
+/// Who votes in a group, which of them this member is, and its election
+/// timing.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub member_id: u64,
+    pub voters: Vec<u64>,
+    /// Ticks without a leader before this member campaigns, drawn from
+    /// this range after every term change (raft-rs's randomized election
+    /// timeout). A range of one value makes elections deterministic (tests).
+    pub election_ticks: std::ops::Range<usize>,
+}
+
+impl GroupConfig {
+    /// MetaStore alone: one voter, which leads at once.
+    pub fn single_voter() -> Self {
+        Self {
+            member_id: LOCAL_MEMBER,
+            voters: vec![LOCAL_MEMBER],
+            election_ticks: 10..20,
+        }
+    }
+
+    fn is_single_voter(&self) -> bool {
+        self.voters.len() == 1
+    }
+
+    fn conf_state(&self) -> ConfState {
+        ConfState::from((self.voters.clone(), vec![]))
+    }
+}
 
 /// Entries the in-memory mirror keeps behind the last one (etcd's
 /// `SnapshotCatchUpEntries`): enough for a follower that is slightly behind;
@@ -37,6 +69,10 @@ pub enum GroupError {
     Wal(#[from] WalError),
     #[error("shard did not become Raft leader after campaigning")]
     NotLeader,
+    #[error(
+        "the group's leader sent a snapshot through Raft index {0}; installing snapshots from a leader is not supported yet"
+    )]
+    SnapshotFromLeader(u64),
 }
 
 /// Counters for one shard's log, written only by its core.
@@ -76,6 +112,9 @@ pub struct Persisted {
     /// then report with [`RaftGroup::applied_through`]. Nothing may change
     /// the shard's state before its entry is here.
     pub committed: Vec<Entry>,
+    /// Messages for the group's other members, to send now: everything is
+    /// durable that they may depend on (a vote, an acknowledged append).
+    pub messages: Vec<Message>,
 }
 
 pub struct RaftGroup<D: StorageDevice> {
@@ -96,13 +135,15 @@ pub struct RaftGroup<D: StorageDevice> {
 /// The in-memory log mirror for a group recovered from a snapshot covering
 /// `(index, term)` (or none) and the WAL `entries` after it. With a single
 /// voter every durable entry is committed, so the commit index is the last
-/// entry's.
+/// entry's; with several, only what the logged hard state says was
+/// committed is (the rest may yet be replaced by a new leader's entries).
 pub fn log_mirror(
     snapshot_position: Option<(u64, u64)>,
     entries: &[Entry],
     hard_state: Option<HardState>,
+    config: &GroupConfig,
 ) -> Result<MemStorage, raft::Error> {
-    let conf_state = ConfState::from((vec![LOCAL_MEMBER], vec![]));
+    let conf_state = config.conf_state();
     let storage = MemStorage::new_with_conf_state(conf_state.clone());
     {
         let mut writable = storage.wl();
@@ -118,14 +159,20 @@ pub fn log_mirror(
         // The last hard-state record may predate the newest snapshot (the
         // process died after writing the snapshot, before re-logging the
         // hard state), and Raft requires snapshot index <= commit <= last
-        // index: everything durable is committed with a single voter.
+        // index. A snapshot covers only committed entries.
         let mut hard_state = hard_state.unwrap_or_default();
         let (last_index, last_term) = entries
             .last()
             .map(|last| (last.index, last.term))
             .or(snapshot_position)
             .unwrap_or((0, 0));
-        hard_state.commit = hard_state.commit.max(last_index);
+        let snapshot_index = snapshot_position.map_or(0, |(index, _)| index);
+        let committed_through = if config.is_single_voter() {
+            last_index
+        } else {
+            snapshot_index
+        };
+        hard_state.commit = hard_state.commit.max(committed_through).min(last_index);
         hard_state.term = hard_state.term.max(last_term);
         writable.set_hardstate(hard_state);
     }
@@ -133,8 +180,9 @@ pub fn log_mirror(
 }
 
 impl<D: StorageDevice> RaftGroup<D> {
-    /// Starts the group on a recovered log (everything in it is applied
-    /// already) and campaigns until this member leads.
+    /// Starts the group on a recovered log (everything committed in it is
+    /// applied already). A single voter campaigns until it leads; a member
+    /// of several starts as a follower and waits for ticks and messages.
     /// `entry_records` are `(raft index, WAL sequence)` of the recovered
     /// entries, oldest first.
     pub async fn start(
@@ -143,16 +191,25 @@ impl<D: StorageDevice> RaftGroup<D> {
         entry_records: std::collections::VecDeque<(u64, u64)>,
         durability: (ShardId, std::sync::Arc<DurableFrontier>),
         stats: std::sync::Arc<LogStats>,
+        group_config: &GroupConfig,
     ) -> Result<Self, GroupError> {
         let (shard, frontier) = durability;
         let applied = storage.mirror().rl().hard_state().commit;
+        let several = !group_config.is_single_voter();
         let config = Config {
-            id: LOCAL_MEMBER,
-            election_tick: 10,
+            id: group_config.member_id,
+            election_tick: group_config.election_ticks.start,
+            min_election_tick: group_config.election_ticks.start,
+            max_election_tick: group_config.election_ticks.end,
             heartbeat_tick: 1,
             applied,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            // etcd's defaults for clusters: a partitioned member cannot
+            // disturb the others with higher terms, and a leader that
+            // loses its quorum steps down.
+            pre_vote: several,
+            check_quorum: several,
             ..Default::default()
         };
         config.validate()?;
@@ -166,6 +223,9 @@ impl<D: StorageDevice> RaftGroup<D> {
             stats,
             entry_records,
         };
+        if several {
+            return Ok(group);
+        }
         group.node.campaign()?;
         let persisted = group.persist().await?;
         // Only the new leader's empty entry: the recovered log was applied
@@ -187,6 +247,31 @@ impl<D: StorageDevice> RaftGroup<D> {
 
     pub fn stats(&self) -> &std::sync::Arc<LogStats> {
         &self.stats
+    }
+
+    /// Advances the group's logical clock by one tick (heartbeats,
+    /// elections).
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// Hands the group a message from a peer. A message Raft refuses (a
+    /// local type, a response from an unknown peer) changes nothing.
+    pub fn step(&mut self, message: Message) -> Result<(), GroupError> {
+        Ok(self.node.step(message)?)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The member this one believes leads the group (0: none known).
+    pub fn leader_id(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
     }
 
     /// Appends a command to the log (not yet durable); returns its index.
@@ -272,19 +357,19 @@ impl<D: StorageDevice> RaftGroup<D> {
     /// here is fatal: the caller aborts.
     ///
     /// Raft's `Ready` is handled whole: entries and hard state are
-    /// persisted before anything is applied; committed entries go to the
-    /// caller. A single voter never receives a snapshot or has a message
-    /// to send (asserted); the peer transport is what will send them.
+    /// persisted before anything is applied or sent; committed entries and
+    /// messages go to the caller. A snapshot from a leader is refused with
+    /// an error (installing one is not built yet).
     pub async fn persist(&mut self) -> Result<Persisted, GroupError> {
         let mut persisted = Persisted::default();
         while self.node.has_ready() {
             let mut ready = self.node.ready();
-            debug_assert!(
-                ready.snapshot().is_empty()
-                    && ready.messages().is_empty()
-                    && ready.persisted_messages().is_empty(),
-                "a single voter has no peer to hear from or send to"
-            );
+            if !ready.snapshot().is_empty() {
+                return Err(GroupError::SnapshotFromLeader(
+                    ready.snapshot().get_metadata().index,
+                ));
+            }
+            persisted.messages.extend(ready.take_messages());
             persisted.committed.extend(ready.take_committed_entries());
             let entries = ready.take_entries();
             if !entries.is_empty() || ready.hs().is_some() {
@@ -315,11 +400,12 @@ impl<D: StorageDevice> RaftGroup<D> {
                     writable.set_hardstate(hard_state.clone());
                 }
             }
+            persisted.messages.extend(ready.take_persisted_messages());
             let mut light = self.node.advance(ready);
             if let Some(commit) = light.commit_index() {
                 self.node.store().mirror().wl().mut_hard_state().commit = commit;
             }
-            debug_assert!(light.messages().is_empty(), "a single voter sends nothing");
+            persisted.messages.extend(light.take_messages());
             persisted.committed.extend(light.take_committed_entries());
         }
         self.trim_mirror()?;
@@ -397,7 +483,7 @@ mod tests {
             let (wal, _) = crate::wal::Wal::open(crate::wal::MemoryDevice::new(), options)
                 .await
                 .expect("wal");
-            let mirror = log_mirror(None, &[], None).expect("mirror");
+            let mirror = log_mirror(None, &[], None, &GroupConfig::single_voter()).expect("mirror");
             let storage = ShardLogStorage::new(mirror, std::env::temp_dir());
             let stats = std::sync::Arc::new(LogStats::default());
             let frontier = std::sync::Arc::new(DurableFrontier::new([(wal.log_id(), 0)]));
@@ -407,6 +493,7 @@ mod tests {
                 Default::default(),
                 (0, frontier),
                 stats.clone(),
+                &GroupConfig::single_voter(),
             )
             .await
             .expect("start");
@@ -454,11 +541,22 @@ mod tests {
             commit: 40,
             ..Default::default()
         };
-        let storage = log_mirror(Some((70, 3)), &[], Some(stale.clone())).expect("mirror");
+        let storage = log_mirror(
+            Some((70, 3)),
+            &[],
+            Some(stale.clone()),
+            &GroupConfig::single_voter(),
+        )
+        .expect("mirror");
         let state = storage.initial_state().expect("state");
         assert_eq!((state.hard_state.commit, state.hard_state.term), (70, 3));
-        let storage =
-            log_mirror(Some((70, 3)), &[entry(71, 3), entry(72, 4)], Some(stale)).expect("mirror");
+        let storage = log_mirror(
+            Some((70, 3)),
+            &[entry(71, 3), entry(72, 4)],
+            Some(stale),
+            &GroupConfig::single_voter(),
+        )
+        .expect("mirror");
         assert_eq!(
             storage.initial_state().expect("state").hard_state.commit,
             72

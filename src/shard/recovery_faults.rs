@@ -21,7 +21,7 @@ use super::durable_loss::{self, LossProof};
 use super::frontier::DurableFrontier;
 use super::log_entry::{ShardCommandRecord, WalRecord, encode, wal_record};
 use super::log_storage::ShardLogStorage;
-use super::raft_group::{LogStats, RaftGroup, log_mirror};
+use super::raft_group::{GroupConfig, LogStats, RaftGroup, log_mirror};
 use super::recovery::{RecoveryPlan, ShardInventory, read_shard_log};
 use crate::store::memtable::Version;
 use crate::test_support::{Prng, run_on_monoio as run};
@@ -73,7 +73,7 @@ impl TwinNode {
         };
         for (shard, wal) in wals.into_iter().enumerate() {
             let storage = ShardLogStorage::new(
-                log_mirror(None, &[], None).expect("mirror"),
+                log_mirror(None, &[], None, &GroupConfig::single_voter()).expect("mirror"),
                 std::env::temp_dir(),
             );
             let group = RaftGroup::start(
@@ -82,6 +82,7 @@ impl TwinNode {
                 Default::default(),
                 (shard, frontier.clone()),
                 Arc::new(LogStats::default()),
+                &GroupConfig::single_voter(),
             )
             .await
             .expect("start");

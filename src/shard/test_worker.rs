@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::disk_space::{DiskSpaceGuard, FullDiskReporter};
 use super::frontier::DurableFrontier;
 use super::log_storage::ShardLogStorage;
-use super::raft_group::{LogStats, RaftGroup, log_mirror};
+use super::raft_group::{GroupConfig, LogStats, RaftGroup, log_mirror};
 use super::recovery::read_shard_log;
 use super::{ShardCommand, ShardWorker, SnapshotSchedule};
 use crate::lease::table::LeaseTable;
@@ -39,7 +39,13 @@ pub async fn new_worker(
     let wal = log.reading.resume(OPTIONS).await.expect("resume");
     let frontier = Arc::new(DurableFrontier::new([(wal.log_id(), 0)]));
     let storage = ShardLogStorage::new(
-        log_mirror(None, &log.entries, log.hard_state).expect("mirror"),
+        log_mirror(
+            None,
+            &log.entries,
+            log.hard_state,
+            &GroupConfig::single_voter(),
+        )
+        .expect("mirror"),
         snapshots.to_owned(),
     );
     let group = RaftGroup::start(
@@ -48,6 +54,7 @@ pub async fn new_worker(
         Default::default(),
         (0, frontier),
         Arc::new(LogStats::default()),
+        &GroupConfig::single_voter(),
     )
     .await
     .expect("start");
