@@ -40,6 +40,8 @@ pub fn kv_error_status(error: &KvError) -> Status {
         ),
         // etcd's nearest equivalent: the server cannot serve right now.
         KvError::ShardUnavailable(_) => (Code::Unavailable, "etcdserver: server stopped"),
+        KvError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
+        KvError::LeaderChanged => (Code::Unavailable, "etcdserver: leader changed"),
     };
     Status::new(code, message)
 }

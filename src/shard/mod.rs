@@ -21,6 +21,7 @@ pub mod frontier;
 mod group_twin_tests;
 pub mod log_entry;
 pub mod log_storage;
+pub mod peers;
 pub mod raft_group;
 pub mod recovery;
 #[cfg(test)]
@@ -28,6 +29,8 @@ mod recovery_faults;
 pub mod snapshotting;
 #[cfg(test)]
 mod test_worker;
+#[cfg(test)]
+mod worker_cluster_tests;
 pub mod write_path;
 
 use bytes::Bytes;
@@ -103,6 +106,10 @@ pub enum ShardCommand {
         raft_index: u64,
         result: Result<std::path::PathBuf, snapshotting::SnapshotFailure>,
     },
+    /// A Raft message from this group's member on another node.
+    Peer(Box<raft::eraftpb::Message>),
+    /// One tick of the group's logical clock (a heartbeat interval).
+    Tick,
 }
 
 /// What a coordinator may ask of a shard it holds.
@@ -122,6 +129,31 @@ pub enum HeldCommand {
 
 /// Most commands taken from the channel in one turn; they share one fsync.
 const MAX_COMMANDS_PER_TURN: usize = 1024;
+
+impl DeferredAnswer {
+    /// Answers with `error`: the entry was not applied as proposed.
+    fn fail(self, error: KvError) {
+        match self {
+            DeferredAnswer::Write { reply, pending, .. } => {
+                // The sequencer stepped back below this revision when the
+                // loss was found (`apply`), so releasing it exposes
+                // nothing: the group's leader assigns it to another write.
+                // With several groups per member the lead member decides
+                // such revisions instead (design §6); not built yet.
+                if let Some(pending) = pending {
+                    pending.complete();
+                }
+                let _ = reply.send(Err(error));
+            }
+            // A compaction not logged here did not happen; its fan-out
+            // reports the shard unavailable.
+            DeferredAnswer::Compacted { .. } => {}
+            DeferredAnswer::LeaseGranted { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
 
 /// An answer that may be given only once its entry is applied, with the
 /// entry's log index.
@@ -179,6 +211,20 @@ pub struct ShardWorker<D: StorageDevice> {
     /// Commands proposed and not applied yet, with their log index and
     /// term, so applying this member's own entries needs no decoding.
     proposals: std::collections::VecDeque<(u64, u64, ShardCommandRecord)>,
+    /// Indexes of proposals another leader's entries replaced since the
+    /// last replies: their requesters get "leader changed".
+    lost: std::collections::BTreeSet<u64>,
+    /// Where the group's messages for other members go.
+    peers: Box<dyn peers::PeerOutbox>,
+    /// Whether this member led the group when last looked at.
+    leading: bool,
+    /// A new leader takes writes only once it applied its log through the
+    /// entry that began its term: before that, the memtable may lack
+    /// entries of earlier terms that will still commit.
+    ready_to_lead_at: u64,
+    /// The highest revision applied on this shard: where the sequencer
+    /// steps back to when this member's proposals are lost.
+    applied_revision: i64,
 }
 
 /// When and where a shard snapshots (see `snapshotting`).
@@ -243,6 +289,7 @@ impl<D: StorageDevice> ShardWorker<D> {
         metrics: std::rc::Rc<CoreMetrics>,
         disk: disk_space::DiskSpaceGuard,
     ) -> Self {
+        let applied_revision = space.clock().current();
         Self {
             shard,
             space,
@@ -254,7 +301,45 @@ impl<D: StorageDevice> ShardWorker<D> {
             disk,
             pending: PendingVersions::default(),
             proposals: Default::default(),
+            lost: Default::default(),
+            peers: Box::new(peers::NoPeers),
+            leading: false,
+            ready_to_lead_at: 0,
+            applied_revision,
         }
+        .observe_role()
+    }
+
+    /// The worker of a group with other members: its messages go to
+    /// `peers`.
+    pub fn with_peers(mut self, peers: Box<dyn peers::PeerOutbox>) -> Self {
+        self.peers = peers;
+        self
+    }
+
+    /// Notes a change of role. A member that stops leading forgets what
+    /// it had pending (it evaluates nothing as a follower); one that
+    /// starts leading waits to apply its log through its term's first
+    /// entry before it takes writes.
+    fn observe_role(mut self) -> Self {
+        self.note_role();
+        self
+    }
+
+    fn note_role(&mut self) {
+        let leading = self.group.is_leader();
+        if leading && !self.leading {
+            self.ready_to_lead_at = self.group.last_index();
+        }
+        if !leading && self.leading {
+            self.pending = PendingVersions::default();
+        }
+        self.leading = leading;
+    }
+
+    /// Whether this member may evaluate and propose writes now.
+    fn takes_writes(&self) -> bool {
+        self.leading && self.group.applied_index() >= self.ready_to_lead_at
     }
 
     /// The worker loop. Returns when every sender is gone (shutdown).
@@ -538,6 +623,10 @@ impl<D: StorageDevice> ShardWorker<D> {
                 queued_at,
             } => {
                 self.metrics.hop(queued_at.elapsed());
+                if !self.takes_writes() {
+                    let _ = reply.send(Err(KvError::NotLeader));
+                    return;
+                }
                 if self.refused_for_space(request.may_add_data()).await {
                     let _ = reply.send(Err(KvError::NoSpace));
                     return;
@@ -575,6 +664,10 @@ impl<D: StorageDevice> ShardWorker<D> {
                 let granting = deferred.iter().any(|deferred| {
                     matches!(deferred.answer, DeferredAnswer::LeaseGranted { id: pending, .. } if pending == id)
                 });
+                if !self.takes_writes() {
+                    let _ = reply.send(Err(KvError::NotLeader));
+                    return;
+                }
                 if granting || self.space.leases().exists(id) {
                     let _ = reply.send(Err(KvError::LeaseExists));
                     return;
@@ -593,6 +686,11 @@ impl<D: StorageDevice> ShardWorker<D> {
                 // What this shard already accepted becomes durable and is
                 // answered before it stops for the coordinator.
                 self.persist_and_reply(deferred).await;
+                if !self.takes_writes() {
+                    // Dropping `held` tells the coordinator this shard
+                    // cannot take its part here.
+                    return;
+                }
                 // The coordinator evaluates against the memtable alone.
                 debug_assert!(
                     self.pending.is_empty() && self.proposals.is_empty(),
@@ -624,6 +722,10 @@ impl<D: StorageDevice> ShardWorker<D> {
                 physical,
                 done,
             } => {
+                if !self.takes_writes() {
+                    // Dropping `done` fails the compaction's fan-out.
+                    return;
+                }
                 let index = self.propose(ShardCommandRecord::compaction(revision));
                 deferred.push(DeferredReply {
                     index,
@@ -631,6 +733,16 @@ impl<D: StorageDevice> ShardWorker<D> {
                 });
             }
             ShardCommand::Snapshot { done } => self.snapshots.requested.push(done),
+            ShardCommand::Peer(message) => {
+                if let Err(error) = self.group.step(*message) {
+                    tracing::debug!(shard = self.shard, %error, "a peer's Raft message was refused");
+                }
+                self.note_role();
+            }
+            ShardCommand::Tick => {
+                self.group.tick();
+                self.note_role();
+            }
             ShardCommand::SnapshotWritten { raft_index, result } => {
                 // Releasing the log re-logs the hard state; answer what is
                 // pending first so those replies do not wait behind it.
@@ -663,6 +775,21 @@ impl<D: StorageDevice> ShardWorker<D> {
     /// This member's own proposals are applied from what it proposed; any
     /// other entry is decoded from the log.
     fn apply(&mut self, entry: &raft::eraftpb::Entry, now: std::time::Instant) {
+        // A proposal at or below this index in another term was replaced
+        // by another leader's entry: its write did not happen.
+        let mut lost_any = false;
+        while let Some((index, term, _)) = self.proposals.front()
+            && (*index < entry.index || (*index == entry.index && *term != entry.term))
+        {
+            self.lost.insert(*index);
+            self.proposals.pop_front();
+            lost_any = true;
+        }
+        if lost_any && !self.leading {
+            // Their revisions were never visible (still pending) and the
+            // group's leader will assign them to other writes.
+            self.space.clock().rewind_to(self.applied_revision);
+        }
         let own = self
             .proposals
             .front()
@@ -687,6 +814,11 @@ impl<D: StorageDevice> ShardWorker<D> {
             return;
         };
         apply::apply_command(&self.space, self.shard, &command, now);
+        self.applied_revision = self.applied_revision.max(command.revision);
+        if !own && command.revision > 0 {
+            // The leader took this revision; readers here may see it.
+            self.space.clock().observe_applied(command.revision);
+        }
         for change in &command.changes {
             self.pending.applied(command.revision, &change.key);
         }
@@ -716,6 +848,9 @@ impl<D: StorageDevice> ShardWorker<D> {
             self.metrics
                 .wal_synced(persisted.syncing, started.elapsed(), persisted.entries);
         }
+        for message in persisted.messages {
+            self.peers.send(message);
+        }
         let now = std::time::Instant::now();
         for entry in &persisted.committed {
             self.apply(entry, now);
@@ -723,18 +858,23 @@ impl<D: StorageDevice> ShardWorker<D> {
         if let Some(last) = persisted.committed.last() {
             self.group.applied_through(last.index);
         }
+        self.note_role();
     }
 
     /// Persists and applies, then answers every deferred request whose
     /// entry is applied (with one voter: all of them).
     async fn persist_and_reply(&mut self, deferred: &mut Vec<DeferredReply>) {
-        if deferred.is_empty() && self.proposals.is_empty() {
+        if deferred.is_empty() && self.proposals.is_empty() && !self.group.has_ready() {
             return;
         }
         self.persist_and_apply().await;
         let applied = self.group.applied_index();
         let answerable = deferred.partition_point(|deferred| deferred.index <= applied);
         for deferred in deferred.drain(..answerable) {
+            if self.lost.remove(&deferred.index) {
+                deferred.answer.fail(KvError::LeaderChanged);
+                continue;
+            }
             match deferred.answer {
                 DeferredAnswer::Write {
                     reply,

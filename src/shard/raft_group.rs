@@ -261,6 +261,11 @@ impl<D: StorageDevice> RaftGroup<D> {
         Ok(self.node.step(message)?)
     }
 
+    /// Whether Raft has anything for `persist` to handle.
+    pub fn has_ready(&self) -> bool {
+        self.node.has_ready()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
     }

@@ -35,17 +35,21 @@ pub async fn new_worker(
     snapshots: &std::path::Path,
     reporter: Option<FullDiskReporter>,
 ) -> TestShard {
+    new_member_worker(device, snapshots, reporter, &GroupConfig::single_voter()).await
+}
+
+/// The same for a member of a group described by `config`.
+pub async fn new_member_worker(
+    device: &MemoryDevice,
+    snapshots: &std::path::Path,
+    reporter: Option<FullDiskReporter>,
+    config: &GroupConfig,
+) -> TestShard {
     let log = read_shard_log(0, device.clone(), 0).await.expect("read");
     let wal = log.reading.resume(OPTIONS).await.expect("resume");
     let frontier = Arc::new(DurableFrontier::new([(wal.log_id(), 0)]));
     let storage = ShardLogStorage::new(
-        log_mirror(
-            None,
-            &log.entries,
-            log.hard_state,
-            &GroupConfig::single_voter(),
-        )
-        .expect("mirror"),
+        log_mirror(None, &log.entries, log.hard_state, config).expect("mirror"),
         snapshots.to_owned(),
     );
     let group = RaftGroup::start(
@@ -54,7 +58,7 @@ pub async fn new_worker(
         Default::default(),
         (0, frontier),
         Arc::new(LogStats::default()),
-        &GroupConfig::single_voter(),
+        config,
     )
     .await
     .expect("start");

@@ -39,4 +39,12 @@ pub enum KvError {
     /// The shard that owns a key is not running (the server is stopping).
     #[error("shard {0} is unavailable")]
     ShardUnavailable(usize),
+    /// This member does not lead the key's group (or has not caught up
+    /// with its own log since it became leader).
+    #[error("not leader")]
+    NotLeader,
+    /// The entry a write was proposed in was replaced by another leader's:
+    /// the write did not happen.
+    #[error("leader changed")]
+    LeaderChanged,
 }

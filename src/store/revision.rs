@@ -107,6 +107,27 @@ impl RevisionClock {
         }
     }
 
+    /// A follower applied `revision`, which the group's leader took: the
+    /// sequencer moves up to it, so readers here see it once nothing below
+    /// it is pending. Only a member that is not taking revisions calls it.
+    pub fn observe_applied(&self, revision: i64) {
+        self.current.fetch_max(revision, Ordering::SeqCst);
+        self.floor_raised.notify(usize::MAX);
+    }
+
+    /// A member that led and lost entries to another leader gives their
+    /// revisions back: the group's new leader assigns them anew, so the
+    /// sequencer steps back to `revision`, the highest this member applied.
+    /// Readers never passed the lost revisions (they were pending), so the
+    /// watermark does not move back. Only valid while this member takes no
+    /// revisions (it does not lead).
+    pub fn rewind_to(&self, revision: i64) {
+        let watermark = self.watermark();
+        debug_assert!(revision >= watermark, "rewinding below the watermark");
+        self.current
+            .store(revision.max(watermark), Ordering::SeqCst);
+    }
+
     /// The slot through which core `core` takes revisions. Exactly one
     /// `RevisionSlot` may exist per core: the slot's floor has one writer.
     pub fn slot(self: &Arc<Self>, core: usize) -> RevisionSlot {
