@@ -15,6 +15,7 @@
 //! - [`watch`]: watchers: matching, history catch-up, the per-core event feed.
 //! - [`status_map`]: every internal error to gRPC code + etcd's exact message.
 //! - [`shard`]: shard workers (the only writers) and the write path across shards.
+//! - [`peer`]: the peer protocol and transport: Raft messages between members.
 //! - [`snapshot`]: the shard snapshot file format (rkyv archive, checksummed).
 //! - [`repair`]: `metastore repair`, the way out of a refused start after corruption.
 //! - [`store`]: the MVCC key space: memtables, global revision, etcd's KV semantics.
@@ -27,6 +28,7 @@ pub mod lease;
 pub mod log_throttle;
 pub mod metrics;
 pub mod monitor;
+pub mod peer;
 pub mod proto;
 pub mod repair;
 pub mod runtime;

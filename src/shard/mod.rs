@@ -28,7 +28,7 @@ pub mod recovery;
 mod recovery_faults;
 pub mod snapshotting;
 #[cfg(test)]
-mod test_worker;
+pub(crate) mod test_worker;
 #[cfg(test)]
 mod worker_cluster_tests;
 pub mod write_path;

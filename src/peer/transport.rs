@@ -1,0 +1,241 @@
+//! Raft messages between members over TCP (`docs/peer-protocol.md`).
+//!
+//! Each member dials every other member once and sends all of its groups'
+//! messages for that member over that one connection, batched: whatever
+//! the shard workers queued while the last batch was written leaves in the
+//! next frame. Messages arrive on the connections other members dialed and
+//! go to the shard workers' channels. Delivery is best effort, as Raft
+//! expects of a network: a queue that is full or a connection that breaks
+//! drops messages, and the sender redials with a backoff.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use super::frame::{BATCH_TARGET_BYTES, Batch, Hello, HelloAnswer, PeerFrameError};
+use crate::shard::ShardCommand;
+use crate::shard::peers::PeerOutbox;
+
+/// Messages queued per peer before new ones are dropped: Raft resends
+/// what matters, and a peer that does not take them is down or slow.
+pub const PEER_QUEUE_CAPACITY: usize = 4096;
+
+/// Who this member is, for handshakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+/// A message for another member, with the group (shard) it belongs to.
+pub type Outgoing = (u32, Message);
+
+/// A shard worker's outbox: its messages go to the queue of the member
+/// they are addressed to.
+pub struct PeerRoutes {
+    pub shard: u32,
+    pub queues: Rc<BTreeMap<u64, flume::Sender<Outgoing>>>,
+    /// Messages dropped because a queue was full or no route existed.
+    pub dropped: Rc<Cell<u64>>,
+}
+
+impl PeerOutbox for PeerRoutes {
+    fn send(&self, message: Message) {
+        let Some(queue) = self.queues.get(&message.to) else {
+            self.dropped.set(self.dropped.get() + 1);
+            return;
+        };
+        if queue.try_send((self.shard, message)).is_err() {
+            self.dropped.set(self.dropped.get() + 1);
+        }
+    }
+}
+
+/// Sends what is queued for member `to` at `address`, until every sender
+/// of the queue is gone: dials, handshakes, then writes batches. A failed
+/// dial or write drops the batch and redials after a backoff (10 ms,
+/// doubling to 1 s).
+pub async fn send_to_peer(
+    identity: PeerIdentity,
+    to: u64,
+    address: SocketAddr,
+    queue: flume::Receiver<Outgoing>,
+) {
+    let mut backoff = Duration::from_millis(10);
+    let mut connection: Option<TcpStream> = None;
+    while let Ok(first) = queue.recv_async().await {
+        let mut batch_bytes = first.1.compute_size() as usize;
+        let mut batch = Batch {
+            messages: vec![first],
+        };
+        while batch_bytes < BATCH_TARGET_BYTES {
+            let Ok(next) = queue.try_recv() else {
+                break;
+            };
+            batch_bytes += next.1.compute_size() as usize;
+            batch.messages.push(next);
+        }
+        let mut frame = Vec::with_capacity(batch_bytes + 64);
+        batch.encode(&mut frame);
+        if connection.is_none() {
+            match dial(identity, to, address).await {
+                Ok(stream) => {
+                    connection = Some(stream);
+                    backoff = Duration::from_millis(10);
+                }
+                Err(error) => {
+                    tracing::debug!(to, %address, %error, "cannot reach peer; dropping a batch");
+                    monoio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        if let Some(stream) = connection.as_mut() {
+            let (written, _) = stream.write_all(frame).await;
+            if let Err(error) = written {
+                tracing::debug!(to, %error, "peer connection broke; redialing");
+                connection = None;
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] PeerFrameError),
+    #[error("peer refused the handshake: {0:?}")]
+    Refused(HelloAnswer),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("peer named shard {0}, which does not exist here")]
+    UnknownShard(u32),
+}
+
+/// Dials member `to` and introduces this member.
+pub async fn dial(
+    identity: PeerIdentity,
+    to: u64,
+    address: SocketAddr,
+) -> Result<TcpStream, PeerError> {
+    let mut stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let mut hello = Vec::with_capacity(Hello::LEN);
+    Hello {
+        cluster_id: identity.cluster_id,
+        from_member: identity.member_id,
+        to_member: to,
+    }
+    .encode(&mut hello);
+    let (written, _) = stream.write_all(hello).await;
+    written?;
+    let (read, answer) = stream.read(vec![0u8; 1]).await;
+    if read? == 0 {
+        return Err(PeerError::Closed);
+    }
+    match HelloAnswer::decode(answer[0])? {
+        HelloAnswer::Accepted => Ok(stream),
+        refused => Err(PeerError::Refused(refused)),
+    }
+}
+
+/// Accepts other members' connections and hands each message to the
+/// worker of its shard. Runs until the listener fails.
+pub async fn serve_peers(
+    listener: TcpListener,
+    identity: PeerIdentity,
+    members: Rc<[u64]>,
+    shards: Rc<[flume::Sender<ShardCommand>]>,
+) -> std::io::Result<()> {
+    loop {
+        let (stream, address) = listener.accept().await?;
+        let (members, shards) = (members.clone(), shards.clone());
+        monoio::spawn(async move {
+            if let Err(error) = receive_from_peer(stream, identity, &members, &shards).await {
+                tracing::warn!(%address, %error, "peer connection ended");
+            }
+        });
+    }
+}
+
+/// One accepted connection: the handshake, then frames until it closes.
+async fn receive_from_peer(
+    stream: TcpStream,
+    identity: PeerIdentity,
+    members: &[u64],
+    shards: &[flume::Sender<ShardCommand>],
+) -> Result<(), PeerError> {
+    let mut reader = Reader {
+        stream,
+        buffered: Vec::new(),
+        chunk: Vec::with_capacity(READ_CHUNK_BYTES),
+    };
+    let hello = loop {
+        if let Some(hello) = Hello::decode(&reader.buffered)? {
+            break hello;
+        }
+        reader.read_more().await?;
+    };
+    reader.buffered.drain(..Hello::LEN);
+    let answer = HelloAnswer::judge(&hello, identity.cluster_id, identity.member_id, members);
+    let (written, _) = reader.stream.write_all(vec![answer as u8]).await;
+    written?;
+    if answer != HelloAnswer::Accepted {
+        return Err(PeerError::Refused(answer));
+    }
+    loop {
+        while let Some((batch, used)) = Batch::decode(&reader.buffered)? {
+            reader.buffered.drain(..used);
+            for (shard, message) in batch.messages {
+                let worker = shards
+                    .get(shard as usize)
+                    .ok_or(PeerError::UnknownShard(shard))?;
+                if worker
+                    .send_async(ShardCommand::Peer(Box::new(message)))
+                    .await
+                    .is_err()
+                {
+                    // The worker is gone: this member is stopping.
+                    return Ok(());
+                }
+            }
+        }
+        reader.read_more().await?;
+    }
+}
+
+/// Bytes read from a socket and not decoded yet.
+struct Reader {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+    /// What the next read fills (monoio reads into an owned buffer).
+    chunk: Vec<u8>,
+}
+
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+impl Reader {
+    /// Appends what the socket has; `Closed` at end of stream.
+    async fn read_more(&mut self) -> Result<(), PeerError> {
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.clear();
+        let (read, chunk) = self.stream.read(chunk).await;
+        let read = read?;
+        self.buffered.extend_from_slice(&chunk[..read]);
+        self.chunk = chunk;
+        if read == 0 {
+            return Err(PeerError::Closed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,199 @@
+//! The transport over real loopback sockets: handshakes refuse other
+//! clusters and strangers, and three shard workers form one Raft group
+//! whose writes reach every member.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use monoio::net::TcpListener;
+
+use super::frame::HelloAnswer;
+use super::transport::{
+    PEER_QUEUE_CAPACITY, PeerError, PeerIdentity, PeerRoutes, dial, send_to_peer, serve_peers,
+};
+use crate::proto::etcdserverpb::PutRequest;
+use crate::shard::raft_group::GroupConfig;
+use crate::shard::{ShardCommand, test_worker};
+use crate::store::error::KvError;
+use crate::store::write::{LATEST, WriteRequest};
+use crate::test_support::run_on_monoio as run;
+use crate::wal::MemoryDevice;
+
+const CLUSTER: u64 = 0x5eed;
+
+#[test]
+fn handshakes_refuse_other_clusters_and_strangers() {
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (shard, _commands) = flume::bounded(8);
+        let identity = PeerIdentity {
+            cluster_id: CLUSTER,
+            member_id: 1,
+        };
+        monoio::spawn(serve_peers(
+            listener,
+            identity,
+            Rc::from(vec![1, 2, 3]),
+            Rc::from(vec![shard]),
+        ));
+        let from = |cluster_id, member_id| PeerIdentity {
+            cluster_id,
+            member_id,
+        };
+        assert!(dial(from(CLUSTER, 2), 1, address).await.is_ok());
+        let refused = |result: Result<_, PeerError>| match result {
+            Err(PeerError::Refused(answer)) => Some(answer),
+            _ => None,
+        };
+        assert_eq!(
+            refused(dial(from(CLUSTER + 1, 2), 1, address).await),
+            Some(HelloAnswer::OtherCluster)
+        );
+        assert_eq!(
+            refused(dial(from(CLUSTER, 2), 3, address).await),
+            Some(HelloAnswer::NotThisMember)
+        );
+        assert_eq!(
+            refused(dial(from(CLUSTER, 9), 1, address).await),
+            Some(HelloAnswer::UnknownMember)
+        );
+    });
+}
+
+#[test]
+fn three_workers_replicate_writes_over_loopback_tcp() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    run(async {
+        let members = [1u64, 2, 3];
+        let mut listeners = BTreeMap::new();
+        for id in members {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            listeners.insert(id, listener);
+        }
+        let addresses: BTreeMap<u64, _> = listeners
+            .iter()
+            .map(|(id, listener)| (*id, listener.local_addr().expect("address")))
+            .collect();
+        let dropped = Rc::new(Cell::new(0));
+        let mut senders = Vec::new();
+        let mut spaces = Vec::new();
+        for id in members {
+            let identity = PeerIdentity {
+                cluster_id: CLUSTER,
+                member_id: id,
+            };
+            let mut queues = BTreeMap::new();
+            for peer in members.iter().copied().filter(|peer| *peer != id) {
+                let (queue, outgoing) = flume::bounded(PEER_QUEUE_CAPACITY);
+                queues.insert(peer, queue);
+                monoio::spawn(send_to_peer(identity, peer, addresses[&peer], outgoing));
+            }
+            let config = GroupConfig {
+                member_id: id,
+                voters: members.to_vec(),
+                election_ticks: 10..20,
+            };
+            let shard = test_worker::new_member_worker(
+                &MemoryDevice::new(),
+                directory.path(),
+                None,
+                &config,
+            )
+            .await;
+            let worker = shard.worker.with_peers(Box::new(PeerRoutes {
+                shard: 0,
+                queues: Rc::new(queues),
+                dropped: dropped.clone(),
+            }));
+            monoio::spawn(worker.run(shard.commands));
+            let listener = listeners.remove(&id).expect("listener");
+            monoio::spawn(serve_peers(
+                listener,
+                identity,
+                Rc::from(members.to_vec()),
+                Rc::from(vec![shard.sender.clone()]),
+            ));
+            senders.push(shard.sender);
+            spaces.push(shard.space);
+        }
+        let tickers = senders.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(Duration::from_millis(2)).await;
+                for ticker in &tickers {
+                    if ticker.send_async(ShardCommand::Tick).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+
+        let started = Instant::now();
+        let mut written = 0;
+        while written < 100 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "only {written} writes in 20 s"
+            );
+            let key = Bytes::from(format!("key-{written}"));
+            let mut acknowledged = false;
+            for sender in &senders {
+                let (reply, answer) = oneshot::channel();
+                let request = WriteRequest::Put(PutRequest {
+                    key: key.clone(),
+                    value: key.clone(),
+                    ..Default::default()
+                });
+                let command = ShardCommand::Write {
+                    request,
+                    reply,
+                    queued_at: Instant::now(),
+                };
+                sender.send_async(command).await.expect("worker runs");
+                match answer.await.expect("answered") {
+                    Ok(_) => {
+                        acknowledged = true;
+                        break;
+                    }
+                    Err(KvError::NotLeader) => {}
+                    Err(other) => panic!("unexpected answer {other:?}"),
+                }
+            }
+            if acknowledged {
+                written += 1;
+            } else {
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let target = spaces
+            .iter()
+            .map(|space| space.clock().current())
+            .max()
+            .unwrap_or(0);
+        for space in &spaces {
+            let reached =
+                monoio::time::timeout(Duration::from_secs(10), space.clock().wait_applied(target))
+                    .await;
+            assert!(reached.is_ok(), "a member did not apply through {target}");
+            for index in 0..100 {
+                let key = format!("key-{index}");
+                let found = space.memtable(0).get(key.as_bytes(), LATEST);
+                assert_eq!(
+                    found.map(|kv| kv.value),
+                    Some(Bytes::from(key.clone())),
+                    "{key} missing on a member"
+                );
+            }
+        }
+        println!(
+            "100 writes replicated to 3 members in {:?}; {} messages dropped",
+            started.elapsed(),
+            dropped.get()
+        );
+    });
+}
