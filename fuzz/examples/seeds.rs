@@ -25,7 +25,8 @@ use metastore_fuzz::block_on_ready;
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let seeds = root.join("seeds");
-    let _ = fs::remove_dir_all(&seeds);
+    // Nothing is removed first: crash inputs kept as seeds (README, "Found
+    // so far") live beside the generated ones, which are overwritten.
     grpc_codec(&seeds.join("grpc_codec"));
     grpc_headers(&seeds.join("grpc_headers"));
     grpc_authority(&seeds.join("grpc_authority"));
@@ -35,6 +36,7 @@ fn main() {
     snapshot_image(&seeds.join("snapshot_image"));
     snapshot_backup(&seeds.join("snapshot_backup"));
     config(&seeds.join("config"));
+    peer_frame(&seeds.join("peer_frame"));
     dictionaries(&root.join("dicts"));
 }
 
@@ -392,6 +394,42 @@ fn frame_bytes(records: &[&[u8]], frame_sequence: u64, first_record: u64, log_id
     encode_frame_header(&header, &mut bytes);
     bytes.extend_from_slice(&payload);
     bytes
+}
+
+/// `[mode][chunking plan][handshake][frames...]`: a dialer's first bytes.
+fn peer_frame(directory: &Path) {
+    use metastore::peer::frame::{Batch, Hello};
+    use raft::eraftpb::{Entry, Message, MessageType};
+    let mut stream = Vec::new();
+    Hello {
+        cluster_id: 0x5eed,
+        from_member: 2,
+        to_member: 1,
+    }
+    .encode(&mut stream);
+    let mut append = Message::default();
+    append.set_msg_type(MessageType::MsgAppend);
+    (append.to, append.from, append.term, append.index) = (1, 2, 3, 9);
+    append.mut_entries().push(Entry {
+        index: 10,
+        term: 3,
+        data: Bytes::from_static(b"command"),
+        ..Default::default()
+    });
+    let mut heartbeat = Message::default();
+    heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+    (heartbeat.to, heartbeat.from, heartbeat.term) = (1, 2, 3);
+    Batch {
+        messages: vec![(0, append), (3, heartbeat)],
+    }
+    .encode(&mut stream);
+    Batch::default().encode(&mut stream);
+    write(
+        directory,
+        "handshake-and-frames",
+        &prefixed(&[0, 0], &stream),
+    );
+    write(directory, "forged", &prefixed(&[1, 2, 7, 30], &stream));
 }
 
 /// `[mode][bytes]`.
