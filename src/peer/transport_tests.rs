@@ -8,7 +8,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_channel::oneshot;
 use monoio::net::TcpListener;
 
 use super::frame::HelloAnswer;
@@ -16,8 +15,9 @@ use super::transport::{
     PEER_QUEUE_CAPACITY, PeerError, PeerIdentity, PeerRoutes, dial, send_to_peer, serve_peers,
 };
 use crate::proto::etcdserverpb::PutRequest;
+use crate::shard::ShardCommand;
 use crate::shard::raft_group::GroupConfig;
-use crate::shard::{ShardCommand, test_worker};
+use crate::shard::test_worker::{self, write_command};
 use crate::store::error::KvError;
 use crate::store::write::{LATEST, WriteRequest};
 use crate::test_support::run_on_monoio as run;
@@ -143,17 +143,11 @@ fn three_workers_replicate_writes_over_loopback_tcp() {
             let key = Bytes::from(format!("key-{written}"));
             let mut acknowledged = false;
             for sender in &senders {
-                let (reply, answer) = oneshot::channel();
-                let request = WriteRequest::Put(PutRequest {
+                let (command, answer) = write_command(WriteRequest::Put(PutRequest {
                     key: key.clone(),
                     value: key.clone(),
                     ..Default::default()
-                });
-                let command = ShardCommand::Write {
-                    request,
-                    reply,
-                    queued_at: Instant::now(),
-                };
+                }));
                 sender.send_async(command).await.expect("worker runs");
                 match answer.await.expect("answered") {
                     Ok(_) => {

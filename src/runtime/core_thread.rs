@@ -243,12 +243,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         )
         .map_err(|error| format!("shard {shard}: {error}"))?;
         let storage = ShardLogStorage::new(mirror, directories.snapshots.clone());
-        let entry_records = log
-            .entries
-            .iter()
-            .map(|entry| entry.index)
-            .zip(log.entry_sequences.iter().copied())
-            .collect();
+        let entry_records = log.entry_records();
         let wal = log
             .reading
             .resume(wal_options)

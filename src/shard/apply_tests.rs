@@ -10,7 +10,8 @@ use futures_channel::oneshot;
 
 use super::apply::apply_command;
 use super::recovery::read_shard_log;
-use super::{DeferredReply, ShardCommand, WriteOutcome, test_worker};
+use super::test_worker::{self, Answer, write_command};
+use super::{DeferredReply, ShardCommand};
 use crate::lease::table::LeaseTable;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::{
@@ -24,8 +25,6 @@ use crate::store::shard_map::ShardMap;
 use crate::store::write::{LATEST, WriteRequest};
 use crate::test_support::run_on_monoio as run;
 use crate::wal::MemoryDevice;
-
-type Answer = oneshot::Receiver<Result<WriteOutcome, KvError>>;
 
 fn put(key: &str, value: &str, lease: i64) -> WriteRequest {
     WriteRequest::Put(PutRequest {
@@ -55,16 +54,6 @@ fn put_if_version(key: &str, version: i64, then_key: &str) -> WriteRequest {
         }],
         ..Default::default()
     })
-}
-
-fn write_command(request: WriteRequest) -> (ShardCommand, Answer) {
-    let (reply, answer) = oneshot::channel();
-    let command = ShardCommand::Write {
-        request,
-        reply,
-        queued_at: Instant::now(),
-    };
-    (command, answer)
 }
 
 fn answered_revision(mut answer: Answer) -> i64 {

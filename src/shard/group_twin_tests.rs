@@ -77,12 +77,7 @@ impl Member {
             .filter(|entry| entry.index <= committed)
             .map(|entry| (entry.index, entry.data.clone()))
             .collect();
-        let entry_records = log
-            .entries
-            .iter()
-            .map(|entry| entry.index)
-            .zip(log.entry_sequences.iter().copied())
-            .collect();
+        let entry_records = log.entry_records();
         let wal = log.reading.resume(OPTIONS).await.expect("resume");
         let frontier = Arc::new(DurableFrontier::new([(wal.log_id(), 0)]));
         let storage = ShardLogStorage::new(mirror, std::env::temp_dir());

@@ -67,6 +67,18 @@ pub struct RecoveredLog<D: StorageDevice> {
     pub claims: Vec<DurableClaim>,
 }
 
+impl<D: StorageDevice> RecoveredLog<D> {
+    /// `(raft index, WAL record sequence)` of each entry, oldest first:
+    /// what the Raft group needs to know which segments a snapshot frees.
+    pub fn entry_records(&self) -> std::collections::VecDeque<(u64, u64)> {
+        self.entries
+            .iter()
+            .map(|entry| entry.index)
+            .zip(self.entry_sequences.iter().copied())
+            .collect()
+    }
+}
+
 /// A log's statement that another shard's log was durable this far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurableClaim {

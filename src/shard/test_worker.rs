@@ -8,12 +8,14 @@ use super::frontier::DurableFrontier;
 use super::log_storage::ShardLogStorage;
 use super::raft_group::{GroupConfig, LogStats, RaftGroup, log_mirror};
 use super::recovery::read_shard_log;
-use super::{ShardCommand, ShardWorker, SnapshotSchedule};
+use super::{ShardCommand, ShardWorker, SnapshotSchedule, WriteOutcome};
 use crate::lease::table::LeaseTable;
 use crate::metrics::CoreMetrics;
+use crate::store::error::KvError;
 use crate::store::key_space::KeySpace;
 use crate::store::revision::RevisionClock;
 use crate::store::shard_map::ShardMap;
+use crate::store::write::WriteRequest;
 use crate::wal::{MemoryDevice, WalOptions};
 
 pub const OPTIONS: WalOptions = WalOptions {
@@ -85,4 +87,18 @@ pub async fn new_member_worker(
         sender,
         commands,
     }
+}
+
+/// Where a write's answer arrives.
+pub type Answer = futures_channel::oneshot::Receiver<Result<WriteOutcome, KvError>>;
+
+/// A write command for a worker's channel, and where its answer arrives.
+pub fn write_command(request: WriteRequest) -> (ShardCommand, Answer) {
+    let (reply, answer) = futures_channel::oneshot::channel();
+    let command = ShardCommand::Write {
+        request,
+        reply,
+        queued_at: std::time::Instant::now(),
+    };
+    (command, answer)
 }

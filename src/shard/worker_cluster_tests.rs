@@ -9,15 +9,15 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_channel::oneshot;
 use raft::eraftpb::Message;
 
+use super::ShardCommand;
 use super::peers::PeerOutbox;
 use super::raft_group::GroupConfig;
-use super::{ShardCommand, test_worker};
+use super::test_worker::{self, Answer, write_command};
 use crate::proto::etcdserverpb::PutRequest;
 use crate::store::content_hash::hash_stored;
 use crate::store::error::KvError;
@@ -46,8 +46,6 @@ struct Member {
     space: Arc<KeySpace>,
 }
 
-type Answer = oneshot::Receiver<Result<super::WriteOutcome, KvError>>;
-
 /// What the client learned of one write.
 #[derive(Debug)]
 enum Fate {
@@ -66,17 +64,11 @@ async fn put(
     key: &Bytes,
     value: &Bytes,
 ) -> Result<Result<(), KvError>, Option<Answer>> {
-    let (reply, answer) = oneshot::channel();
-    let request = WriteRequest::Put(PutRequest {
+    let (command, answer) = write_command(WriteRequest::Put(PutRequest {
         key: key.clone(),
         value: value.clone(),
         ..Default::default()
-    });
-    let command = ShardCommand::Write {
-        request,
-        reply,
-        queued_at: Instant::now(),
-    };
+    }));
     if member.sender.send_async(command).await.is_err() {
         return Err(None);
     }
