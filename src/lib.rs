@@ -16,6 +16,7 @@
 //! - [`status_map`]: every internal error to gRPC code + etcd's exact message.
 //! - [`shard`]: shard workers (the only writers) and the write path across shards.
 //! - [`peer`]: the peer protocol and transport: Raft messages between members.
+//! - [`membership`]: member and cluster IDs, derived as etcd derives them.
 //! - [`snapshot`]: the shard snapshot file format (rkyv archive, checksummed).
 //! - [`repair`]: `metastore repair`, the way out of a refused start after corruption.
 //! - [`store`]: the MVCC key space: memtables, global revision, etcd's KV semantics.
@@ -26,6 +27,7 @@ pub mod data_dir;
 pub mod grpc;
 pub mod lease;
 pub mod log_throttle;
+pub mod membership;
 pub mod metrics;
 pub mod monitor;
 pub mod peer;
