@@ -240,7 +240,7 @@ impl<D: StorageDevice> ShardWorker<D> {
         disk: disk_space::DiskSpaceGuard,
     ) -> Self {
         let applied_revision = space.clock().current();
-        Self {
+        let mut worker = Self {
             shard,
             space,
             slot,
@@ -256,8 +256,9 @@ impl<D: StorageDevice> ShardWorker<D> {
             leading: false,
             ready_to_lead_at: 0,
             applied_revision,
-        }
-        .observe_role()
+        };
+        worker.note_role();
+        worker
     }
 
     /// The worker of a group with other members: its messages go to
@@ -271,11 +272,6 @@ impl<D: StorageDevice> ShardWorker<D> {
     /// it had pending (it evaluates nothing as a follower); one that
     /// starts leading waits to apply its log through its term's first
     /// entry before it takes writes.
-    fn observe_role(mut self) -> Self {
-        self.note_role();
-        self
-    }
-
     fn note_role(&mut self) {
         let leading = self.group.is_leader();
         if leading && !self.leading {

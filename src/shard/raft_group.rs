@@ -270,11 +270,6 @@ impl<D: StorageDevice> RaftGroup<D> {
         self.node.raft.state == StateRole::Leader
     }
 
-    /// The member this one believes leads the group (0: none known).
-    pub fn leader_id(&self) -> u64 {
-        self.node.raft.leader_id
-    }
-
     pub fn term(&self) -> u64 {
         self.node.raft.term
     }

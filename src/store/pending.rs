@@ -109,22 +109,11 @@ impl PendingVersions {
     /// `stored` (the memtable's live keys of `range` at `at`, ascending)
     /// with the pending versions at or below `at` laid over it.
     pub fn overlay(&self, range: &KeyRange, at: i64, stored: Vec<KeyValue>) -> Vec<KeyValue> {
-        let mut merged: BTreeMap<Bytes, KeyValue> = stored
-            .into_iter()
-            .map(|key_value| (key_value.key.clone(), key_value))
-            .collect();
-        for (key, _) in self.in_range(range) {
-            match self.newest(key, at) {
-                Some((_, version)) if version.is_tombstone() => {
-                    merged.remove(key);
-                }
-                Some((revision, version)) => {
-                    merged.insert(key.clone(), version.to_key_value(key, revision));
-                }
-                None => {}
-            }
-        }
-        merged.into_values().collect()
+        let newer = self.in_range(range).filter_map(|(key, _)| {
+            self.newest(key, at)
+                .map(|(revision, version)| (key, revision, version))
+        });
+        lay_over(stored, newer)
     }
 
     /// `stored` (the memtable's keys attached to `lease`, ascending) as the
@@ -164,6 +153,27 @@ impl PendingVersions {
             .into_iter()
             .flatten()
     }
+}
+
+/// `stored` (live key-values, ascending by key) with newer versions laid
+/// over it, each with the revision it was written at: a tombstone removes
+/// its key, any other version replaces or adds it. Ascending by key.
+pub fn lay_over<'a>(
+    stored: Vec<KeyValue>,
+    newer: impl IntoIterator<Item = (&'a Bytes, i64, &'a Version)>,
+) -> Vec<KeyValue> {
+    let mut merged: BTreeMap<Bytes, KeyValue> = stored
+        .into_iter()
+        .map(|key_value| (key_value.key.clone(), key_value))
+        .collect();
+    for (key, revision, version) in newer {
+        if version.is_tombstone() {
+            merged.remove(key);
+        } else {
+            merged.insert(key.clone(), version.to_key_value(key, revision));
+        }
+    }
+    merged.into_values().collect()
 }
 
 #[cfg(test)]

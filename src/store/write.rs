@@ -21,7 +21,7 @@ use super::error::KvError;
 use super::key_range::KeyRange;
 use super::key_space::{KeySpace, RangeResult};
 use super::memtable::Version;
-use super::pending::PendingVersions;
+use super::pending::{PendingVersions, lay_over};
 use super::range;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::{
@@ -560,22 +560,13 @@ impl Execution<'_, '_> {
         if self.changes.is_empty() {
             return stored;
         }
-        let mut merged: BTreeMap<Bytes, KeyValue> = stored
-            .key_values
-            .into_iter()
-            .map(|kv| (kv.key.clone(), kv))
-            .collect();
-        for (key, version) in self.changes.iter().filter(|(key, _)| range.contains(key)) {
-            if version.is_tombstone() {
-                merged.remove(key);
-            } else {
-                merged.insert(
-                    key.clone(),
-                    version.to_key_value(key, self.write_revision()),
-                );
-            }
-        }
-        let key_values: Vec<KeyValue> = merged.into_values().collect();
+        let revision = self.write_revision();
+        let own = self
+            .changes
+            .iter()
+            .filter(|(key, _)| range.contains(key))
+            .map(|(key, version)| (key, revision, version));
+        let key_values = lay_over(stored.key_values, own);
         RangeResult {
             count: key_values.len(),
             key_values,
