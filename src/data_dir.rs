@@ -39,6 +39,14 @@ pub enum DataDirError {
         requested: usize,
         recorded: usize,
     },
+    #[error(
+        "data directory {path} was created for a server running alone; a cluster member starts on an empty --data-dir"
+    )]
+    NotAClusterMember { path: PathBuf },
+    #[error(
+        "data directory {path} belongs to member {member_id:x} of a cluster; start it with that cluster's flags (--initial-cluster, --initial-advertise-peer-urls, --listen-peer-urls)"
+    )]
+    ClusterMember { path: PathBuf, member_id: u64 },
 }
 
 /// Facts fixed when the directory was created.
@@ -56,6 +64,29 @@ pub struct DataDirMeta {
     /// directory never repaired reads the same as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_wal_logs: Vec<RetiredLog>,
+    /// The cluster's members as bootstrapped (`--initial-cluster`); empty
+    /// for a server running alone. A restart takes them from here, as etcd
+    /// ignores its `--initial-*` flags once its data directory exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberRecord>,
+}
+
+/// A member of the cluster, as recorded in `metastore.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRecord {
+    /// etcd's member ID (`membership::member_id`); also its Raft ID.
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// Who a new cluster member's data directory is created for.
+#[derive(Debug, Clone)]
+pub struct ClusterBootstrap {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub members: Vec<MemberRecord>,
 }
 
 /// Where a shard keeps its files.
@@ -98,6 +129,18 @@ impl DataDir {
         requested_shards: Option<usize>,
         default_shards: usize,
     ) -> Result<Self, DataDirError> {
+        Self::open_member(path, requested_shards, default_shards, None)
+    }
+
+    /// Opens `path` for a server: alone (`cluster` is `None`) or as a
+    /// cluster member, creating the directory for `cluster`'s member if it
+    /// does not exist. A directory made for one use refuses the other.
+    pub fn open_member(
+        path: &Path,
+        requested_shards: Option<usize>,
+        default_shards: usize,
+        cluster: Option<ClusterBootstrap>,
+    ) -> Result<Self, DataDirError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -138,15 +181,36 @@ impl DataDir {
                         recorded: meta.shard_count,
                     });
                 }
+                match (&cluster, meta.members.is_empty()) {
+                    (Some(_), true) => {
+                        return Err(DataDirError::NotAClusterMember {
+                            path: path.to_owned(),
+                        });
+                    }
+                    (None, false) => {
+                        return Err(DataDirError::ClusterMember {
+                            path: path.to_owned(),
+                            member_id: meta.member_id,
+                        });
+                    }
+                    _ => {}
+                }
                 meta
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let (cluster_id, member_id, members) = match cluster {
+                    Some(bootstrap) => {
+                        (bootstrap.cluster_id, bootstrap.member_id, bootstrap.members)
+                    }
+                    None => (random_id(), random_id(), Vec::new()),
+                };
                 let meta = DataDirMeta {
                     format_version: FORMAT_VERSION,
                     shard_count: requested_shards.unwrap_or(default_shards),
-                    cluster_id: random_id(),
-                    member_id: random_id(),
+                    cluster_id,
+                    member_id,
                     retired_wal_logs: Vec::new(),
+                    members,
                 };
                 write_meta(path, &meta)?;
                 meta

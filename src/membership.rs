@@ -48,6 +48,37 @@ pub fn cluster_id(member_ids: &[u64]) -> u64 {
     first_eight_bytes(&hasher.finalize())
 }
 
+/// The data directory of member `name` of a cluster bootstrapped with
+/// `config`: every initial member's ID and the cluster's, as etcd derives
+/// them.
+pub fn bootstrap(
+    config: &crate::config::ClusterConfig,
+    name: &str,
+) -> crate::data_dir::ClusterBootstrap {
+    let members: Vec<crate::data_dir::MemberRecord> = config
+        .members
+        .iter()
+        .map(|member| {
+            let urls: Vec<&str> = member.peer_urls.iter().map(String::as_str).collect();
+            crate::data_dir::MemberRecord {
+                id: member_id(&urls, &config.token, None),
+                name: member.name.clone(),
+                peer_urls: member.peer_urls.clone(),
+            }
+        })
+        .collect();
+    let ids: Vec<u64> = members.iter().map(|member| member.id).collect();
+    let member_id = members
+        .iter()
+        .find(|member| member.name == name)
+        .map_or(0, |member| member.id);
+    crate::data_dir::ClusterBootstrap {
+        cluster_id: cluster_id(&ids),
+        member_id,
+        members,
+    }
+}
+
 fn first_eight_bytes(digest: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("SHA-1 gives 20 bytes"))
 }

@@ -236,7 +236,10 @@ async fn acknowledged_writes_survive_sigkill_and_txns_stay_atomic() {
         }
         attempts.extend(round_attempts);
     }
-    let server = MetastoreServer::start_in(&data_dir, &[]);
+    let server = MetastoreServer::start_in(
+        &data_dir,
+        &["--wal-segment-bytes", "4194304", "--snapshot-count", "64"],
+    );
     let (keys, revision) = snapshot(server.addr()).await;
     assert!(
         revision >= last_revision,
@@ -247,7 +250,29 @@ async fn acknowledged_writes_survive_sigkill_and_txns_stay_atomic() {
         acknowledged_total > rounds,
         "seed {seed}: the load acknowledged only {acknowledged_total} writes in {rounds} rounds; the test did not exercise much"
     );
+    // A crash may cut the removal of released segments short, and a
+    // loaded machine may crash every round before one finishes: some load
+    // without crashes gives every shard the time to release its first
+    // segment.
+    let settle_journal: Journal = Arc::new(Mutex::new(Vec::new()));
+    let settle_writers: Vec<_> = (0..WRITERS)
+        .map(|index| {
+            tokio::spawn(writer(
+                server.addr(),
+                rounds + 1,
+                index,
+                settle_journal.clone(),
+            ))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && !any_shard_released_its_first_segment(&data_dir) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(server);
+    for task in settle_writers {
+        task.await.expect("writer task");
+    }
     // Snapshots release the log below them: with 4 MiB segments and a
     // snapshot every 64 entries, no shard may keep more than a few segments.
     let mut released_any = false;
@@ -281,4 +306,19 @@ async fn acknowledged_writes_survive_sigkill_and_txns_stay_atomic() {
         "crash loop (seed {seed}): {rounds} crashes, {} writes attempted, {acknowledged_total} acknowledged, final revision {revision}",
         attempts.len()
     );
+}
+
+/// Whether some shard's WAL no longer has its first segment.
+fn any_shard_released_its_first_segment(data_dir: &std::path::Path) -> bool {
+    std::fs::read_dir(data_dir.join("shards"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|shard| {
+            !shard
+                .path()
+                .join("wal")
+                .join("wal-0000000000000001.log")
+                .exists()
+        })
 }

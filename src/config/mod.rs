@@ -5,6 +5,7 @@
 //! Every value is validated before anything starts; a bad flag or value
 //! exits non-zero with a message naming the flag and where it came from.
 
+mod cluster;
 mod load;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+pub use cluster::{ClusterConfig, ClusterFlags, InitialClusterState, InitialMember};
 pub use load::{ConfigError, ENVIRONMENT_PREFIX, command, load};
 
 /// etcd's default `--max-request-bytes` (1.5 MiB).
@@ -178,6 +180,8 @@ pub struct Flags {
     /// peer, key prefix); etcd 3.5's flag.
     #[arg(long, default_value = "300ms", value_parser = parse_positive_duration)]
     pub warning_unary_request_duration: std::time::Duration,
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
     #[command(subcommand)]
     pub command: Option<Subcommand>,
 }
@@ -394,6 +398,8 @@ pub struct ServerConfig {
     /// `None`: no automatic compaction.
     pub auto_compaction: Option<AutoCompaction>,
     pub connection_limits: ConnectionLimits,
+    /// `None`: this member alone (one Raft voter per shard).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Protection limits on client connections and calls.
@@ -465,6 +471,7 @@ impl ServerConfig {
             bytes if bytes < 0 => None,
             bytes => Some(bytes as u64),
         };
+        let cluster = cluster::cluster_config(&flags.cluster, &flags.name)?;
         let auto_compaction =
             parse_auto_compaction(flags.auto_compaction_mode, &flags.auto_compaction_retention)?;
         if flags.rate_limit_burst == Some(0) {
@@ -513,6 +520,7 @@ impl ServerConfig {
             quota_backend_bytes,
             auto_compaction,
             connection_limits,
+            cluster,
             name: flags.name.clone(),
             data_dir: flags.data_dir.clone(),
             advertise_client_urls: advertise_client_urls

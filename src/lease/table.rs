@@ -149,6 +149,18 @@ impl LeaseTable {
         Some(state.ttl_seconds)
     }
 
+    /// Gives every lease its full TTL from `now`: a cluster's new lead
+    /// member does, since keep-alives went to the previous one (etcd's
+    /// `lessor.Promote`).
+    pub fn renew_all(&self, now: Instant) {
+        for entry in self.leases.iter() {
+            let state = entry.value();
+            state
+                .deadline_millis
+                .store(self.deadline(state.ttl_seconds, now), Ordering::Release);
+        }
+    }
+
     pub fn status(&self, id: i64, now: Instant) -> Option<LeaseStatus> {
         let entry = self.leases.get(&id)?;
         let state = entry.value();

@@ -95,6 +95,8 @@ pub struct CoreSetup {
     pub open_connections: Arc<AtomicUsize>,
     /// Node-wide threads for request work too heavy for an executor.
     pub helpers: Arc<crate::service::helper_pool::HelperPool>,
+    /// A cluster member's peers, role and timing; `None` alone.
+    pub cluster: Option<super::cluster::CoreCluster>,
 }
 
 pub fn run_core(setup: CoreSetup) {
@@ -146,12 +148,18 @@ async fn recover_shard(
     shard: ShardId,
     commands: flume::Receiver<ShardCommand>,
     directories: &ShardDirectories,
+    committed_only: bool,
 ) -> Result<(RecoveredShard, ShardInventory), String> {
+    let on_disk = read_shard(shard, directories).await?;
     let ShardOnDisk {
         snapshot,
         log,
         inventory,
-    } = read_shard(shard, directories).await?;
+    } = if committed_only {
+        on_disk.committed_only()
+    } else {
+        on_disk
+    };
     tracing::info!(
         shard,
         snapshot_revision = inventory.snapshot_revision,
@@ -201,13 +209,20 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         rate_limiter,
         open_connections,
         helpers,
+        cluster,
         ..
     } = setup;
+    let group_config = cluster
+        .as_ref()
+        .map_or_else(GroupConfig::single_voter, |cluster| {
+            cluster.group_config.clone()
+        });
     let metrics = Rc::new(CoreMetrics::new(metrics_enabled));
     let mut recovered = Vec::new();
     let mut inventories = Vec::new();
     for ((shard, receiver), directories) in owned_shards.into_iter().zip(&shard_directories) {
-        let (shard_state, inventory) = recover_shard(shard, receiver, directories).await?;
+        let (shard_state, inventory) =
+            recover_shard(shard, receiver, directories, cluster.is_some()).await?;
         recovered.push(shard_state);
         inventories.push(inventory);
     }
@@ -234,12 +249,19 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         let snapshot_position = snapshot
             .as_ref()
             .map(|snapshot| (snapshot.meta.raft_index, snapshot.meta.raft_term));
-        replay(&space, shard, snapshot, &log.commands, &plan);
+        replay(
+            &space,
+            shard,
+            snapshot,
+            &log.commands,
+            &plan,
+            cluster.is_none(),
+        );
         let mirror = log_mirror(
             snapshot_position,
             &log.entries,
             log.hard_state.clone(),
-            &GroupConfig::single_voter(),
+            &group_config,
         )
         .map_err(|error| format!("shard {shard}: {error}"))?;
         let storage = ShardLogStorage::new(mirror, directories.snapshots.clone());
@@ -255,11 +277,13 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             entry_records,
             (shard, frontier.clone()),
             stats,
-            &GroupConfig::single_voter(),
+            &group_config,
         )
         .await
         .map_err(|error| format!("shard {shard}: {error}"))?;
-        if let Some((from, to)) = plan.newly_void() {
+        // A cluster member proposes nothing before it leads; its lead
+        // member decides what is incomplete (`shard::lead_member`).
+        if let Some((from, to)) = plan.newly_void().filter(|_| cluster.is_none()) {
             group
                 .propose(log_entry::encode(&ShardCommandRecord::void(from, to)))
                 .map_err(|error| format!("shard {shard}: {error}"))?;
@@ -293,6 +317,11 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
                 wal_options.segment_bytes,
             ),
         );
+        if let Some(cluster) = &cluster {
+            worker = worker
+                .with_peers(Box::new(cluster.outbox(shard)))
+                .with_role(cluster.role.clone());
+        }
         worker.keep_spare_ready().await;
         monoio::spawn(worker.run(commands));
     }
@@ -313,6 +342,13 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         }
         .serve(control),
     );
+    if let Some(cluster) = &cluster {
+        let owned = shard_ids
+            .iter()
+            .map(|shard| senders[*shard].clone())
+            .collect();
+        cluster.spawn_core_tasks(owned, senders.clone(), space.clone())?;
+    }
     let write_path = WritePath::new(space.clone(), senders, slot);
     let watch_feed = crate::watch::feed::EventFeed::new(space.clone());
     monoio::spawn(watch_feed.clone().run());
@@ -321,6 +357,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         monoio::spawn(crate::service::lease::expire_leases(
             write_path.clone(),
             metrics.clone(),
+            cluster.as_ref().map(|cluster| cluster.role.clone()),
         ));
         if let Some(policy) = auto_compaction {
             monoio::spawn(crate::service::auto_compaction::run(
@@ -379,12 +416,17 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
 /// Rebuilds a shard's memtable and its leases: the snapshot's versions and
 /// leases, then the logged changes after it that the plan keeps, then the
 /// compaction point. Runs on the owning core before its worker starts.
+///
+/// A cluster member (`alone` false) applies every committed command: what
+/// is incomplete stays above its readable prefix until its lead member
+/// completes or voids it (`store::applied_revisions`).
 fn replay(
     space: &KeySpace,
     shard: ShardId,
     snapshot: Option<LoadedShardSnapshot>,
     commands: &[ShardCommandRecord],
     plan: &RecoveryPlan,
+    alone: bool,
 ) {
     let memtable = space.memtable(shard);
     // A restarted server gives every lease its full TTL again (as etcd).
@@ -402,7 +444,7 @@ fn replay(
     // plan keeps their revision.
     for command in commands
         .iter()
-        .filter(|command| command.revision == 0 || plan.keeps(command.revision))
+        .filter(|command| !alone || command.revision == 0 || plan.keeps(command.revision))
     {
         apply_command(space, shard, command, now);
     }

@@ -9,6 +9,7 @@
 //!   signals.
 
 mod accept;
+mod cluster;
 pub mod control;
 mod core_thread;
 
@@ -56,6 +57,11 @@ pub enum StartError {
     DataDir(#[from] DataDirError),
     #[error("cannot listen on {address} (--listen-client-urls): {source}")]
     Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {address} (--listen-peer-urls): {source}")]
+    ListenPeers {
         address: SocketAddr,
         source: std::io::Error,
     },
@@ -165,7 +171,15 @@ impl Node {
 /// all-or-nothing), and returns once all cores serve. The threads run for
 /// the life of the process.
 pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
-    let data_dir = DataDir::open(&config.data_dir, config.shards, config.cores)?;
+    let bootstrap = config
+        .cluster
+        .as_ref()
+        .map(|cluster| crate::membership::bootstrap(cluster, &config.name));
+    let data_dir = DataDir::open_member(&config.data_dir, config.shards, config.cores, bootstrap)?;
+    let member = match &config.cluster {
+        Some(cluster) => Some(cluster::prepare(cluster, &data_dir.meta)?),
+        None => None,
+    };
     let shard_map = ShardMap::new(data_dir.meta.shard_count, config.cores);
     let alarms = crate::service::alarm::AlarmSet::open(&config.data_dir)?;
     let identity = MemberIdentity {
@@ -173,6 +187,8 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
         cluster_id: data_dir.meta.cluster_id,
         member_id: data_dir.meta.member_id,
         client_urls: config.advertise_client_urls.clone(),
+        members: data_dir.meta.members.clone(),
+        role: member.as_ref().map(|member| member.role.clone()),
     };
     let (senders, mut receivers): (Vec<_>, Vec<_>) = shard_map
         .all_shards()
@@ -263,6 +279,12 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             helpers: helpers.clone(),
             open_connections: open_connections.clone(),
             metrics_enabled: config.metrics_level != crate::config::MetricsLevel::Off,
+            cluster: member.clone().map(|mut member| {
+                if core != 0 {
+                    member.peer_service = None;
+                }
+                member
+            }),
         };
         std::thread::Builder::new()
             .name(format!("metastore-core-{core}"))
@@ -282,6 +304,9 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
         }
     }
     inventories.sort_by_key(|inventory| inventory.shard);
+    if member.is_some() {
+        crate::shard::recovery::keep_voids_in_every_shard(&mut inventories);
+    }
     let plan = durable_loss::decide(
         &inventories,
         &data_dir.meta.retired_wal_logs,
@@ -293,14 +318,30 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             (inventory.log.log_id, inventory.log.readable_through)
         })));
     if let Some((from, to)) = plan.newly_void() {
-        tracing::warn!(
-            from,
-            to,
-            "discarding revisions that never became durable on every shard (none was acknowledged)"
-        );
+        if member.is_some() {
+            tracing::info!(
+                from,
+                to,
+                "revisions not complete in every group; the lead member completes or voids them"
+            );
+        } else {
+            tracing::warn!(
+                from,
+                to,
+                "discarding revisions that never became durable on every shard (none was acknowledged)"
+            );
+        }
     }
     tracing::info!(revision = plan.keep_through, highest_taken = plan.highest_taken, compacted = plan.compacted, voids = ?plan.voids, "recovered");
-    let clock = RevisionClock::new(plan.highest_taken, config.cores);
+    let clock = match &member {
+        Some(_) => RevisionClock::for_cluster(
+            plan.highest_taken,
+            config.cores,
+            data_dir.meta.shard_count,
+            plan.keep_through,
+        ),
+        None => RevisionClock::new(plan.highest_taken, config.cores),
+    };
     let leases = crate::lease::table::LeaseTable::for_member(data_dir.meta.member_id);
     let space = KeySpace::new(shard_map, clock, leases);
     space.restore_compaction(plan.compacted);

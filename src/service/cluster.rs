@@ -29,17 +29,37 @@ pub async fn call(
 
 fn member_list(context: &ServiceContext) -> MemberListResponse {
     let identity = &context.identity;
-    let member = Member {
-        id: identity.member_id,
-        name: identity.name.clone(),
-        // No peer port until clustering exists.
-        peer_ur_ls: Vec::new(),
-        client_ur_ls: identity.client_urls.clone(),
-        is_learner: false,
+    let members = if identity.members.is_empty() {
+        vec![Member {
+            id: identity.member_id,
+            name: identity.name.clone(),
+            // A server alone listens on no peer port.
+            peer_ur_ls: Vec::new(),
+            client_ur_ls: identity.client_urls.clone(),
+            is_learner: false,
+        }]
+    } else {
+        identity
+            .members
+            .iter()
+            .map(|member| Member {
+                id: member.id,
+                name: member.name.clone(),
+                peer_ur_ls: member.peer_urls.clone(),
+                // Other members' client URLs are not exchanged yet (etcd
+                // publishes them through Raft); only this member's own.
+                client_ur_ls: if member.id == identity.member_id {
+                    identity.client_urls.clone()
+                } else {
+                    Vec::new()
+                },
+                is_learner: false,
+            })
+            .collect()
     };
     let mut response = MemberListResponse {
         header: None,
-        members: vec![member],
+        members,
     };
     context.fill_header(&mut response.header);
     response

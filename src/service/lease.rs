@@ -181,10 +181,20 @@ fn leases(
 /// Revokes leases whose deadline passed. Runs on one core for the node,
 /// which owns the deadline heap. A lease whose revocation fails stays in
 /// the table, so the queue reports it again at the next check.
-pub async fn expire_leases(write_path: Rc<WritePath>, metrics: Rc<crate::metrics::CoreMetrics>) {
+///
+/// On a cluster member only the lead member expires leases (etcd: only the
+/// leader's lessor revokes); `role` says whether this member is it.
+pub async fn expire_leases(
+    write_path: Rc<WritePath>,
+    metrics: Rc<crate::metrics::CoreMetrics>,
+    role: Option<std::sync::Arc<crate::shard::lead_member::MemberRole>>,
+) {
     let mut queue = LeaseExpiryQueue::new();
     loop {
         monoio::time::sleep(EXPIRY_CHECK_INTERVAL).await;
+        if role.as_ref().is_some_and(|role| !role.takes_writes()) {
+            continue;
+        }
         let expired = queue.expired(write_path.space().leases(), Instant::now());
         for lease in expired {
             match write_path.write(WriteRequest::LeaseRevoke(lease)).await {

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{RAFT_TERM, ServiceContext, missing_method, snapshot_stream, unary};
+use super::{ServiceContext, missing_method, snapshot_stream, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::{
     DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest,
@@ -107,9 +107,9 @@ async fn status(context: &ServiceContext) -> Result<StatusResponse, Status> {
         header: None,
         version: ETCD_API_VERSION.to_owned(),
         db_size: db_size as i64,
-        leader: context.identity.member_id,
+        leader: context.identity.leader(),
         raft_index,
-        raft_term: RAFT_TERM,
+        raft_term: context.raft_term(),
         raft_applied_index,
         errors: context.alarms.status_errors(),
         db_size_in_use: in_use.max(0),

@@ -33,6 +33,20 @@ pub struct MemberIdentity {
     pub cluster_id: u64,
     pub member_id: u64,
     pub client_urls: Vec<String>,
+    /// A cluster member's members as bootstrapped (empty alone).
+    pub members: Vec<crate::data_dir::MemberRecord>,
+    /// A cluster member's role (who the lead member is); `None` alone.
+    pub role: Option<std::sync::Arc<crate::shard::lead_member::MemberRole>>,
+}
+
+impl MemberIdentity {
+    /// The lead member's ID as this member knows it (0: none known); a
+    /// server alone is its own leader.
+    pub fn leader(&self) -> u64 {
+        self.role
+            .as_ref()
+            .map_or(self.member_id, |role| role.lead_member())
+    }
 }
 
 /// What every service on a core needs.
@@ -68,7 +82,19 @@ impl ServiceContext {
         crate::watch::watcher::HeaderStamp {
             cluster_id: self.identity.cluster_id,
             member_id: self.identity.member_id,
-            raft_term: RAFT_TERM,
+            raft_term: self.raft_term(),
+        }
+    }
+
+    /// The term response headers report: a cluster member's group 0 term
+    /// (the lead member leads every group); alone, a constant, as no
+    /// election ever happens.
+    pub fn raft_term(&self) -> u64 {
+        match &self.identity.role {
+            Some(_) => self.log_stats.first().map_or(RAFT_TERM, |stats| {
+                stats.term.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            None => RAFT_TERM,
         }
     }
 
@@ -78,8 +104,7 @@ impl ServiceContext {
         let header = header.get_or_insert_with(ResponseHeader::default);
         header.cluster_id = self.identity.cluster_id;
         header.member_id = self.identity.member_id;
-        // Single member, no elections yet: the term never changes.
-        header.raft_term = RAFT_TERM;
+        header.raft_term = self.raft_term();
         if header.revision == 0 {
             header.revision = self.write_path.space().clock().watermark();
         }

@@ -33,4 +33,20 @@ pub fn apply_command(space: &KeySpace, shard: ShardId, command: &ShardCommandRec
     if command.lease_revoke != 0 {
         space.leases().remove(command.lease_revoke);
     }
+    if command.void_from > 0 {
+        // On a server alone replay skips void revisions and this finds
+        // nothing; on a cluster member it undoes parts the failed lead
+        // member's groups committed of writes that did not happen.
+        memtable.remove_revisions(command.void_from, command.void_to);
+    }
+    let clock = space.clock();
+    if clock.is_cluster_member() {
+        if command.revision > 0 {
+            let parts = command.participants.len().max(1) as u32;
+            clock.part_applied(command.revision, parts);
+        }
+        if command.void_from > 0 {
+            clock.void_applied(shard as u32, command.void_from, command.void_to);
+        }
+    }
 }

@@ -19,6 +19,7 @@ pub mod durable_loss;
 pub mod frontier;
 #[cfg(test)]
 mod group_twin_tests;
+pub mod lead_member;
 pub mod log_entry;
 pub mod log_storage;
 pub mod peers;
@@ -76,8 +77,12 @@ pub enum ShardCommand {
     Probe { reply: oneshot::Sender<()> },
     /// Start no other write until the coordinator lets go (drops the sender
     /// behind `commands`); meanwhile obey only `commands`.
+    ///
+    /// `held` carries what the shard proposed and has not applied yet, for
+    /// the coordinator to evaluate against (empty on a server alone, whose
+    /// entries commit at once).
     Hold {
-        held: oneshot::Sender<()>,
+        held: oneshot::Sender<Result<PendingVersions, KvError>>,
         commands: flume::Receiver<HeldCommand>,
     },
     /// Log a compaction at `revision` and free the history below it, in
@@ -112,20 +117,30 @@ pub enum ShardCommand {
     Peer(Box<raft::eraftpb::Message>),
     /// One tick of the group's logical clock (a heartbeat interval).
     Tick,
+    /// The lead member's decision that revisions `from..=to` are void
+    /// (`lead_member`): log it and answer once it is applied here, or
+    /// refuse if this member does not lead the group.
+    Void {
+        from: i64,
+        to: i64,
+        done: oneshot::Sender<Result<(), KvError>>,
+    },
 }
 
 /// What a coordinator may ask of a shard it holds.
 pub enum HeldCommand {
     /// Log and apply this shard's part of a multi-shard write at
     /// `revision` (0 when it changes no key); answer on `durable` once it is
-    /// on stable storage.
+    /// applied (committed), or with the reason it never will be. The part
+    /// is pending from the moment it is proposed, so the coordinator may
+    /// let go of the shard before the answer.
     Apply {
         changes: Vec<(Bytes, Version)>,
         revision: i64,
         participants: Vec<u32>,
         /// Set on the home shard of a lease being revoked.
         revoked_lease: Option<i64>,
-        durable: oneshot::Sender<()>,
+        durable: oneshot::Sender<Result<(), KvError>>,
     },
 }
 
@@ -152,6 +167,9 @@ impl DeferredAnswer {
             DeferredAnswer::Compacted { .. } => {}
             DeferredAnswer::LeaseGranted { reply, .. } => {
                 let _ = reply.send(Err(error));
+            }
+            DeferredAnswer::Part { done } | DeferredAnswer::Voided { done } => {
+                let _ = done.send(Err(error));
             }
         }
     }
@@ -180,6 +198,14 @@ enum DeferredAnswer {
     LeaseGranted {
         id: i64,
         reply: oneshot::Sender<Result<(), KvError>>,
+    },
+    /// A multi-shard write's part.
+    Part {
+        done: oneshot::Sender<Result<(), KvError>>,
+    },
+    /// The lead member's void decision.
+    Voided {
+        done: oneshot::Sender<Result<(), KvError>>,
     },
 }
 
@@ -224,9 +250,9 @@ pub struct ShardWorker<D: StorageDevice> {
     /// entry that began its term: before that, the memtable may lack
     /// entries of earlier terms that will still commit.
     ready_to_lead_at: u64,
-    /// The highest revision applied on this shard: where the sequencer
-    /// steps back to when this member's proposals are lost.
-    applied_revision: i64,
+    /// On a cluster member, the member's role shared by its workers
+    /// (`lead_member`): only the lead member takes writes. `None` alone.
+    role: Option<std::sync::Arc<lead_member::MemberRole>>,
 }
 
 impl<D: StorageDevice> ShardWorker<D> {
@@ -239,7 +265,6 @@ impl<D: StorageDevice> ShardWorker<D> {
         metrics: std::rc::Rc<CoreMetrics>,
         disk: disk_space::DiskSpaceGuard,
     ) -> Self {
-        let applied_revision = space.clock().current();
         let mut worker = Self {
             shard,
             space,
@@ -255,7 +280,7 @@ impl<D: StorageDevice> ShardWorker<D> {
             peers: Box::new(peers::NoPeers),
             leading: false,
             ready_to_lead_at: 0,
-            applied_revision,
+            role: None,
         };
         worker.note_role();
         worker
@@ -265,6 +290,14 @@ impl<D: StorageDevice> ShardWorker<D> {
     /// `peers`.
     pub fn with_peers(mut self, peers: Box<dyn peers::PeerOutbox>) -> Self {
         self.peers = peers;
+        self
+    }
+
+    /// The worker of a cluster member's group: writes are taken only while
+    /// the member is the lead member.
+    pub fn with_role(mut self, role: std::sync::Arc<lead_member::MemberRole>) -> Self {
+        self.role = Some(role);
+        self.note_role();
         self
     }
 
@@ -281,11 +314,41 @@ impl<D: StorageDevice> ShardWorker<D> {
             self.pending = PendingVersions::default();
         }
         self.leading = leading;
+        if let Some(role) = &self.role {
+            role.note_group(self.shard, self.group.leader_id(), self.leads_caught_up());
+        }
+    }
+
+    /// Whether this member leads the group and applied its log through
+    /// its term's first entry.
+    fn leads_caught_up(&self) -> bool {
+        self.leading
+            && self.group.can_propose()
+            && self.group.applied_index() >= self.ready_to_lead_at
     }
 
     /// Whether this member may evaluate and propose writes now.
     fn takes_writes(&self) -> bool {
-        self.leading && self.group.applied_index() >= self.ready_to_lead_at
+        self.leads_caught_up() && self.role.as_ref().is_none_or(|role| role.takes_writes())
+    }
+
+    /// On a cluster member, hands this group's leadership to the lead
+    /// member if this member leads it and is not the lead member.
+    fn follow_lead_member(&mut self) {
+        let Some(role) = &self.role else {
+            return;
+        };
+        let lead = role.lead_member();
+        if !self.leading || lead == 0 {
+            return;
+        }
+        if lead == role.member_id {
+            self.group.keep_leadership();
+        } else if self.shard != 0 {
+            self.group.transfer_leader(lead);
+        }
+        // A transfer begun or given up changes what this member may do.
+        self.note_role();
     }
 
     /// The worker loop. Returns when every sender is gone (shutdown).
@@ -486,16 +549,10 @@ impl<D: StorageDevice> ShardWorker<D> {
                 // answered before it stops for the coordinator.
                 self.persist_and_reply(deferred).await;
                 if !self.takes_writes() {
-                    // Dropping `held` tells the coordinator this shard
-                    // cannot take its part here.
+                    let _ = held.send(Err(KvError::NotLeader));
                     return;
                 }
-                // The coordinator evaluates against the memtable alone.
-                debug_assert!(
-                    self.pending.is_empty() && self.proposals.is_empty(),
-                    "a held shard has applied all it proposed"
-                );
-                if held.send(()).is_err() {
+                if held.send(Ok(self.pending.clone())).is_err() {
                     return;
                 }
                 while let Ok(HeldCommand::Apply {
@@ -506,14 +563,27 @@ impl<D: StorageDevice> ShardWorker<D> {
                     durable,
                 }) = commands.recv_async().await
                 {
-                    self.propose(ShardCommandRecord::for_changes(
+                    self.pending.propose(
+                        revision,
+                        changes.iter().map(|(key, version)| (key, version)),
+                    );
+                    if let Some(lease) = revoked_lease {
+                        self.pending.revoke_lease(lease);
+                    }
+                    let index = self.propose(ShardCommandRecord::for_changes(
                         revision,
                         participants,
                         changes.iter().map(|(key, version)| (key, version)),
                         revoked_lease,
                     ));
-                    self.persist_and_apply().await;
-                    let _ = durable.send(());
+                    deferred.push(DeferredReply {
+                        index,
+                        answer: DeferredAnswer::Part { done: durable },
+                    });
+                    // Alone, the part commits and is answered here; in a
+                    // cluster once a quorum has it, after the coordinator
+                    // let go.
+                    self.persist_and_reply(deferred).await;
                 }
             }
             ShardCommand::Compact {
@@ -541,6 +611,18 @@ impl<D: StorageDevice> ShardWorker<D> {
             ShardCommand::Tick => {
                 self.group.tick();
                 self.note_role();
+                self.follow_lead_member();
+            }
+            ShardCommand::Void { from, to, done } => {
+                if !self.leads_caught_up() {
+                    let _ = done.send(Err(KvError::NotLeader));
+                    return;
+                }
+                let index = self.propose(ShardCommandRecord::void(from, to));
+                deferred.push(DeferredReply {
+                    index,
+                    answer: DeferredAnswer::Voided { done },
+                });
             }
             ShardCommand::SnapshotWritten { raft_index, result } => {
                 // Releasing the log re-logs the hard state; answer what is
@@ -576,18 +658,14 @@ impl<D: StorageDevice> ShardWorker<D> {
     fn apply(&mut self, entry: &raft::eraftpb::Entry, now: std::time::Instant) {
         // A proposal at or below this index in another term was replaced
         // by another leader's entry: its write did not happen.
-        let mut lost_any = false;
+        // Their revisions were never readable: on a cluster member the
+        // readable prefix stops below a revision until every part of it is
+        // applied (`store::applied_revisions`), whatever its pending state.
         while let Some((index, term, _)) = self.proposals.front()
             && (*index < entry.index || (*index == entry.index && *term != entry.term))
         {
             self.lost.insert(*index);
             self.proposals.pop_front();
-            lost_any = true;
-        }
-        if lost_any && !self.leading {
-            // Their revisions were never visible (still pending) and the
-            // group's leader will assign them to other writes.
-            self.space.clock().rewind_to(self.applied_revision);
         }
         let own = self
             .proposals
@@ -613,7 +691,6 @@ impl<D: StorageDevice> ShardWorker<D> {
             return;
         };
         apply::apply_command(&self.space, self.shard, &command, now);
-        self.applied_revision = self.applied_revision.max(command.revision);
         if !own && command.revision > 0 {
             // The leader took this revision; readers here may see it.
             self.space.clock().observe_applied(command.revision);
@@ -699,6 +776,9 @@ impl<D: StorageDevice> ShardWorker<D> {
                 }
                 DeferredAnswer::LeaseGranted { reply, .. } => {
                     let _ = reply.send(Ok(()));
+                }
+                DeferredAnswer::Part { done } | DeferredAnswer::Voided { done } => {
+                    let _ = done.send(Ok(()));
                 }
             }
         }

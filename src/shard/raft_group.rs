@@ -89,6 +89,9 @@ pub struct LogStats {
     pub committed_index: AtomicU64,
     /// The group's applied index after its last persist (for `Status`).
     pub applied_index: AtomicU64,
+    /// The group's Raft term after its last persist (a cluster member's
+    /// `Status` and response headers report group 0's).
+    pub term: AtomicU64,
 }
 
 impl LogStats {
@@ -270,6 +273,34 @@ impl<D: StorageDevice> RaftGroup<D> {
         self.node.raft.state == StateRole::Leader
     }
 
+    /// The group's leader as this member knows it (0: none known).
+    pub fn leader_id(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    /// Asks the group, which this member leads, to hand its leadership to
+    /// `member` (Raft's leadership transfer: once `member`'s log is caught
+    /// up it is told to campaign at once). Ignored by a follower.
+    pub fn transfer_leader(&mut self, member: u64) {
+        if self.is_leader() && self.node.raft.lead_transferee != Some(member) {
+            self.node.transfer_leader(member);
+        }
+    }
+
+    /// Keeps the group's leadership here: a transfer under way is given
+    /// up (the lead member it was meant for changed).
+    pub fn keep_leadership(&mut self) {
+        if self.node.raft.lead_transferee.is_some() {
+            self.node.raft.abort_leader_transfer();
+        }
+    }
+
+    /// Whether a proposal would be taken now: this member leads and is not
+    /// handing its leadership on (raft-rs drops proposals meanwhile).
+    pub fn can_propose(&self) -> bool {
+        self.is_leader() && self.node.raft.lead_transferee.is_none()
+    }
+
     pub fn term(&self) -> u64 {
         self.node.raft.term
     }
@@ -413,6 +444,9 @@ impl<D: StorageDevice> RaftGroup<D> {
         self.stats
             .committed_index
             .store(log.committed, Ordering::Relaxed);
+        self.stats
+            .term
+            .store(self.node.raft.term, Ordering::Relaxed);
         Ok(persisted)
     }
 

@@ -236,6 +236,67 @@ pub async fn read_shard(
     })
 }
 
+impl ShardOnDisk {
+    /// Keeps only the commands of entries the log's hard state says were
+    /// committed (a cluster member: the rest may yet be replaced by a new
+    /// leader's entries, and are applied, if ever, once committed).
+    pub fn committed_only(mut self) -> Self {
+        let snapshot_index = self
+            .snapshot
+            .as_ref()
+            .map_or(0, |snapshot| snapshot.meta.raft_index);
+        let commit = self
+            .log
+            .hard_state
+            .as_ref()
+            .map_or(0, |hard_state| hard_state.commit)
+            .max(snapshot_index);
+        let uncommitted = self
+            .log
+            .entries
+            .iter()
+            .filter(|entry| {
+                entry.index > commit
+                    && entry.entry_type == EntryType::EntryNormal
+                    && !entry.data.is_empty()
+            })
+            .count();
+        let keep = self.log.commands.len() - uncommitted;
+        self.log.commands.truncate(keep);
+        let of_log = ShardInventory::from_commands(self.inventory.shard, &self.log.commands);
+        self.inventory.revisions = of_log.revisions;
+        self.inventory.voids = of_log.voids;
+        self.inventory.compactions = of_log.compactions;
+        self
+    }
+}
+
+/// A cluster member's voids count only where every group logged them: a
+/// lead member that failed while logging its decision left it in some
+/// groups, and a group without it may still hold a part of a voided
+/// revision (`store::applied_revisions`). The next lead member decides
+/// again.
+pub fn keep_voids_in_every_shard(inventories: &mut [ShardInventory]) {
+    let everywhere: Vec<(i64, i64)> = inventories
+        .first()
+        .map(|first| {
+            first
+                .voids
+                .iter()
+                .copied()
+                .filter(|void| {
+                    inventories
+                        .iter()
+                        .all(|inventory| inventory.voids.contains(void))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for inventory in inventories {
+        inventory.voids.retain(|void| everywhere.contains(void));
+    }
+}
+
 /// What one shard's log says about revisions, for [`plan`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardInventory {

@@ -102,3 +102,91 @@ pub fn write_command(request: WriteRequest) -> (ShardCommand, Answer) {
     };
     (command, answer)
 }
+
+/// A cluster member in a test: `shard_count` groups over fresh devices,
+/// its clock and role as a cluster member's, its workers and the lead
+/// member's duty running on the current executor, and a write path.
+pub struct TestMember {
+    pub space: Arc<KeySpace>,
+    pub senders: Arc<[flume::Sender<ShardCommand>]>,
+    pub write_path: Rc<super::write_path::WritePath>,
+}
+
+/// Starts member `member_id` of `voters`; `outbox(shard)` is where that
+/// group's messages go. Ticks are the caller's (`ShardCommand::Tick`).
+pub async fn start_test_member(
+    member_id: u64,
+    voters: &[u64],
+    shard_count: usize,
+    snapshots: &std::path::Path,
+    outbox: impl Fn(usize) -> Box<dyn super::peers::PeerOutbox>,
+) -> TestMember {
+    let config = GroupConfig {
+        member_id,
+        voters: voters.to_vec(),
+        election_ticks: 10..20,
+    };
+    let mut wals = Vec::new();
+    for _ in 0..shard_count {
+        let log = read_shard_log(0, MemoryDevice::new(), 0)
+            .await
+            .expect("read");
+        let wal = log.reading.resume(OPTIONS).await.expect("resume");
+        wals.push(wal);
+    }
+    let frontier = Arc::new(DurableFrontier::new(
+        wals.iter().map(|wal| (wal.log_id(), 0)),
+    ));
+    let clock = RevisionClock::for_cluster(1, 1, shard_count, 1);
+    let space = KeySpace::new(
+        ShardMap::new(shard_count, 1),
+        clock.clone(),
+        LeaseTable::for_member(member_id),
+    );
+    let slot = clock.slot(0);
+    let role = super::lead_member::MemberRole::new(member_id, shard_count);
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..shard_count).map(|_| flume::bounded(1024)).unzip();
+    let senders: Arc<[flume::Sender<ShardCommand>]> = senders.into();
+    for (shard, (wal, commands)) in wals.into_iter().zip(receivers).enumerate() {
+        let storage = ShardLogStorage::new(
+            log_mirror(None, &[], None, &config).expect("mirror"),
+            snapshots.to_owned(),
+        );
+        let group = RaftGroup::start(
+            storage,
+            wal,
+            Default::default(),
+            (shard, frontier.clone()),
+            Arc::new(LogStats::default()),
+            &config,
+        )
+        .await
+        .expect("start");
+        let schedule =
+            SnapshotSchedule::new(u64::MAX, snapshots.to_owned(), senders[shard].clone());
+        let worker = ShardWorker::new(
+            shard,
+            space.clone(),
+            slot.clone(),
+            group,
+            schedule,
+            Rc::new(CoreMetrics::new(false)),
+            DiskSpaceGuard::new(shard, None, OPTIONS.segment_bytes),
+        )
+        .with_peers(outbox(shard))
+        .with_role(role.clone());
+        monoio::spawn(worker.run(commands));
+    }
+    monoio::spawn(super::lead_member::run(
+        role.clone(),
+        space.clone(),
+        senders.clone(),
+        std::time::Duration::from_millis(5),
+    ));
+    TestMember {
+        write_path: super::write_path::WritePath::new(space.clone(), senders.clone(), slot),
+        space,
+        senders,
+    }
+}

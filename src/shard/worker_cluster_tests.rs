@@ -1,113 +1,125 @@
-//! Three shard workers as one Raft group, in one process: messages travel
-//! through an in-memory router that can cut a member off. A client writes
-//! through whichever member leads; the leader is isolated and healed
-//! several times. Afterwards every member holds the same history
-//! (revisions included), every acknowledged write, and no write that was
-//! answered "leader changed".
+//! Three cluster members of two shards each, in one process: every
+//! shard's three workers are one Raft group, messages travel through an
+//! in-memory router that can cut a member off, and each member runs the
+//! lead member's duty (`lead_member`). A client writes puts and two-shard
+//! transactions through whichever member takes writes; the lead member is
+//! isolated and healed several times, so leadership moves and the new lead
+//! member voids what the old one left incomplete. Afterwards every member
+//! holds the same history, every acknowledged write at the revision it was
+//! acknowledged with, revisions acknowledged in increasing order, and no
+//! write that was refused.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_channel::oneshot;
 use raft::eraftpb::Message;
 
 use super::ShardCommand;
 use super::peers::PeerOutbox;
-use super::raft_group::GroupConfig;
-use super::test_worker::{self, Answer, write_command};
-use crate::proto::etcdserverpb::PutRequest;
+use super::test_worker::{TestMember, start_test_member};
+use crate::proto::etcdserverpb::{PutRequest, RequestOp, TxnRequest, request_op};
 use crate::store::content_hash::hash_stored;
 use crate::store::error::KvError;
-use crate::store::key_space::KeySpace;
 use crate::store::write::WriteRequest;
 use crate::test_support::{Prng, run_on_monoio as run};
-use crate::wal::MemoryDevice;
 
-/// Messages between members, and who is cut off.
+/// Messages between members (with their group), and who is cut off.
 #[derive(Default)]
 struct Router {
-    queue: RefCell<Vec<Message>>,
+    queue: RefCell<Vec<(usize, Message)>>,
     isolated: RefCell<BTreeSet<u64>>,
 }
 
-struct Outbox(Rc<Router>);
+struct Outbox {
+    router: Rc<Router>,
+    shard: usize,
+}
 
 impl PeerOutbox for Outbox {
     fn send(&self, message: Message) {
-        self.0.queue.borrow_mut().push(message);
+        self.router.queue.borrow_mut().push((self.shard, message));
     }
 }
 
-struct Member {
-    sender: flume::Sender<ShardCommand>,
-    space: Arc<KeySpace>,
-}
+type Answer = oneshot::Receiver<Result<i64, KvError>>;
 
 /// What the client learned of one write.
 #[derive(Debug)]
 enum Fate {
-    Acknowledged,
+    /// At this revision.
+    Acknowledged(i64),
     /// Answered "leader changed": it must not be anywhere.
     Refused,
     /// No answer in time; the answer may still come (looked at once the
-    /// group has settled).
+    /// cluster has settled).
     Late(Answer),
 }
 
-/// A put through `member`: its answer within 200 ms, or the way to a late
-/// one (`Err(None)`: the worker is gone).
-async fn put(
-    member: &Member,
-    key: &Bytes,
-    value: &Bytes,
-) -> Result<Result<(), KvError>, Option<Answer>> {
-    let (command, answer) = write_command(WriteRequest::Put(PutRequest {
-        key: key.clone(),
-        value: value.clone(),
-        ..Default::default()
-    }));
-    if member.sender.send_async(command).await.is_err() {
-        return Err(None);
+/// Starts a write through `member` as a task of its own (so a late answer
+/// still arrives).
+fn start_write(member: &TestMember, request: WriteRequest) -> Answer {
+    let (reply, answer) = oneshot::channel();
+    let write_path = member.write_path.clone();
+    monoio::spawn(async move {
+        let outcome = write_path.write(request).await;
+        let _ = reply.send(outcome.map(|outcome| outcome.revision.unwrap_or(0)));
+    });
+    answer
+}
+
+/// A write's answer within 300 ms, or the way to a late one.
+async fn settle_write(mut answer: Answer) -> Result<Result<i64, KvError>, Answer> {
+    match monoio::time::timeout(Duration::from_millis(300), &mut answer).await {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(_)) => panic!("a write task ended without an answer"),
+        Err(_) => Err(answer),
     }
-    let mut answer = answer;
-    match monoio::time::timeout(Duration::from_millis(200), &mut answer).await {
-        Ok(Ok(result)) => Ok(result.map(|_| ())),
-        Ok(Err(_)) => Err(None),
-        Err(_) => Err(Some(answer)),
+}
+
+/// A write through `member`: its answer within 300 ms, or the way to a
+/// late one.
+async fn write(member: &TestMember, request: WriteRequest) -> Result<Result<i64, KvError>, Answer> {
+    settle_write(start_write(member, request)).await
+}
+
+fn put(key: &Bytes, value: &Bytes) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.clone(),
+            value: value.clone(),
+            ..Default::default()
+        })),
     }
 }
 
 #[test]
-fn a_three_member_group_keeps_acknowledged_writes_across_leader_isolation() {
+fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
     let directory = tempfile::tempdir().expect("temp dir");
     let mut random = Prng::from_env(
         "WORKER_CLUSTER_SEED",
-        "a_three_member_group_keeps_acknowledged_writes_across_leader_isolation",
+        "a_three_member_cluster_keeps_acknowledged_writes_across_failovers",
     );
     run(async move {
         let router = Rc::new(Router::default());
-        let voters = vec![1, 2, 3];
+        let voters = [1, 2, 3];
         let mut members = Vec::new();
-        for id in 1..=3u64 {
-            let config = GroupConfig {
-                member_id: id,
-                voters: voters.clone(),
-                election_ticks: 10..20,
-            };
-            let device = MemoryDevice::new();
-            let shard =
-                test_worker::new_member_worker(&device, directory.path(), None, &config).await;
-            let worker = shard.worker.with_peers(Box::new(Outbox(router.clone())));
-            monoio::spawn(worker.run(shard.commands));
-            members.push(Member {
-                sender: shard.sender,
-                space: shard.space,
-            });
+        for id in voters {
+            let router = router.clone();
+            members.push(
+                start_test_member(id, &voters, 2, directory.path(), move |shard| {
+                    Box::new(Outbox {
+                        router: router.clone(),
+                        shard,
+                    })
+                })
+                .await,
+            );
         }
-        let senders: Vec<_> = members.iter().map(|m| m.sender.clone()).collect();
+        let senders: Vec<_> = members.iter().map(|m| m.senders.clone()).collect();
         // The network and the clock: deliver every millisecond, tick every
         // two, until the test ends (the senders close).
         let network = router.clone();
@@ -117,7 +129,7 @@ fn a_three_member_group_keeps_acknowledged_writes_across_leader_isolation() {
                 monoio::time::sleep(Duration::from_millis(1)).await;
                 step += 1;
                 let messages = std::mem::take(&mut *network.queue.borrow_mut());
-                for message in messages {
+                for (shard, message) in messages {
                     let cut_off = {
                         let isolated = network.isolated.borrow();
                         isolated.contains(&message.from) || isolated.contains(&message.to)
@@ -126,17 +138,14 @@ fn a_three_member_group_keeps_acknowledged_writes_across_leader_isolation() {
                         continue;
                     }
                     let to = message.to as usize - 1;
-                    if senders[to]
-                        .send_async(ShardCommand::Peer(Box::new(message)))
-                        .await
-                        .is_err()
-                    {
+                    let peer = ShardCommand::Peer(Box::new(message));
+                    if senders[to][shard].send_async(peer).await.is_err() {
                         return;
                     }
                 }
                 if step.is_multiple_of(2) {
-                    for sender in &senders {
-                        if sender.send_async(ShardCommand::Tick).await.is_err() {
+                    for shard in senders.iter().flat_map(|member| member.iter()) {
+                        if shard.send_async(ShardCommand::Tick).await.is_err() {
                             return;
                         }
                     }
@@ -144,74 +153,141 @@ fn a_three_member_group_keeps_acknowledged_writes_across_leader_isolation() {
             }
         });
 
-        let mut fates: BTreeMap<Bytes, (Bytes, Fate)> = BTreeMap::new();
+        // A reader on every member: what it saw at its watermark must be
+        // what every member holds at that revision in the end (a read is
+        // never undone by a failover).
+        let observed: Rc<RefCell<Vec<(usize, i64, u32)>>> = Rc::default();
+        let reader = {
+            let observed = observed.clone();
+            let spaces: Vec<_> = members.iter().map(|member| member.space.clone()).collect();
+            monoio::spawn(async move {
+                loop {
+                    monoio::time::sleep(Duration::from_millis(3)).await;
+                    for (index, space) in spaces.iter().enumerate() {
+                        let at = space.clock().watermark();
+                        observed
+                            .borrow_mut()
+                            .push((index, at, hash_stored(space, at)));
+                    }
+                    if Rc::strong_count(&observed) == 1 {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut fates: BTreeMap<Bytes, (Vec<Bytes>, Fate)> = BTreeMap::new();
         let mut isolations = 0;
         let mut leader_hint = 0usize;
-        for round in 0..400u64 {
-            // Now and then cut off whoever leads, or heal.
-            match random.below(40) {
-                0 => {
-                    router.isolated.borrow_mut().insert(leader_hint as u64 + 1);
-                    isolations += 1;
-                }
-                1..=3 => router.isolated.borrow_mut().clear(),
-                _ => {}
+        // The highest revision acknowledged before this round's writes
+        // were sent: each of them must come after it (real-time order).
+        let mut acknowledged_before = 0i64;
+        // Until 150 writes are acknowledged (a loaded machine takes more
+        // rounds for them), at most 600 rounds.
+        for round in 0..600u64 {
+            let acknowledged = fates
+                .values()
+                .filter(|(_, fate)| matches!(fate, Fate::Acknowledged(_)))
+                .count();
+            if acknowledged >= 150 {
+                break;
             }
-            let key = Bytes::from(format!("key-{}", random.below(50)));
-            let value = Bytes::from(format!("value-{round}"));
-            let mut fate = None;
+            // Every 15 rounds cut off whoever leads; now and then heal.
+            if round % 15 == 7 {
+                router.isolated.borrow_mut().insert(leader_hint as u64 + 1);
+                isolations += 1;
+            } else if random.below(8) == 0 {
+                router.isolated.borrow_mut().clear();
+            }
+            // A few writes at once, so several revisions are in flight
+            // when the lead member is cut off.
+            let mut writes = Vec::new();
+            for slot in 0..1 + random.below(4) {
+                let value = Bytes::from(format!("value-{round}-{slot}"));
+                let keys: Vec<Bytes> = (0..1 + random.below(2))
+                    .map(|_| Bytes::from(format!("key-{}", random.below(50))))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                writes.push((value, keys));
+            }
+            let mut pending: Vec<_> = writes.into_iter().map(|write| (write, None)).collect();
+            let mut highest_now = acknowledged_before;
             for attempt in 0..3 {
                 let member = (leader_hint + attempt) % 3;
-                match put(&members[member], &key, &value).await {
-                    Ok(Ok(())) => {
-                        fate = Some(Fate::Acknowledged);
-                        leader_hint = member;
-                        break;
+                let mut answers = Vec::new();
+                for ((value, keys), fate) in pending.iter_mut() {
+                    if fate.is_some() {
+                        continue;
                     }
-                    Ok(Err(KvError::LeaderChanged)) => {
-                        fate = Some(Fate::Refused);
-                        break;
-                    }
-                    Ok(Err(KvError::NotLeader)) => continue,
-                    Ok(Err(other)) => panic!("unexpected answer {other:?}"),
-                    // No answer yet: the write may still happen.
-                    Err(late) => {
-                        fate = late.map(Fate::Late);
-                        monoio::time::sleep(Duration::from_millis(20)).await;
-                        break;
+                    let request = WriteRequest::Txn(TxnRequest {
+                        success: keys.iter().map(|key| put(key, value)).collect(),
+                        ..Default::default()
+                    });
+                    answers.push((fate, start_write(&members[member], request)));
+                }
+                if answers.is_empty() {
+                    break;
+                }
+                for (fate, answer) in answers {
+                    match settle_write(answer).await {
+                        Ok(Ok(revision)) => {
+                            assert!(
+                                revision > acknowledged_before,
+                                "revision {revision} acknowledged after {acknowledged_before}"
+                            );
+                            highest_now = highest_now.max(revision);
+                            *fate = Some(Fate::Acknowledged(revision));
+                            leader_hint = member;
+                        }
+                        Ok(Err(KvError::LeaderChanged)) => *fate = Some(Fate::Refused),
+                        Ok(Err(KvError::NotLeader)) => {}
+                        Ok(Err(other)) => panic!("unexpected answer {other:?}"),
+                        // No answer yet: the write may still happen.
+                        Err(late) => *fate = Some(Fate::Late(late)),
                     }
                 }
             }
-            match fate {
-                Some(fate) => {
-                    fates.insert(value.clone(), (key, fate));
+            acknowledged_before = highest_now;
+            let mut unanswered = false;
+            for ((value, keys), fate) in pending {
+                match fate {
+                    Some(fate) => {
+                        fates.insert(value, (keys, fate));
+                    }
+                    None => unanswered = true,
                 }
-                // No member leads right now: give the election time.
-                None => monoio::time::sleep(Duration::from_millis(20)).await,
+            }
+            if unanswered {
+                // No member takes writes right now: give the election time.
+                monoio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         router.isolated.borrow_mut().clear();
-        // Settle: one more acknowledged write, then every member applies
-        // through the same revision.
-        let mut settled = false;
+        // Settle: one more acknowledged write, then every member reads
+        // through its revision.
+        let mut target = None;
         for _ in 0..500 {
             let marker = Bytes::from_static(b"settled");
             for member in &members {
-                if let Ok(Ok(())) = put(member, &marker, &marker).await {
-                    settled = true;
+                if let Ok(Ok(revision)) = write(
+                    member,
+                    WriteRequest::Txn(TxnRequest {
+                        success: vec![put(&marker, &marker)],
+                        ..Default::default()
+                    }),
+                )
+                .await
+                {
+                    target = Some(revision);
+                    break;
                 }
             }
-            if settled {
+            if target.is_some() {
                 break;
             }
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(settled, "no leader after healing");
-        let target = members
-            .iter()
-            .map(|member| member.space.clock().current())
-            .max()
-            .unwrap_or(0);
+        let target = target.expect("no lead member after healing");
         for member in &members {
             let reached = monoio::time::timeout(
                 Duration::from_secs(10),
@@ -221,12 +297,12 @@ fn a_three_member_group_keeps_acknowledged_writes_across_leader_isolation() {
             assert!(reached.is_ok(), "a member did not catch up to {target}");
         }
 
-        // Late answers have come by now: every proposal's index applied.
+        // Late answers have come by now.
         let mut late_answers = 0;
         for (_, fate) in fates.values_mut() {
             if let Fate::Late(answer) = fate {
                 match answer.try_recv() {
-                    Ok(Some(Ok(_))) => *fate = Fate::Acknowledged,
+                    Ok(Some(Ok(revision))) => *fate = Fate::Acknowledged(revision),
                     Ok(Some(Err(KvError::LeaderChanged))) => *fate = Fate::Refused,
                     Ok(Some(Err(other))) => panic!("unexpected late answer {other:?}"),
                     Ok(None) | Err(_) => continue,
@@ -236,11 +312,8 @@ fn a_three_member_group_keeps_acknowledged_writes_across_leader_isolation() {
         }
         let count =
             |wanted: fn(&Fate) -> bool| fates.values().filter(|(_, fate)| wanted(fate)).count();
-        let acknowledged = count(|fate| matches!(fate, Fate::Acknowledged));
-        assert!(
-            acknowledged > 100,
-            "only {acknowledged} writes acknowledged"
-        );
+        let acknowledged = count(|fate| matches!(fate, Fate::Acknowledged(_)));
+        assert!(acknowledged > 50, "only {acknowledged} writes acknowledged");
         assert!(isolations > 0, "the leader was never cut off");
         let hashes: Vec<u32> = members
             .iter()
@@ -250,31 +323,38 @@ fn a_three_member_group_keeps_acknowledged_writes_across_leader_isolation() {
             hashes.iter().all(|hash| *hash == hashes[0]),
             "members hold different histories: {hashes:?}"
         );
-        // Every value ever stored, with its key, as member 1 holds them.
+        drop(reader);
+        let reads = observed.borrow().clone();
+        for (member, at, hash) in &reads {
+            assert_eq!(
+                hash_stored(&members[0].space, *at),
+                *hash,
+                "member {} read revision {at} and it changed later",
+                member + 1
+            );
+        }
+        // Every (key, value, revision) stored, as member 1 holds them.
         let space = &members[0].space;
-        let stored: BTreeSet<(Bytes, Bytes)> = (1..=target)
-            .flat_map(|revision| {
-                fates
-                    .iter()
-                    .filter_map(move |(value, (key, _))| {
-                        space
-                            .memtable(0)
-                            .get(key, revision)
-                            .filter(|kv| kv.mod_revision == revision && kv.value == *value)
-                            .map(|_| (key.clone(), value.clone()))
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for (value, (key, fate)) in &fates {
-            let present = stored.contains(&(key.clone(), value.clone()));
-            match fate {
-                Fate::Acknowledged => assert!(present, "acknowledged {value:?} is lost"),
-                Fate::Refused => assert!(
-                    !present,
-                    "{value:?} was answered leader changed yet applied"
-                ),
-                Fate::Late(_) => {}
+        let mut stored: BTreeMap<(Bytes, Bytes), i64> = BTreeMap::new();
+        for shard in space.shard_map().all_shards() {
+            for (key, revision, version) in space.memtable(shard).versions() {
+                if revision <= target {
+                    stored.insert((key, version.value.clone()), revision);
+                }
+            }
+        }
+        for (value, (keys, fate)) in &fates {
+            for key in keys {
+                let at = stored.get(&(key.clone(), value.clone()));
+                match fate {
+                    Fate::Acknowledged(revision) => assert_eq!(
+                        at,
+                        Some(revision),
+                        "acknowledged {value:?} of {key:?} is not at its revision"
+                    ),
+                    Fate::Refused => assert!(at.is_none(), "{value:?} was refused yet applied"),
+                    Fate::Late(_) => {}
+                }
             }
         }
         println!(

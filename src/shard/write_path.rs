@@ -79,7 +79,12 @@ impl WritePath {
             }
         };
         if let Some(revision) = outcome.revision {
-            self.space.clock().wait_applied(revision).await;
+            let clock = self.space.clock();
+            clock.wait_applied(revision).await;
+            if clock.was_voided(revision) {
+                // A cluster's new lead member voided it: it did not happen.
+                return Err(KvError::LeaderChanged);
+            }
         }
         Ok(outcome)
     }
@@ -120,6 +125,9 @@ impl WritePath {
     ) -> Result<WriteOutcome, KvError> {
         let mut holds: Vec<(ShardId, flume::Sender<HeldCommand>)> =
             Vec::with_capacity(participants.len());
+        // What the held shards proposed and have not applied (nothing on a
+        // server alone): the write is evaluated against it too.
+        let mut pending_here = crate::store::pending::PendingVersions::default();
         for shard in participants {
             let (commands, held_commands) = flume::bounded(1);
             let (held, granted) = oneshot::channel();
@@ -131,12 +139,14 @@ impl WritePath {
                 },
             )
             .await?;
-            granted
+            let pending = granted
                 .await
-                .map_err(|_| KvError::ShardUnavailable(shard))?;
+                .map_err(|_| KvError::ShardUnavailable(shard))??;
+            pending_here.absorb(pending);
             holds.push((shard, commands));
         }
-        let (outcome, changes, pending) = run_write(&self.space, &self.slot, request, None)?;
+        let (outcome, changes, pending) =
+            run_write(&self.space, &self.slot, request, Some(&pending_here))?;
         if changes.is_empty() {
             // Nothing changed: nothing to log; releasing the holds is all.
             return Ok(outcome);
@@ -183,17 +193,31 @@ impl WritePath {
                 .map_err(|_| KvError::ShardUnavailable(shard))?;
             waits.push((shard, done));
         }
+        // Every part is proposed and pending on its shard: later writes
+        // there are evaluated against it, so the shards may go on.
+        drop(holds);
+        let mut refused = None;
         for (shard, done) in waits {
-            done.await.map_err(|_| KvError::ShardUnavailable(shard))?;
+            match done.await {
+                Ok(Ok(())) => {}
+                // Only a cluster member's part can be refused (its group's
+                // leadership moved): the readable prefix never passes a
+                // revision whose parts are not all applied, and the next
+                // lead member voids it, so releasing it is safe.
+                Ok(Err(error)) => refused = Some(error),
+                // The worker is gone: dropping `pending` aborts.
+                Err(_) => return Err(KvError::ShardUnavailable(shard)),
+            }
         }
-        // Every part is durable and applied (a revoked lease left the table
-        // with its home shard's part): readers may see the revision, then
-        // the shards are released.
+        // Every part is applied (a revoked lease left the table with its
+        // home shard's part): readers may see the revision.
         if let Some(pending) = pending {
             pending.complete();
         }
-        drop(holds);
-        Ok(outcome)
+        match refused {
+            Some(error) => Err(error),
+            None => Ok(outcome),
+        }
     }
 
     /// Has every shard write a snapshot now and release its WAL below it

@@ -266,11 +266,21 @@ impl Memtable {
             self.store_version(key, revision, version);
             return;
         }
-        let previous = newest.filter(|(_, newest)| !newest.is_tombstone());
-        let was_live = previous.is_some();
-        let is_live = !version.is_tombstone();
-        let previous_lease = previous.map_or(0, |(_, newest)| newest.lease);
-        let lease = if is_live { version.lease } else { 0 };
+        let previous = newest.map(|(_, newest)| newest);
+        self.newest_changed(&key, previous.as_ref(), Some(&version));
+        self.store_version(key, revision, version);
+    }
+
+    /// Keeps the live-key count and the lease index in step when `key`'s
+    /// newest version changes from `previous` to `next` (`None`: no
+    /// version at all).
+    fn newest_changed(&self, key: &Bytes, previous: Option<&Version>, next: Option<&Version>) {
+        fn live(version: Option<&Version>) -> Option<&Version> {
+            version.filter(|version| !version.is_tombstone())
+        }
+        let (was, is) = (live(previous), live(next));
+        let previous_lease = was.map_or(0, |version| version.lease);
+        let lease = is.map_or(0, |version| version.lease);
         if previous_lease != lease {
             if previous_lease != 0 {
                 self.lease_keys.remove(&(previous_lease, key.clone()));
@@ -279,7 +289,7 @@ impl Memtable {
                 self.lease_keys.insert((lease, key.clone()), ());
             }
         }
-        match (was_live, is_live) {
+        match (was.is_some(), is.is_some()) {
             (false, true) => {
                 self.live_keys.fetch_add(1, AtomicOrdering::Relaxed);
             }
@@ -288,7 +298,41 @@ impl Memtable {
             }
             _ => {}
         }
-        self.store_version(key, revision, version);
+    }
+
+    /// Removes every version at a revision in `from..=to`: a cluster's
+    /// lead member voided them after a failover (those writes never
+    /// happened; `store::applied_revisions`). Owning core only. Readers
+    /// never looked at them: the watermark stays below `from` until the
+    /// void is applied in every group.
+    pub fn remove_revisions(&self, from: i64, to: i64) {
+        let first = ChangePosition {
+            revision: from,
+            sub_revision: 0,
+        };
+        let last = ChangePosition {
+            revision: to,
+            sub_revision: u32::MAX,
+        };
+        let removed: Vec<(ChangePosition, Bytes)> = self
+            .history
+            .range(first..=last)
+            .map(|entry| (*entry.key(), entry.value().clone()))
+            .collect();
+        for (position, key) in removed {
+            let before = self.newest(&key).map(|(_, version)| version);
+            if let Some(entry) = self
+                .versions
+                .remove(&VersionKey::new(key.clone(), position.revision))
+            {
+                let bytes = (key.len() + entry.value().value.len()) as i64;
+                self.approximate_bytes
+                    .fetch_sub(bytes, AtomicOrdering::Relaxed);
+            }
+            self.history.remove(&position);
+            let after = self.newest(&key).map(|(_, version)| version);
+            self.newest_changed(&key, before.as_ref(), after.as_ref());
+        }
     }
 
     /// Adds a version to the versions and the revision index and counts
@@ -520,6 +564,31 @@ mod tests {
         );
         assert_eq!(keys_at(&memtable, &all, 5), vec![("a".into(), 4)]);
         assert_eq!(memtable.live_keys(), 1);
+    }
+
+    #[test]
+    fn removing_voided_revisions_restores_what_was_newest() {
+        let memtable = Memtable::new();
+        let mut leased = live("1", 2, 1);
+        leased.lease = 7;
+        memtable.insert(Bytes::from_static(b"a"), 2, leased);
+        memtable.insert(Bytes::from_static(b"a"), 4, live("2", 2, 2));
+        memtable.insert(Bytes::from_static(b"b"), 5, live("x", 5, 1));
+        memtable.insert(Bytes::from_static(b"a"), 6, Version::tombstone());
+        let bytes_before_voids = 2; // a@2: "a" and "1"
+        memtable.remove_revisions(4, 6);
+        assert_eq!(memtable.version_count(), 1, "only a@2 remains");
+        assert_eq!(memtable.get(b"a", 9).map(|kv| kv.mod_revision), Some(2));
+        assert_eq!(memtable.get(b"b", 9), None);
+        assert_eq!(memtable.live_keys(), 1);
+        assert_eq!(memtable.keys_with_lease(7), vec![Bytes::from_static(b"a")]);
+        assert_eq!(memtable.approximate_bytes(), bytes_before_voids);
+        let mut history = Vec::new();
+        memtable.changes_between(0, 10, |change| {
+            history.push(change.position.revision);
+            true
+        });
+        assert_eq!(history, vec![2]);
     }
 
     #[test]

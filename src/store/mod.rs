@@ -14,6 +14,7 @@
 //! - [`content_hash`]: `HashKV`/`Hash`, equal on equal data for any shard count.
 //! - [`error`]: the layer's error enum.
 
+pub mod applied_revisions;
 pub mod content_hash;
 pub mod error;
 pub mod key_range;

@@ -24,7 +24,7 @@ use super::memtable::Version;
 use crate::proto::mvccpb::KeyValue;
 
 /// Proposed, not yet applied versions of one shard's keys.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PendingVersions {
     /// Each key's pending versions with their revisions, oldest first
     /// (nearly always one).
@@ -38,6 +38,13 @@ pub struct PendingVersions {
 impl PendingVersions {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty() && self.revoked_leases.is_empty()
+    }
+
+    /// Adds another shard's pending state (a multi-shard write evaluates
+    /// against every participant's; shards hold disjoint keys).
+    pub fn absorb(&mut self, other: PendingVersions) {
+        self.by_key.extend(other.by_key);
+        self.revoked_leases.extend(other.revoked_leases);
     }
 
     /// Records a proposed revocation of `lease`.

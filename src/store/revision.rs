@@ -42,6 +42,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use crossbeam_utils::CachePadded;
 use event_listener::Event;
 
+use super::applied_revisions::AppliedRevisions;
+
 /// No revision pending on a slot.
 const NO_PENDING: i64 = i64::MAX;
 
@@ -55,6 +57,12 @@ pub struct RevisionClock {
     /// Woken whenever a slot's floor rises, so linearizable readers and
     /// writers waiting for their revision to become visible can re-check.
     floor_raised: Event,
+    /// On a cluster member, the complete prefix of revisions applied here
+    /// (`applied`'s `readable_through`): the watermark never passes it.
+    /// `i64::MAX` on a server alone, whose own floors say it all.
+    readable_through: CachePadded<AtomicI64>,
+    /// A cluster member's record of applied parts and voids; `None` alone.
+    applied: Option<std::sync::Mutex<AppliedRevisions>>,
 }
 
 impl RevisionClock {
@@ -68,7 +76,80 @@ impl RevisionClock {
             current: CachePadded::new(AtomicI64::new(current)),
             pending_floors,
             floor_raised: Event::new(),
+            readable_through: CachePadded::new(AtomicI64::new(i64::MAX)),
+            applied: None,
         })
+    }
+
+    /// The clock of a cluster member with `shard_count` groups, whose
+    /// revisions through `readable_through` are complete: readers stop at
+    /// the complete prefix of what its groups applied
+    /// (`applied_revisions`).
+    pub fn for_cluster(
+        current: i64,
+        cores: usize,
+        shard_count: usize,
+        readable_through: i64,
+    ) -> Arc<Self> {
+        let pending_floors = (0..cores)
+            .map(|_| CachePadded::new(AtomicI64::new(NO_PENDING)))
+            .collect();
+        Arc::new(Self {
+            current: CachePadded::new(AtomicI64::new(current.max(readable_through))),
+            pending_floors,
+            floor_raised: Event::new(),
+            readable_through: CachePadded::new(AtomicI64::new(readable_through)),
+            applied: Some(std::sync::Mutex::new(AppliedRevisions::new(
+                shard_count,
+                readable_through,
+            ))),
+        })
+    }
+
+    /// Whether this is a cluster member's clock.
+    pub fn is_cluster_member(&self) -> bool {
+        self.applied.is_some()
+    }
+
+    /// A cluster member applied one of `parts` parts of `revision`.
+    pub fn part_applied(&self, revision: i64, parts: u32) {
+        self.record_applied(|applied| applied.part_applied(revision, parts));
+    }
+
+    /// A cluster member's group `shard` applied the void of `from..=to`.
+    pub fn void_applied(&self, shard: u32, from: i64, to: i64) {
+        self.record_applied(|applied| applied.void_applied(shard, from, to));
+    }
+
+    /// Whether `revision` was voided after a failover (its write did not
+    /// happen). Always `false` on a server alone.
+    pub fn was_voided(&self, revision: i64) -> bool {
+        self.applied.as_ref().is_some_and(|applied| {
+            applied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .was_voided(revision)
+        })
+    }
+
+    /// The complete prefix on a cluster member (`i64::MAX` alone).
+    pub fn readable_through(&self) -> i64 {
+        self.readable_through.load(Ordering::SeqCst)
+    }
+
+    fn record_applied(&self, change: impl FnOnce(&mut AppliedRevisions) -> bool) {
+        let Some(applied) = &self.applied else {
+            return;
+        };
+        let mut applied = applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if change(&mut applied) {
+            self.readable_through
+                .store(applied.readable_through(), Ordering::SeqCst);
+            drop(applied);
+            self.floor_raised.notify(usize::MAX);
+        }
     }
 
     /// The highest revision handed out so far (possibly not yet applied).
@@ -85,7 +166,9 @@ impl RevisionClock {
             .map(|floor| floor.load(Ordering::SeqCst))
             .min()
             .unwrap_or(NO_PENDING);
-        current.min(lowest_pending.saturating_sub(1))
+        current
+            .min(lowest_pending.saturating_sub(1))
+            .min(self.readable_through.load(Ordering::SeqCst))
     }
 
     /// Waits until every revision `<= target` is applied, and returns the
@@ -107,25 +190,13 @@ impl RevisionClock {
         }
     }
 
-    /// A follower applied `revision`, which the group's leader took: the
-    /// sequencer moves up to it, so readers here see it once nothing below
-    /// it is pending. Only a member that is not taking revisions calls it.
+    /// A cluster member applied `revision`, which a leader took: the
+    /// sequencer moves up to it, so that when this member takes revisions
+    /// itself it starts above every revision in its logs (readers are held
+    /// back by `readable_through`, not by this).
     pub fn observe_applied(&self, revision: i64) {
         self.current.fetch_max(revision, Ordering::SeqCst);
         self.floor_raised.notify(usize::MAX);
-    }
-
-    /// A member that led and lost entries to another leader gives their
-    /// revisions back: the group's new leader assigns them anew, so the
-    /// sequencer steps back to `revision`, the highest this member applied.
-    /// Readers never passed the lost revisions (they were pending), so the
-    /// watermark does not move back. Only valid while this member takes no
-    /// revisions (it does not lead).
-    pub fn rewind_to(&self, revision: i64) {
-        let watermark = self.watermark();
-        debug_assert!(revision >= watermark, "rewinding below the watermark");
-        self.current
-            .store(revision.max(watermark), Ordering::SeqCst);
     }
 
     /// The slot through which core `core` takes revisions. Exactly one

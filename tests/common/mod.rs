@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub mod history;
 pub mod orphaned_lock;
 pub mod raw_client;
 pub mod raw_h2;
@@ -321,6 +322,40 @@ impl MetastoreServer {
             }
         }
         panic!("failed to start metastore: {last_err}");
+    }
+
+    /// Starts the binary with exactly `args` (no defaults added: a cluster
+    /// member's flags), serving clients on `port` and metrics on
+    /// `metrics_port`; its output tail if it does not answer a gRPC call.
+    pub fn start_exact(
+        args: &[String],
+        port: u16,
+        metrics_port: u16,
+    ) -> Result<MetastoreServer, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_metastore"));
+        cmd.args(args);
+        let mut proc_ = CapturedChild::spawn(cmd, "metastore").map_err(|e| e.to_string())?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        match wait_for_grpc(&mut proc_, addr, true) {
+            Ok(()) => Ok(MetastoreServer {
+                proc_,
+                port,
+                metrics_port,
+                _data_dir: None,
+            }),
+            Err(e) => {
+                proc_.kill();
+                Err(format!("{e}\n{}", proc_.output_tail(16 * 1024)))
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the server.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(self.pid() as i32, signal);
+        }
     }
 
     /// `http://127.0.0.1:<port>` of the metrics and health endpoints.

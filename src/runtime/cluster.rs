@@ -1,0 +1,171 @@
+//! A cluster member's part of startup: the peer listeners (bound before
+//! any core starts, so a taken port fails the start), one queue and sender
+//! per other member, the member's role shared by its shard workers, and
+//! each core's ticker.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::ClusterConfig;
+use crate::data_dir::DataDirMeta;
+use crate::peer::transport::{
+    Outgoing, PEER_QUEUE_CAPACITY, PeerIdentity, PeerRoutes, send_to_peer, serve_peers,
+};
+use crate::shard::ShardCommand;
+use crate::shard::lead_member::{self, MemberRole};
+use crate::shard::raft_group::GroupConfig;
+use crate::store::key_space::KeySpace;
+
+use super::StartError;
+
+/// What each core of a cluster member starts with.
+#[derive(Clone)]
+pub struct CoreCluster {
+    pub role: Arc<MemberRole>,
+    /// The same voters and timing for every group.
+    pub group_config: GroupConfig,
+    /// Each other member's outgoing queue (its sender runs on core 0).
+    pub peer_queues: BTreeMap<u64, flume::Sender<Outgoing>>,
+    pub heartbeat_interval: Duration,
+    /// Core 0's: the listeners and the senders' ends of the queues.
+    pub peer_service: Option<Arc<std::sync::Mutex<Option<PeerService>>>>,
+}
+
+/// The member's peer endpoints, run by core 0.
+pub struct PeerService {
+    listeners: Vec<StdTcpListener>,
+    identity: PeerIdentity,
+    members: Vec<u64>,
+    outgoing: Vec<(u64, SocketAddr, flume::Receiver<Outgoing>)>,
+}
+
+/// Binds the peer listeners and prepares the queues, for a member whose
+/// data directory recorded `meta`.
+pub fn prepare(config: &ClusterConfig, meta: &DataDirMeta) -> Result<CoreCluster, StartError> {
+    let voters: Vec<u64> = meta.members.iter().map(|member| member.id).collect();
+    let mut listeners = Vec::new();
+    for address in &config.listen_peer_addresses {
+        let listener = StdTcpListener::bind(address)
+            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+            .map_err(|source| StartError::ListenPeers {
+                address: *address,
+                source,
+            })?;
+        listeners.push(listener);
+    }
+    let mut peer_queues = BTreeMap::new();
+    let mut outgoing = Vec::new();
+    for member in meta
+        .members
+        .iter()
+        .filter(|member| member.id != meta.member_id)
+    {
+        let address = member
+            .peer_urls
+            .iter()
+            .find_map(|url| crate::config::parse_client_url(url).ok())
+            .map(|url| url.address)
+            .ok_or_else(|| {
+                StartError::Config(format!(
+                    "member {} ({:x}): none of its peer URLs {:?} resolves",
+                    member.name, member.id, member.peer_urls
+                ))
+            })?;
+        let (queue, receiver) = flume::bounded(PEER_QUEUE_CAPACITY);
+        peer_queues.insert(member.id, queue);
+        outgoing.push((member.id, address, receiver));
+    }
+    let election_ticks = config.election_ticks;
+    Ok(CoreCluster {
+        role: MemberRole::new(meta.member_id, meta.shard_count),
+        group_config: GroupConfig {
+            member_id: meta.member_id,
+            voters: voters.clone(),
+            election_ticks: election_ticks..2 * election_ticks,
+        },
+        peer_queues,
+        heartbeat_interval: config.heartbeat_interval,
+        peer_service: Some(Arc::new(std::sync::Mutex::new(Some(PeerService {
+            listeners,
+            identity: PeerIdentity {
+                cluster_id: meta.cluster_id,
+                member_id: meta.member_id,
+            },
+            members: voters,
+            outgoing,
+        })))),
+    })
+}
+
+impl CoreCluster {
+    /// Where the worker of `shard` sends its group's messages.
+    pub fn outbox(&self, shard: usize) -> PeerRoutes {
+        PeerRoutes {
+            shard: shard as u32,
+            queues: Rc::new(self.peer_queues.clone()),
+            dropped: Rc::new(Cell::new(0)),
+        }
+    }
+
+    /// Runs what one core of the member runs besides its workers: every
+    /// core ticks its own shards' groups; core 0 also serves the peer
+    /// listeners, sends to the other members and carries out the lead
+    /// member's duty.
+    pub fn spawn_core_tasks(
+        &self,
+        owned: Vec<flume::Sender<ShardCommand>>,
+        all_shards: Arc<[flume::Sender<ShardCommand>]>,
+        space: Arc<KeySpace>,
+    ) -> Result<(), String> {
+        monoio::spawn(tick(owned, self.heartbeat_interval));
+        let service = self.peer_service.as_ref().and_then(|service| {
+            service
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        });
+        let Some(service) = service else {
+            return Ok(());
+        };
+        let shards: Rc<[flume::Sender<ShardCommand>]> = all_shards.iter().cloned().collect();
+        let members: Rc<[u64]> = service.members.into();
+        for listener in service.listeners {
+            let listener = monoio::net::TcpListener::from_std(listener)
+                .map_err(|error| format!("cannot serve the peer listener: {error}"))?;
+            let (identity, members, shards) = (service.identity, members.clone(), shards.clone());
+            monoio::spawn(async move {
+                if let Err(error) = serve_peers(listener, identity, members, shards).await {
+                    tracing::error!(%error, "the peer listener failed");
+                }
+            });
+        }
+        for (member, address, queue) in service.outgoing {
+            monoio::spawn(send_to_peer(service.identity, member, address, queue));
+        }
+        monoio::spawn(lead_member::run(
+            self.role.clone(),
+            space,
+            all_shards,
+            self.heartbeat_interval,
+        ));
+        Ok(())
+    }
+}
+
+/// One tick per heartbeat interval to each of this core's groups. A
+/// worker whose queue is full misses the tick (it is busy; Raft's timing
+/// is in ticks, so it only runs a little slow).
+async fn tick(shards: Vec<flume::Sender<ShardCommand>>, interval: Duration) {
+    loop {
+        monoio::time::sleep(interval).await;
+        for shard in &shards {
+            if let Err(flume::TrySendError::Disconnected(_)) = shard.try_send(ShardCommand::Tick) {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The lead member of a cluster (design §6): the one member that leads
+//! every shard's Raft group and alone takes revisions, so the revision
+//! stays one sequence across all groups.
+//!
+//! Group 0's leader is the lead member. A member leading any other group
+//! hands that group's leadership to it (Raft's leadership transfer, on the
+//! next tick), so after an election every group converges on one member
+//! without a protocol of its own. The lead member takes writes only once
+//! it leads every group, has applied each group's log through the entry
+//! that began its term (so every revision any earlier leader got
+//! committed is applied here and its sequencer is above it), and has
+//! voided what the failed lead member left undecided: every revision
+//! above its readable prefix up to the highest it has seen
+//! (`store::applied_revisions`). None of those was acknowledged, since a
+//! write is acknowledged only once readable. Any worker that stops leading
+//! its group stops the member taking writes until the next decision.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_channel::oneshot;
+
+use super::ShardCommand;
+use crate::store::error::KvError;
+use crate::store::key_space::KeySpace;
+
+/// What this member knows of its role, shared by its shard workers.
+#[derive(Debug)]
+pub struct MemberRole {
+    pub member_id: u64,
+    /// Per shard: the leader this member's replica of the group last
+    /// knew (0: none).
+    leaders: Box<[AtomicU64]>,
+    /// Per shard: this member leads the group and applied its log through
+    /// its term's first entry.
+    caught_up: Box<[AtomicBool]>,
+    /// Set by the lead member's decision (`run`), cleared by any worker
+    /// that stops leading its group.
+    taking_writes: AtomicBool,
+}
+
+impl MemberRole {
+    pub fn new(member_id: u64, shard_count: usize) -> Arc<Self> {
+        Arc::new(Self {
+            member_id,
+            leaders: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
+            caught_up: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
+            taking_writes: AtomicBool::new(false),
+        })
+    }
+
+    /// A worker's view of its group: who leads it, and whether this
+    /// member leads it with its log applied through its term's start.
+    pub fn note_group(&self, shard: usize, leader: u64, caught_up: bool) {
+        self.leaders[shard].store(leader, Ordering::SeqCst);
+        self.caught_up[shard].store(caught_up, Ordering::SeqCst);
+        if leader != self.member_id {
+            self.taking_writes.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The member every group's leadership should move to (0: unknown).
+    pub fn lead_member(&self) -> u64 {
+        self.leaders[0].load(Ordering::SeqCst)
+    }
+
+    /// Whether workers may evaluate and propose writes.
+    pub fn takes_writes(&self) -> bool {
+        self.taking_writes.load(Ordering::SeqCst) && self.lead_member() == self.member_id
+    }
+
+    /// Whether this member leads every group, each applied through its
+    /// term's start.
+    pub fn leads_every_group(&self) -> bool {
+        self.leaders
+            .iter()
+            .zip(self.caught_up.iter())
+            .all(|(leader, caught_up)| {
+                leader.load(Ordering::SeqCst) == self.member_id && caught_up.load(Ordering::SeqCst)
+            })
+    }
+
+    /// The leader of `shard`'s group as last seen here (0: none).
+    pub fn leader_of(&self, shard: usize) -> u64 {
+        self.leaders[shard].load(Ordering::SeqCst)
+    }
+}
+
+/// The lead member's duty, run by one task per member: whenever this
+/// member leads every group and does not take writes yet, void what the
+/// previous lead member left undecided, then take writes. Runs until the
+/// shards' channels close.
+pub async fn run(
+    role: Arc<MemberRole>,
+    space: Arc<KeySpace>,
+    shards: Arc<[flume::Sender<ShardCommand>]>,
+    interval: Duration,
+) {
+    let clock = space.clock().clone();
+    loop {
+        monoio::time::sleep(interval).await;
+        if role.takes_writes() || !role.leads_every_group() {
+            continue;
+        }
+        let readable = clock.readable_through();
+        let highest = clock.current();
+        if highest > readable {
+            match void_in_every_group(&shards, readable + 1, highest).await {
+                Ok(()) => {}
+                Err(Stop) => return,
+            }
+            if clock.readable_through() < highest {
+                // A group lost its leadership meanwhile; the next lead
+                // member decides again.
+                continue;
+            }
+            tracing::warn!(
+                from = readable + 1,
+                to = highest,
+                "voided revisions the previous lead member took and did not complete (none was acknowledged)"
+            );
+        }
+        if role.leads_every_group() {
+            // Keep-alives went to the previous lead member.
+            space.leases().renew_all(std::time::Instant::now());
+            role.taking_writes.store(true, Ordering::SeqCst);
+            tracing::info!(
+                member = format!("{:x}", role.member_id),
+                revision = clock.current(),
+                "this member is the lead member and takes writes"
+            );
+        }
+    }
+}
+
+/// This process is stopping.
+struct Stop;
+
+/// Has every group log the void of `from..=to` and waits until each
+/// applied it (or refused: no longer its leader).
+async fn void_in_every_group(
+    shards: &[flume::Sender<ShardCommand>],
+    from: i64,
+    to: i64,
+) -> Result<(), Stop> {
+    let mut answers = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let (done, answer) = oneshot::channel::<Result<(), KvError>>();
+        shard
+            .send_async(ShardCommand::Void { from, to, done })
+            .await
+            .map_err(|_| Stop)?;
+        answers.push(answer);
+    }
+    for answer in answers {
+        // A refusal or a lost entry shows in the readable prefix.
+        let _ = answer.await;
+    }
+    Ok(())
+}
