@@ -42,6 +42,7 @@ pub fn kv_error_status(error: &KvError) -> Status {
         KvError::ShardUnavailable(_) => (Code::Unavailable, "etcdserver: server stopped"),
         KvError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
         KvError::LeaderChanged => (Code::Unavailable, "etcdserver: leader changed"),
+        KvError::RequestTimedOut => (Code::Unavailable, "etcdserver: request timed out"),
     };
     Status::new(code, message)
 }

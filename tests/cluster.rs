@@ -2,6 +2,7 @@
 //! writes (puts and two-key transactions, which span shards) and reads on
 //! every member, while the lead member is SIGKILLed and restarted, then
 //! SIGSTOPped and continued, then a follower is killed and restarted.
+//! Half the reads are linearizable (confirmed with the groups' leaders).
 //! Afterwards every member holds the same history, and the recorded client
 //! history is linearizable against it (`common::history`).
 //!
@@ -97,8 +98,33 @@ impl Cluster {
             members,
             initial_cluster,
         };
-        for index in 0..MEMBERS {
-            cluster.restart(index);
+        // All at once: a member answers a linearizable read (the readiness
+        // probe) only once a quorum is up.
+        let servers: Vec<MetastoreServer> = std::thread::scope(|scope| {
+            let starts: Vec<_> = cluster
+                .members
+                .iter()
+                .map(|member| {
+                    let arguments = member.arguments(&cluster.initial_cluster);
+                    scope.spawn(move || {
+                        MetastoreServer::start_exact(
+                            &arguments,
+                            member.client_port,
+                            member.metrics_port,
+                        )
+                        .unwrap_or_else(|error| {
+                            panic!("member {} did not start: {error}", member.name)
+                        })
+                    })
+                })
+                .collect();
+            starts
+                .into_iter()
+                .map(|start| start.join().expect("start thread"))
+                .collect()
+        });
+        for (member, server) in cluster.members.iter_mut().zip(servers) {
+            member.server = Some(server);
         }
         cluster
     }
@@ -220,7 +246,14 @@ async fn reader(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>, see
         let client = clients[member].as_mut().expect("connected");
         let key = format!("key{}", random.random_range(0..KEYS));
         let invoked = Instant::now();
-        let options = GetOptions::new().with_serializable();
+        // Half the reads linearizable: a member confirms them with its
+        // groups' leaders first (ReadIndex).
+        let linearizable = random.random_bool(0.5);
+        let options = if linearizable {
+            GetOptions::new()
+        } else {
+            GetOptions::new().with_serializable()
+        };
         match tokio::time::timeout(CALL_LIMIT, client.get(key.as_str(), Some(options))).await {
             Ok(Ok(response)) => {
                 let value = response
@@ -232,7 +265,7 @@ async fn reader(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>, see
                     key,
                     value,
                     revision: response.header().map_or(0, |header| header.revision()),
-                    linearizable: false,
+                    linearizable,
                     invoked,
                 });
             }

@@ -58,15 +58,28 @@ pub async fn call(
 
 /// The revision a read runs at. Serializable: whatever is applied now.
 /// Linearizable: everything taken before the request arrived, which
-/// includes every write acknowledged before it (read-your-writes).
-async fn read_revision(context: &ServiceContext, serializable: bool) -> i64 {
+/// includes every write acknowledged before it (read-your-writes); on a
+/// cluster member, everything committed when it arrived, as the groups'
+/// leaders confirm (ReadIndex), so a member that was cut off or fell
+/// behind never answers from stale state.
+async fn read_revision(context: &ServiceContext, serializable: bool) -> Result<i64, KvError> {
     let clock = context.write_path.space().clock();
     if serializable {
-        clock.watermark()
+        Ok(clock.watermark())
+    } else if context.identity.role.is_some() {
+        context
+            .write_path
+            .confirm_reads(LINEARIZABLE_READ_LIMIT)
+            .await?;
+        Ok(clock.watermark())
     } else {
-        clock.wait_applied(clock.current()).await
+        Ok(clock.wait_applied(clock.current()).await)
     }
 }
+
+/// How long a cluster member's linearizable read waits for its groups'
+/// leaders (etcd waits for its ReadIndex up to its request timeout).
+const LINEARIZABLE_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// etcd refuses a write whose raft entry would exceed `--max-request-bytes`.
 fn check_request_size(context: &ServiceContext, request: &impl Message) -> Result<(), KvError> {
@@ -81,7 +94,7 @@ pub(super) async fn range(
     request: RangeRequest,
 ) -> Result<RangeResponse, Status> {
     request_check::check_range(&request)?;
-    let at = read_revision(context, request.serializable).await;
+    let at = read_revision(context, request.serializable).await?;
     let mut response = write::read_range(context.write_path.space(), &request, at)?;
     context.fill_header(&mut response.header);
     Ok(response)
@@ -180,7 +193,7 @@ async fn txn_checked(
     size: usize,
 ) -> Result<TxnResponse, Status> {
     let mut response = if write::is_read_only(&request) {
-        let at = read_revision(context, is_serializable(&request)).await;
+        let at = read_revision(context, is_serializable(&request)).await?;
         write::read_only_txn(context.write_path.space(), &request, at)?
     } else {
         if size > context.max_request_bytes {

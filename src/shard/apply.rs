@@ -47,6 +47,10 @@ pub fn apply_command(space: &KeySpace, shard: ShardId, command: &ShardCommandRec
         }
         if command.void_from > 0 {
             clock.void_applied(shard as u32, command.void_from, command.void_to);
+            // A voided revision is never taken again: a later lead member
+            // starts above it (a writer still waiting on it learns it was
+            // voided, and no reader may see a new write appear there).
+            clock.observe_applied(command.void_to);
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod log_entry;
 pub mod log_storage;
 pub mod peers;
 pub mod raft_group;
+mod read_index;
 pub mod recovery;
 #[cfg(test)]
 mod recovery_faults;
@@ -117,6 +118,12 @@ pub enum ShardCommand {
     Peer(Box<raft::eraftpb::Message>),
     /// One tick of the group's logical clock (a heartbeat interval).
     Tick,
+    /// Answer once this member has applied everything the group had
+    /// committed when the request arrived, as its leader confirms with a
+    /// quorum (Raft's ReadIndex): a cluster member's linearizable read
+    /// waits for it in every group. Dropped unanswered if the group's
+    /// leader changes meanwhile.
+    ReadIndex { done: oneshot::Sender<()> },
     /// The lead member's decision that revisions `from..=to` are void
     /// (`lead_member`): log it and answer once it is applied here, or
     /// refuse if this member does not lead the group.
@@ -253,6 +260,8 @@ pub struct ShardWorker<D: StorageDevice> {
     /// On a cluster member, the member's role shared by its workers
     /// (`lead_member`): only the lead member takes writes. `None` alone.
     role: Option<std::sync::Arc<lead_member::MemberRole>>,
+    /// Linearizable reads waiting on the group's ReadIndex.
+    reads: read_index::ReadIndexWaits,
 }
 
 impl<D: StorageDevice> ShardWorker<D> {
@@ -281,6 +290,7 @@ impl<D: StorageDevice> ShardWorker<D> {
             leading: false,
             ready_to_lead_at: 0,
             role: None,
+            reads: Default::default(),
         };
         worker.note_role();
         worker
@@ -314,6 +324,7 @@ impl<D: StorageDevice> ShardWorker<D> {
             self.pending = PendingVersions::default();
         }
         self.leading = leading;
+        self.reads.leader_is(self.group.leader_id());
         if let Some(role) = &self.role {
             role.note_group(self.shard, self.group.leader_id(), self.leads_caught_up());
         }
@@ -613,6 +624,11 @@ impl<D: StorageDevice> ShardWorker<D> {
                 self.note_role();
                 self.follow_lead_member();
             }
+            ShardCommand::ReadIndex { done } => {
+                let member = self.role.as_ref().map_or(0, |role| role.member_id);
+                let context = self.reads.ask(member, done);
+                self.group.read_index(context);
+            }
             ShardCommand::Void { from, to, done } => {
                 if !self.leads_caught_up() {
                     let _ = done.send(Err(KvError::NotLeader));
@@ -727,6 +743,9 @@ impl<D: StorageDevice> ShardWorker<D> {
         for message in persisted.messages {
             self.peers.send(message);
         }
+        for (context, index) in &persisted.read_states {
+            self.reads.answered(context, *index);
+        }
         let now = std::time::Instant::now();
         for entry in &persisted.committed {
             self.apply(entry, now);
@@ -734,6 +753,7 @@ impl<D: StorageDevice> ShardWorker<D> {
         if let Some(last) = persisted.committed.last() {
             self.group.applied_through(last.index);
         }
+        self.reads.applied_through(self.group.applied_index());
         self.note_role();
     }
 

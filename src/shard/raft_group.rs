@@ -118,6 +118,9 @@ pub struct Persisted {
     /// Messages for the group's other members, to send now: everything is
     /// durable that they may depend on (a vote, an acknowledged append).
     pub messages: Vec<Message>,
+    /// Answers to `read_index`: the request's context and the commit
+    /// index a read asked for then must wait to have applied.
+    pub read_states: Vec<(Vec<u8>, u64)>,
 }
 
 pub struct RaftGroup<D: StorageDevice> {
@@ -273,6 +276,14 @@ impl<D: StorageDevice> RaftGroup<D> {
         self.node.raft.state == StateRole::Leader
     }
 
+    /// Raft's ReadIndex: asks the leader (itself, or through a message)
+    /// to confirm with a quorum that it still leads and to name its commit
+    /// index then; the answer comes out of `persist` with `context`. No
+    /// answer comes without a leader: the caller bounds its wait.
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.node.read_index(context);
+    }
+
     /// The group's leader as this member knows it (0: none known).
     pub fn leader_id(&self) -> u64 {
         self.node.raft.leader_id
@@ -402,6 +413,12 @@ impl<D: StorageDevice> RaftGroup<D> {
             }
             persisted.messages.extend(ready.take_messages());
             persisted.committed.extend(ready.take_committed_entries());
+            persisted.read_states.extend(
+                ready
+                    .take_read_states()
+                    .into_iter()
+                    .map(|state| (state.request_ctx, state.index)),
+            );
             let entries = ready.take_entries();
             if !entries.is_empty() || ready.hs().is_some() {
                 self.begin_frame();

@@ -181,20 +181,42 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
         // The highest revision acknowledged before this round's writes
         // were sent: each of them must come after it (real-time order).
         let mut acknowledged_before = 0i64;
-        // Until 150 writes are acknowledged (a loaded machine takes more
+        let mut linearizable_reads = 0;
+        let stale_reads: Rc<RefCell<Vec<(i64, i64)>>> = Rc::default();
+        let isolated_reads_timed_out: Rc<std::cell::Cell<u32>> = Rc::default();
+        // Until 250 writes are acknowledged (a loaded machine takes more
         // rounds for them), at most 600 rounds.
         for round in 0..600u64 {
             let acknowledged = fates
                 .values()
                 .filter(|(_, fate)| matches!(fate, Fate::Acknowledged(_)))
                 .count();
-            if acknowledged >= 150 {
+            if acknowledged >= 250 {
                 break;
             }
             // Every 15 rounds cut off whoever leads; now and then heal.
             if round % 15 == 7 {
                 router.isolated.borrow_mut().insert(leader_hint as u64 + 1);
                 isolations += 1;
+                // Cut off, it must not answer a linearizable read from
+                // what it has, even while it still believes it leads: it
+                // times out, or answers after the heal with all that was
+                // acknowledged before the read began.
+                let write_path = members[leader_hint].write_path.clone();
+                let (floor, stale) = (acknowledged_before, stale_reads.clone());
+                let timed_out = isolated_reads_timed_out.clone();
+                monoio::spawn(async move {
+                    match write_path.confirm_reads(Duration::from_millis(300)).await {
+                        Ok(()) => {
+                            let readable = write_path.space().clock().watermark();
+                            if readable < floor {
+                                stale.borrow_mut().push((readable, floor));
+                            }
+                        }
+                        Err(KvError::RequestTimedOut) => timed_out.set(timed_out.get() + 1),
+                        Err(other) => panic!("unexpected read answer {other:?}"),
+                    }
+                });
             } else if random.below(8) == 0 {
                 router.isolated.borrow_mut().clear();
             }
@@ -248,6 +270,22 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
                 }
             }
             acknowledged_before = highest_now;
+            // A linearizable read on any member that can reach a quorum
+            // sees every write acknowledged before it began.
+            let reader = &members[random.below(3) as usize];
+            if reader
+                .write_path
+                .confirm_reads(Duration::from_millis(300))
+                .await
+                .is_ok()
+            {
+                let readable = reader.space.clock().watermark();
+                assert!(
+                    readable >= acknowledged_before,
+                    "a linearizable read at {readable} missed revision {acknowledged_before}"
+                );
+                linearizable_reads += 1;
+            }
             let mut unanswered = false;
             for ((value, keys), fate) in pending {
                 match fate {
@@ -315,6 +353,19 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
         let acknowledged = count(|fate| matches!(fate, Fate::Acknowledged(_)));
         assert!(acknowledged > 50, "only {acknowledged} writes acknowledged");
         assert!(isolations > 0, "the leader was never cut off");
+        assert!(
+            linearizable_reads > 20,
+            "only {linearizable_reads} linearizable reads confirmed"
+        );
+        assert!(
+            stale_reads.borrow().is_empty(),
+            "cut-off members answered stale linearizable reads (read at, acknowledged before): {:?}",
+            stale_reads.borrow()
+        );
+        assert!(
+            isolated_reads_timed_out.get() > 0,
+            "no cut-off member was ever asked a read it could not answer"
+        );
         let hashes: Vec<u32> = members
             .iter()
             .map(|member| hash_stored(&member.space, target))
@@ -358,7 +409,7 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
             }
         }
         println!(
-            "{acknowledged} acknowledged ({late_answers} answered late), {} refused, {} unanswered, {isolations} isolations, revision {target}",
+            "{acknowledged} acknowledged ({late_answers} answered late), {} refused, {} unanswered, {isolations} isolations, {linearizable_reads} linearizable reads, revision {target}",
             count(|fate| matches!(fate, Fate::Refused)),
             count(|fate| matches!(fate, Fate::Late(_)))
         );

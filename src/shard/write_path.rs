@@ -89,6 +89,42 @@ impl WritePath {
         Ok(outcome)
     }
 
+    /// A cluster member's barrier for a linearizable read: returns once
+    /// every group has applied here all it had committed when this was
+    /// called, each group's leader having confirmed with a quorum that it
+    /// still leads (ReadIndex). Every write acknowledged before is then
+    /// within the readable prefix (`store::applied_revisions`). Asks again
+    /// while a group's leader changes; gives up after `limit`.
+    pub async fn confirm_reads(&self, limit: std::time::Duration) -> Result<(), KvError> {
+        let deadline = std::time::Instant::now() + limit;
+        // Every group asked at once; a group whose leader changed is asked
+        // again.
+        let mut waiting = Vec::new();
+        for shard in self.space.shard_map().all_shards() {
+            waiting.push((shard, self.ask_read_index(shard).await?));
+        }
+        for (shard, mut confirmed) in waiting {
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match monoio::time::timeout(left, confirmed).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) if std::time::Instant::now() < deadline => {
+                        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        confirmed = self.ask_read_index(shard).await?;
+                    }
+                    Ok(Err(_)) | Err(_) => return Err(KvError::RequestTimedOut),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ask_read_index(&self, shard: ShardId) -> Result<oneshot::Receiver<()>, KvError> {
+        let (done, confirmed) = oneshot::channel();
+        self.send(shard, ShardCommand::ReadIndex { done }).await?;
+        Ok(confirmed)
+    }
+
     /// Logs a lease grant on the lease's home shard; returns once the lease
     /// is durable and in the table.
     pub async fn grant_lease(&self, id: i64, ttl_seconds: i64) -> Result<(), KvError> {

@@ -47,4 +47,8 @@ pub enum KvError {
     /// the write did not happen.
     #[error("leader changed")]
     LeaderChanged,
+    /// A cluster member could not confirm a linearizable read with its
+    /// groups' leaders in time (no leader, or none reachable).
+    #[error("request timed out")]
+    RequestTimedOut,
 }

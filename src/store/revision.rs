@@ -158,17 +158,26 @@ impl RevisionClock {
     }
 
     /// The highest revision R such that every revision `<= R` is applied.
+    ///
+    /// On a cluster member that is the readable prefix of what its groups
+    /// applied, and nothing else: a revision this member took is in it
+    /// only once every part of it is applied, like any other. Its pending
+    /// floors must not count there: a revision it took as lead member and
+    /// lost may be taken again by the next one, and the floor would hold
+    /// its readers below writes acknowledged since (found by the
+    /// linearizable reads of `worker_cluster_tests`).
     pub fn watermark(&self) -> i64 {
         let current = self.current.load(Ordering::SeqCst);
+        if self.applied.is_some() {
+            return current.min(self.readable_through.load(Ordering::SeqCst));
+        }
         let lowest_pending = self
             .pending_floors
             .iter()
             .map(|floor| floor.load(Ordering::SeqCst))
             .min()
             .unwrap_or(NO_PENDING);
-        current
-            .min(lowest_pending.saturating_sub(1))
-            .min(self.readable_through.load(Ordering::SeqCst))
+        current.min(lowest_pending.saturating_sub(1))
     }
 
     /// Waits until every revision `<= target` is applied, and returns the
