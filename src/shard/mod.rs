@@ -185,7 +185,9 @@ impl DeferredAnswer {
 /// An answer that may be given only once its entry is applied, with the
 /// entry's log index.
 struct DeferredReply {
-    index: u64,
+    /// The entry's log index and term: after a change of leader the same
+    /// index may hold another entry, so both name it.
+    entry: (u64, u64),
     answer: DeferredAnswer,
 }
 
@@ -248,7 +250,7 @@ pub struct ShardWorker<D: StorageDevice> {
     proposals: std::collections::VecDeque<(u64, u64, ShardCommandRecord)>,
     /// Indexes of proposals another leader's entries replaced since the
     /// last replies: their requesters get "leader changed".
-    lost: std::collections::BTreeSet<u64>,
+    lost: std::collections::BTreeSet<(u64, u64)>,
     /// Where the group's messages for other members go.
     peers: Box<dyn peers::PeerOutbox>,
     /// Whether this member led the group when last looked at.
@@ -319,6 +321,7 @@ impl<D: StorageDevice> ShardWorker<D> {
         let leading = self.group.is_leader();
         if leading && !self.leading {
             self.ready_to_lead_at = self.group.last_index();
+            self.forget_replaced_proposals();
         }
         if !leading && self.leading {
             self.pending = PendingVersions::default();
@@ -328,6 +331,24 @@ impl<D: StorageDevice> ShardWorker<D> {
         if let Some(role) = &self.role {
             role.note_group(self.shard, self.group.leader_id(), self.leads_caught_up());
         }
+    }
+
+    /// On becoming leader, this member's log is final through its last
+    /// index: its earlier proposals past it, or with another term at their
+    /// index, were replaced by another leader's entries and are lost (the
+    /// new ones it proposes take indexes after its last). Kept, they would
+    /// be mistaken for the new proposals at their indexes.
+    fn forget_replaced_proposals(&mut self) {
+        let last = self.group.last_index();
+        let group = &self.group;
+        let lost = &mut self.lost;
+        self.proposals.retain(|(index, term, _)| {
+            let kept = *index <= last && group.term_of(*index) == Some(*term);
+            if !kept {
+                lost.insert((*index, *term));
+            }
+            kept
+        });
     }
 
     /// Whether this member leads the group and applied its log through
@@ -517,9 +538,9 @@ impl<D: StorageDevice> ShardWorker<D> {
                         if let Some(lease) = changes.revoked_lease {
                             self.pending.revoke_lease(lease);
                         }
-                        let index = self.propose(ShardCommandRecord::for_change_set(&changes));
+                        let entry = self.propose(ShardCommandRecord::for_change_set(&changes));
                         deferred.push(DeferredReply {
-                            index,
+                            entry,
                             answer: DeferredAnswer::Write {
                                 reply,
                                 outcome,
@@ -549,9 +570,9 @@ impl<D: StorageDevice> ShardWorker<D> {
                     let _ = reply.send(Err(KvError::NoSpace));
                     return;
                 }
-                let index = self.propose(ShardCommandRecord::lease_grant(id, ttl_seconds));
+                let entry = self.propose(ShardCommandRecord::lease_grant(id, ttl_seconds));
                 deferred.push(DeferredReply {
-                    index,
+                    entry,
                     answer: DeferredAnswer::LeaseGranted { id, reply },
                 });
             }
@@ -581,14 +602,14 @@ impl<D: StorageDevice> ShardWorker<D> {
                     if let Some(lease) = revoked_lease {
                         self.pending.revoke_lease(lease);
                     }
-                    let index = self.propose(ShardCommandRecord::for_changes(
+                    let entry = self.propose(ShardCommandRecord::for_changes(
                         revision,
                         participants,
                         changes.iter().map(|(key, version)| (key, version)),
                         revoked_lease,
                     ));
                     deferred.push(DeferredReply {
-                        index,
+                        entry,
                         answer: DeferredAnswer::Part { done: durable },
                     });
                     // Alone, the part commits and is answered here; in a
@@ -606,9 +627,9 @@ impl<D: StorageDevice> ShardWorker<D> {
                     // Dropping `done` fails the compaction's fan-out.
                     return;
                 }
-                let index = self.propose(ShardCommandRecord::compaction(revision));
+                let entry = self.propose(ShardCommandRecord::compaction(revision));
                 deferred.push(DeferredReply {
-                    index,
+                    entry,
                     answer: DeferredAnswer::Compacted { done, physical },
                 });
             }
@@ -634,9 +655,9 @@ impl<D: StorageDevice> ShardWorker<D> {
                     let _ = done.send(Err(KvError::NotLeader));
                     return;
                 }
-                let index = self.propose(ShardCommandRecord::void(from, to));
+                let entry = self.propose(ShardCommandRecord::void(from, to));
                 deferred.push(DeferredReply {
-                    index,
+                    entry,
                     answer: DeferredAnswer::Voided { done },
                 });
             }
@@ -649,15 +670,15 @@ impl<D: StorageDevice> ShardWorker<D> {
         }
     }
 
-    /// Appends `record` to the shard's log; returns its index.
-    fn propose(&mut self, record: ShardCommandRecord) -> u64 {
+    /// Appends `record` to the shard's log; returns its index and term.
+    fn propose(&mut self, record: ShardCommandRecord) -> (u64, u64) {
         match self.group.propose(log_entry::encode(&record)) {
             Ok(index) => {
                 self.snapshots.logged.push_back((index, record.revision));
                 self.snapshots.entries_since_snapshot += 1;
                 let term = self.group.term_of(index).unwrap_or_default();
                 self.proposals.push_back((index, term, record));
-                index
+                (index, term)
             }
             Err(error) => {
                 // Its revision is taken and its versions are pending: without
@@ -680,7 +701,7 @@ impl<D: StorageDevice> ShardWorker<D> {
         while let Some((index, term, _)) = self.proposals.front()
             && (*index < entry.index || (*index == entry.index && *term != entry.term))
         {
-            self.lost.insert(*index);
+            self.lost.insert((*index, *term));
             self.proposals.pop_front();
         }
         let own = self
@@ -765,9 +786,13 @@ impl<D: StorageDevice> ShardWorker<D> {
         }
         self.persist_and_apply().await;
         let applied = self.group.applied_index();
-        let answerable = deferred.partition_point(|deferred| deferred.index <= applied);
-        for deferred in deferred.drain(..answerable) {
-            if self.lost.remove(&deferred.index) {
+        // Not always in index order: proposals of an earlier term may wait
+        // beside a later term's at the same or lower indexes.
+        let answerable: Vec<DeferredReply> = deferred
+            .extract_if(.., |deferred| deferred.entry.0 <= applied)
+            .collect();
+        for deferred in answerable {
+            if self.lost.remove(&deferred.entry) {
                 deferred.answer.fail(KvError::LeaderChanged);
                 continue;
             }
