@@ -70,6 +70,9 @@ fn main() -> ExitCode {
     };
     wait_for_shutdown_signal();
     tracing::info!("received shutdown signal, exiting");
+    // A cluster member leading groups hands them on first (bounded, so a
+    // member cut off from the others still stops).
+    node.hand_off_leadership(std::time::Duration::from_secs(5));
     node.log_summary();
     ExitCode::SUCCESS
 }

@@ -147,9 +147,41 @@ pub struct Node {
     /// The node's alarms, for health probes: `alarms.no_space_raised()`
     /// is one relaxed load.
     pub alarms: crate::service::alarm::AlarmSet,
+    /// A cluster member's role and its shards' channels, to hand its
+    /// leadership on before it stops; `None` alone.
+    cluster: Option<MemberHandles>,
 }
 
+/// What a cluster member's shutdown needs.
+type MemberHandles = (
+    Arc<crate::shard::lead_member::MemberRole>,
+    Arc<[flume::Sender<ShardCommand>]>,
+);
+
 impl Node {
+    /// A cluster member asked to stop hands every group it leads to its
+    /// most caught-up follower and waits (at most `limit`) until it leads
+    /// none, so the cluster keeps a leader throughout (etcd transfers its
+    /// leadership on shutdown the same way). Nothing to do alone.
+    pub fn hand_off_leadership(&self, limit: std::time::Duration) {
+        let Some((role, shards)) = &self.cluster else {
+            return;
+        };
+        role.stop_leading();
+        let deadline = std::time::Instant::now() + limit;
+        while role.leads_any_group() && std::time::Instant::now() < deadline {
+            for shard in shards.iter() {
+                let _ = shard.try_send(ShardCommand::HandOffLeadership);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if role.leads_any_group() {
+            tracing::warn!("stopping while still leading a group: its members elect a new leader");
+        } else {
+            tracing::info!("handed leadership to other members");
+        }
+    }
+
     /// Logs entries per fsync for every shard (group commit effectiveness).
     pub fn log_summary(&self) {
         for (shard, stats) in self.log_stats.iter().enumerate() {
@@ -371,7 +403,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
         crate::monitor::NodeHandles {
             space,
             log_stats: log_stats.clone(),
-            shard_senders: senders,
+            shard_senders: senders.clone(),
             cores: control_senders,
             data_dir: config.data_dir.clone(),
             quota_bytes: config.quota_backend_bytes,
@@ -387,7 +419,11 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     for url in &config.listen_client_urls {
         tracing::info!(address = %url.address, "ready to serve client requests");
     }
-    Ok(Node { log_stats, alarms })
+    Ok(Node {
+        log_stats,
+        alarms,
+        cluster: member.map(|member| (member.role, senders)),
+    })
 }
 
 /// Binds one `SO_REUSEPORT` listener per core for every client URL, so the

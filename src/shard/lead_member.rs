@@ -38,6 +38,9 @@ pub struct MemberRole {
     /// Set by the lead member's decision (`run`), cleared by any worker
     /// that stops leading its group.
     taking_writes: AtomicBool,
+    /// The member is shutting down: it hands its groups on and never
+    /// takes writes again.
+    stopping: AtomicBool,
 }
 
 impl MemberRole {
@@ -47,7 +50,25 @@ impl MemberRole {
             leaders: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
             caught_up: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
             taking_writes: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// The member is shutting down (`runtime::Node::hand_off_leadership`).
+    pub fn stop_leading(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.taking_writes.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Whether this member leads any group, as its workers last saw.
+    pub fn leads_any_group(&self) -> bool {
+        self.leaders
+            .iter()
+            .any(|leader| leader.load(Ordering::SeqCst) == self.member_id)
     }
 
     /// A worker's view of its group: who leads it, and whether this
@@ -100,7 +121,7 @@ pub async fn run(
     let clock = space.clock().clone();
     loop {
         monoio::time::sleep(interval).await;
-        if role.takes_writes() || !role.leads_every_group() {
+        if role.is_stopping() || role.takes_writes() || !role.leads_every_group() {
             continue;
         }
         let readable = clock.readable_through();
@@ -121,7 +142,7 @@ pub async fn run(
                 "voided revisions the previous lead member took and did not complete (none was acknowledged)"
             );
         }
-        if role.leads_every_group() {
+        if role.leads_every_group() && !role.is_stopping() {
             // Keep-alives went to the previous lead member.
             space.leases().renew_all(std::time::Instant::now());
             role.taking_writes.store(true, Ordering::SeqCst);

@@ -124,6 +124,10 @@ pub enum ShardCommand {
     /// waits for it in every group. Dropped unanswered if the group's
     /// leader changes meanwhile.
     ReadIndex { done: oneshot::Sender<()> },
+    /// This member is stopping: if it leads the group, hand the leadership
+    /// to the most caught-up follower now (etcd's leadership transfer on
+    /// shutdown), so no election timeout passes without a leader.
+    HandOffLeadership,
     /// The lead member's decision that revisions `from..=to` are void
     /// (`lead_member`): log it and answer once it is applied here, or
     /// refuse if this member does not lead the group.
@@ -374,9 +378,9 @@ impl<D: StorageDevice> ShardWorker<D> {
         if !self.leading || lead == 0 {
             return;
         }
-        if lead == role.member_id {
+        if lead == role.member_id && !role.is_stopping() {
             self.group.keep_leadership();
-        } else if self.shard != 0 {
+        } else if self.shard != 0 && lead != role.member_id {
             self.group.transfer_leader(lead);
         }
         // A transfer begun or given up changes what this member may do.
@@ -644,6 +648,15 @@ impl<D: StorageDevice> ShardWorker<D> {
                 self.group.tick();
                 self.note_role();
                 self.follow_lead_member();
+            }
+            ShardCommand::HandOffLeadership => {
+                if let Some(role) = &self.role {
+                    role.stop_leading();
+                }
+                if let Some(follower) = self.group.most_caught_up_follower() {
+                    self.group.transfer_leader(follower);
+                    self.note_role();
+                }
             }
             ShardCommand::ReadIndex { done } => {
                 let member = self.role.as_ref().map_or(0, |role| role.member_id);

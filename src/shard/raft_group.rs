@@ -298,6 +298,23 @@ impl<D: StorageDevice> RaftGroup<D> {
         }
     }
 
+    /// The follower whose log matches the leader's furthest (`None` if
+    /// this member does not lead or leads alone): where a leader that is
+    /// asked to stop hands its leadership.
+    pub fn most_caught_up_follower(&self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let own = self.node.raft.id;
+        self.node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != own)
+            .max_by_key(|(_, progress)| progress.matched)
+            .map(|(id, _)| *id)
+    }
+
     /// Keeps the group's leadership here: a transfer under way is given
     /// up (the lead member it was meant for changed).
     pub fn keep_leadership(&mut self) {
