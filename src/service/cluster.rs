@@ -1,4 +1,5 @@
-//! `etcdserverpb.Cluster`: MemberList for a single member.
+//! `etcdserverpb.Cluster`: MemberList (every member of a cluster as
+//! bootstrapped; a server alone lists itself).
 
 use super::{ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};

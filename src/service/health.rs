@@ -11,8 +11,9 @@ use crate::proto::grpc_health_v1::health_check_response::ServingStatus;
 use crate::proto::grpc_health_v1::{HealthCheckRequest, HealthCheckResponse};
 
 /// The service names we report on: the whole server, as etcd does. A
-/// single member with one voter per shard always has its leaders, so the
-/// status does not change while the process serves.
+/// server alone always has its leaders, so the status does not change
+/// while the process serves; a cluster member reports the same for now
+/// (reporting a lost quorum is not built yet).
 fn status_of(service: &str) -> Option<ServingStatus> {
     service.is_empty().then_some(ServingStatus::Serving)
 }

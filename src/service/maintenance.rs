@@ -1,6 +1,7 @@
-//! `etcdserverpb.Maintenance` for a single member: Status, Hash, HashKV,
-//! Defragment, Snapshot (in `snapshot_stream`), MoveLeader and Alarm (in
-//! `alarm`).
+//! `etcdserverpb.Maintenance`: Status (a cluster member reports its lead
+//! member and group 0's term), Hash, HashKV, Defragment, Snapshot (in
+//! `snapshot_stream`), MoveLeader (still as etcd answers it for a single
+//! member) and Alarm (in `alarm`).
 //!
 //! Everything that scans the key space or walks the disk runs on a helper
 //! thread ([`off_core`]), never on the core's executor: a hash of a large
@@ -179,7 +180,8 @@ async fn defragment(context: &ServiceContext) -> Result<DefragmentResponse, Stat
 }
 
 /// `MoveLeader` as etcd answers it for a single member: to itself it is a
-/// no-op; any other target is not a member.
+/// no-op; any other target is not a member. A cluster member answers the
+/// same for now (moving the lead member on request is not built yet).
 fn move_leader(
     context: &ServiceContext,
     request: MoveLeaderRequest,
