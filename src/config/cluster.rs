@@ -73,6 +73,8 @@ pub struct ClusterConfig {
     /// bound of raft-rs's randomized election timeout).
     pub election_ticks: usize,
     pub pre_vote: bool,
+    /// Kept for membership changes, which are not built yet: nothing reads
+    /// it until then.
     pub strict_reconfig_check: bool,
 }
 

@@ -97,6 +97,7 @@ fn three_workers_replicate_writes_over_loopback_tcp() {
                 member_id: id,
                 voters: members.to_vec(),
                 election_ticks: 10..20,
+                pre_vote: true,
             };
             let shard = test_worker::new_member_worker(
                 &MemoryDevice::new(),

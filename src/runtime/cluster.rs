@@ -86,6 +86,7 @@ pub fn prepare(config: &ClusterConfig, meta: &DataDirMeta) -> Result<CoreCluster
             member_id: meta.member_id,
             voters: voters.clone(),
             election_ticks: election_ticks..2 * election_ticks,
+            pre_vote: config.pre_vote,
         },
         peer_queues,
         heartbeat_interval: config.heartbeat_interval,

@@ -55,6 +55,7 @@ impl Member {
             member_id: self.id,
             voters: voters.to_vec(),
             election_ticks: ticks..ticks + 1,
+            pre_vote: true,
         }
     }
 

@@ -34,6 +34,10 @@ pub struct GroupConfig {
     /// this range after every term change (raft-rs's randomized election
     /// timeout). A range of one value makes elections deterministic (tests).
     pub election_ticks: std::ops::Range<usize>,
+    /// Raft's pre-vote (`--pre-vote`): a member cut off and back does not
+    /// disturb the others with a higher term. Only matters with several
+    /// voters.
+    pub pre_vote: bool,
 }
 
 impl GroupConfig {
@@ -43,6 +47,7 @@ impl GroupConfig {
             member_id: LOCAL_MEMBER,
             voters: vec![LOCAL_MEMBER],
             election_ticks: 10..20,
+            pre_vote: true,
         }
     }
 
@@ -214,7 +219,7 @@ impl<D: StorageDevice> RaftGroup<D> {
             // etcd's defaults for clusters: a partitioned member cannot
             // disturb the others with higher terms, and a leader that
             // loses its quorum steps down.
-            pre_vote: several,
+            pre_vote: several && group_config.pre_vote,
             check_quorum: several,
             ..Default::default()
         };

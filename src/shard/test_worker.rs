@@ -125,6 +125,7 @@ pub async fn start_test_member(
         member_id,
         voters: voters.to_vec(),
         election_ticks: 10..20,
+        pre_vote: true,
     };
     let mut wals = Vec::new();
     for _ in 0..shard_count {
