@@ -20,8 +20,7 @@ use prost::Message;
 use super::durable_loss::{self, LossProof};
 use super::frontier::DurableFrontier;
 use super::log_entry::{ShardCommandRecord, WalRecord, encode, wal_record};
-use super::log_storage::ShardLogStorage;
-use super::raft_group::{GroupConfig, LogStats, RaftGroup, log_mirror};
+use super::raft_group::{GroupConfig, RaftGroup};
 use super::recovery::{RecoveryPlan, ShardInventory, read_shard_log};
 use crate::store::memtable::Version;
 use crate::test_support::{Prng, run_on_monoio as run};
@@ -72,20 +71,14 @@ impl TwinNode {
             history: History::default(),
         };
         for (shard, wal) in wals.into_iter().enumerate() {
-            let storage = ShardLogStorage::new(
-                log_mirror(None, &[], None, &GroupConfig::single_voter()).expect("mirror"),
-                std::env::temp_dir(),
-            );
-            let group = RaftGroup::start(
-                storage,
+            let group = super::test_worker::start_empty_group(
                 wal,
-                Default::default(),
-                (shard, frontier.clone()),
-                Arc::new(LogStats::default()),
+                shard,
+                &frontier,
+                &std::env::temp_dir(),
                 &GroupConfig::single_voter(),
             )
-            .await
-            .expect("start");
+            .await;
             node.groups.push(group);
             node.note_sync(shard);
         }

@@ -89,6 +89,30 @@ pub async fn new_member_worker(
     }
 }
 
+/// The Raft group of `shard` over `wal`, a log with nothing in it yet.
+pub async fn start_empty_group(
+    wal: crate::wal::Wal<MemoryDevice>,
+    shard: usize,
+    frontier: &Arc<DurableFrontier>,
+    snapshots: &std::path::Path,
+    config: &GroupConfig,
+) -> RaftGroup<MemoryDevice> {
+    let storage = ShardLogStorage::new(
+        log_mirror(None, &[], None, config).expect("mirror"),
+        snapshots.to_owned(),
+    );
+    RaftGroup::start(
+        storage,
+        wal,
+        Default::default(),
+        (shard, frontier.clone()),
+        Arc::new(LogStats::default()),
+        config,
+    )
+    .await
+    .expect("start")
+}
+
 /// Where a write's answer arrives.
 pub type Answer = futures_channel::oneshot::Receiver<Result<WriteOutcome, KvError>>;
 
@@ -150,20 +174,7 @@ pub async fn start_test_member(
         (0..shard_count).map(|_| flume::bounded(1024)).unzip();
     let senders: Arc<[flume::Sender<ShardCommand>]> = senders.into();
     for (shard, (wal, commands)) in wals.into_iter().zip(receivers).enumerate() {
-        let storage = ShardLogStorage::new(
-            log_mirror(None, &[], None, &config).expect("mirror"),
-            snapshots.to_owned(),
-        );
-        let group = RaftGroup::start(
-            storage,
-            wal,
-            Default::default(),
-            (shard, frontier.clone()),
-            Arc::new(LogStats::default()),
-            &config,
-        )
-        .await
-        .expect("start");
+        let group = start_empty_group(wal, shard, &frontier, snapshots, &config).await;
         let schedule =
             SnapshotSchedule::new(u64::MAX, snapshots.to_owned(), senders[shard].clone());
         let worker = ShardWorker::new(
