@@ -78,24 +78,6 @@ pub struct ClusterConfig {
     pub strict_reconfig_check: bool,
 }
 
-impl ClusterConfig {
-    /// The peer addresses of member `name`, resolved (the first URL that
-    /// resolves is the one dialed).
-    pub fn peer_address(member: &InitialMember) -> Result<SocketAddr, String> {
-        let mut last_error = String::from("no peer URL");
-        for url in &member.peer_urls {
-            match parse_client_url(url) {
-                Ok(parsed) => return Ok(parsed.address),
-                Err(error) => last_error = error,
-            }
-        }
-        Err(format!(
-            "invalid value for '--initial-cluster': member {:?}: {last_error}",
-            member.name
-        ))
-    }
-}
-
 /// Parses `name=url,name=url,...`; a name may appear more than once (a
 /// member with several peer URLs), as in etcd.
 pub fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, String> {

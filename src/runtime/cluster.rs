@@ -31,11 +31,10 @@ pub struct CoreCluster {
     /// Each other member's outgoing queue (its sender runs on core 0).
     pub peer_queues: BTreeMap<u64, flume::Sender<Outgoing>>,
     pub heartbeat_interval: Duration,
-    /// Core 0's: the listeners and the senders' ends of the queues.
-    pub peer_service: Option<Arc<std::sync::Mutex<Option<PeerService>>>>,
 }
 
-/// The member's peer endpoints, run by core 0.
+/// The member's peer endpoints (the listeners and the senders' ends of
+/// the queues), run by core 0.
 pub struct PeerService {
     listeners: Vec<StdTcpListener>,
     identity: PeerIdentity,
@@ -44,8 +43,12 @@ pub struct PeerService {
 }
 
 /// Binds the peer listeners and prepares the queues, for a member whose
-/// data directory recorded `meta`.
-pub fn prepare(config: &ClusterConfig, meta: &DataDirMeta) -> Result<CoreCluster, StartError> {
+/// data directory recorded `meta`: what every core gets, and what core 0
+/// runs.
+pub fn prepare(
+    config: &ClusterConfig,
+    meta: &DataDirMeta,
+) -> Result<(CoreCluster, PeerService), StartError> {
     let voters: Vec<u64> = meta.members.iter().map(|member| member.id).collect();
     let mut listeners = Vec::new();
     for address in &config.listen_peer_addresses {
@@ -80,7 +83,7 @@ pub fn prepare(config: &ClusterConfig, meta: &DataDirMeta) -> Result<CoreCluster
         outgoing.push((member.id, address, receiver));
     }
     let election_ticks = config.election_ticks;
-    Ok(CoreCluster {
+    let cluster = CoreCluster {
         role: MemberRole::new(meta.member_id, meta.shard_count),
         group_config: GroupConfig {
             member_id: meta.member_id,
@@ -90,16 +93,17 @@ pub fn prepare(config: &ClusterConfig, meta: &DataDirMeta) -> Result<CoreCluster
         },
         peer_queues,
         heartbeat_interval: config.heartbeat_interval,
-        peer_service: Some(Arc::new(std::sync::Mutex::new(Some(PeerService {
-            listeners,
-            identity: PeerIdentity {
-                cluster_id: meta.cluster_id,
-                member_id: meta.member_id,
-            },
-            members: voters,
-            outgoing,
-        })))),
-    })
+    };
+    let service = PeerService {
+        listeners,
+        identity: PeerIdentity {
+            cluster_id: meta.cluster_id,
+            member_id: meta.member_id,
+        },
+        members: voters,
+        outgoing,
+    };
+    Ok((cluster, service))
 }
 
 impl CoreCluster {
@@ -113,22 +117,17 @@ impl CoreCluster {
     }
 
     /// Runs what one core of the member runs besides its workers: every
-    /// core ticks its own shards' groups; core 0 also serves the peer
-    /// listeners, sends to the other members and carries out the lead
-    /// member's duty.
+    /// core ticks its own shards' groups; core 0, given `service`, also
+    /// serves the peer listeners, sends to the other members and carries
+    /// out the lead member's duty.
     pub fn spawn_core_tasks(
         &self,
         owned: Vec<flume::Sender<ShardCommand>>,
         all_shards: Arc<[flume::Sender<ShardCommand>]>,
         space: Arc<KeySpace>,
+        service: Option<PeerService>,
     ) -> Result<(), String> {
         monoio::spawn(tick(owned, self.heartbeat_interval));
-        let service = self.peer_service.as_ref().and_then(|service| {
-            service
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
-        });
         let Some(service) = service else {
             return Ok(());
         };

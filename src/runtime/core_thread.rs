@@ -97,6 +97,8 @@ pub struct CoreSetup {
     pub helpers: Arc<crate::service::helper_pool::HelperPool>,
     /// A cluster member's peers, role and timing; `None` alone.
     pub cluster: Option<super::cluster::CoreCluster>,
+    /// A cluster member's peer endpoints: given to the first core only.
+    pub peer_service: Option<super::cluster::PeerService>,
 }
 
 pub fn run_core(setup: CoreSetup) {
@@ -210,6 +212,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         open_connections,
         helpers,
         cluster,
+        peer_service,
         ..
     } = setup;
     let group_config = cluster
@@ -347,7 +350,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             .iter()
             .map(|shard| senders[*shard].clone())
             .collect();
-        cluster.spawn_core_tasks(owned, senders.clone(), space.clone())?;
+        cluster.spawn_core_tasks(owned, senders.clone(), space.clone(), peer_service)?;
     }
     let write_path = WritePath::new(space.clone(), senders, slot);
     let watch_feed = crate::watch::feed::EventFeed::new(space.clone());

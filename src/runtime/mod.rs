@@ -208,9 +208,12 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
         .as_ref()
         .map(|cluster| crate::membership::bootstrap(cluster, &config.name));
     let data_dir = DataDir::open_member(&config.data_dir, config.shards, config.cores, bootstrap)?;
-    let member = match &config.cluster {
-        Some(cluster) => Some(cluster::prepare(cluster, &data_dir.meta)?),
-        None => None,
+    let (member, mut peer_service) = match &config.cluster {
+        Some(cluster) => {
+            let (member, service) = cluster::prepare(cluster, &data_dir.meta)?;
+            (Some(member), Some(service))
+        }
+        None => (None, None),
     };
     let shard_map = ShardMap::new(data_dir.meta.shard_count, config.cores);
     let alarms = crate::service::alarm::AlarmSet::open(&config.data_dir)?;
@@ -311,12 +314,8 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             helpers: helpers.clone(),
             open_connections: open_connections.clone(),
             metrics_enabled: config.metrics_level != crate::config::MetricsLevel::Off,
-            cluster: member.clone().map(|mut member| {
-                if core != 0 {
-                    member.peer_service = None;
-                }
-                member
-            }),
+            cluster: member.clone(),
+            peer_service: peer_service.take(),
         };
         std::thread::Builder::new()
             .name(format!("metastore-core-{core}"))
