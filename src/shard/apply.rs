@@ -42,6 +42,9 @@ pub fn apply_command(space: &KeySpace, shard: ShardId, command: &ShardCommandRec
     let clock = space.clock();
     if clock.is_cluster_member() {
         if command.revision > 0 {
+            // Whoever took it, this member's sequencer is above it should
+            // it become the lead member.
+            clock.observe_applied(command.revision);
             let parts = command.participants.len().max(1) as u32;
             clock.part_applied(command.revision, parts);
         }

@@ -101,11 +101,6 @@ impl MemberRole {
                 leader.load(Ordering::SeqCst) == self.member_id && caught_up.load(Ordering::SeqCst)
             })
     }
-
-    /// The leader of `shard`'s group as last seen here (0: none).
-    pub fn leader_of(&self, shard: usize) -> u64 {
-        self.leaders[shard].load(Ordering::SeqCst)
-    }
 }
 
 /// The lead member's duty, run by one task per member: whenever this

@@ -741,10 +741,6 @@ impl<D: StorageDevice> ShardWorker<D> {
             return;
         };
         apply::apply_command(&self.space, self.shard, &command, now);
-        if !own && command.revision > 0 {
-            // The leader took this revision; readers here may see it.
-            self.space.clock().observe_applied(command.revision);
-        }
         for change in &command.changes {
             self.pending.applied(command.revision, &change.key);
         }

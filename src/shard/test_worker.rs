@@ -64,7 +64,13 @@ pub async fn new_member_worker(
     )
     .await
     .expect("start");
-    let clock = RevisionClock::new(1, 1);
+    // A member of a real group keeps a cluster member's clock: followers
+    // learn revisions only from what they apply.
+    let clock = if config.voters.len() > 1 {
+        RevisionClock::for_cluster(0, 1, 1, 0)
+    } else {
+        RevisionClock::new(1, 1)
+    };
     let space = KeySpace::new(
         ShardMap::new(1, 1),
         clock.clone(),
