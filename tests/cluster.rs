@@ -2,6 +2,8 @@
 //! writes (puts and two-key transactions, which span shards) and reads on
 //! every member, while the lead member is SIGKILLed and restarted, then
 //! SIGSTOPped and continued, then a follower is killed and restarted.
+//! Writes go to any member (a follower forwards them to the lead member);
+//! each acknowledged write is readable on the member it went through.
 //! Half the reads are linearizable (confirmed with the groups' leaders).
 //! Afterwards every member holds the same history, and the recorded client
 //! history is linearizable against it (`common::history`).
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::history::{ReadRecord, StoreHistory, WriteEnd, WriteRecord, check};
 use common::{MetastoreServer, free_port, test_seed};
-use etcd_client::{Client, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Client, GetOptions, LockOptions, Txn, TxnOp, WatchOptions};
 use rand::{RngExt, SeedableRng};
 
 const MEMBERS: usize = 3;
@@ -172,12 +174,51 @@ impl Cluster {
     }
 }
 
-/// What the clients share: where writes went last, and the history.
+/// What the clients share: the history, and what broke read-your-writes.
 struct Shared {
-    lead_hint: AtomicUsize,
     stop: AtomicBool,
     writes: Mutex<Vec<WriteRecord>>,
     reads: Mutex<Vec<ReadRecord>>,
+    /// `(member, acknowledged revision, revision a read there saw next)`.
+    stale_after_write: Mutex<Vec<(usize, i64, i64)>>,
+    /// Writes acknowledged by a member that did not take writes itself.
+    forwarded: AtomicUsize,
+}
+
+/// The index of the member that names itself the lead member in `Status`.
+async fn lead_member(endpoints: &[String]) -> Option<usize> {
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let Ok(Ok(mut client)) =
+            tokio::time::timeout(CALL_LIMIT, Client::connect([endpoint], None)).await
+        else {
+            continue;
+        };
+        if let Ok(Ok(status)) = tokio::time::timeout(CALL_LIMIT, client.status()).await
+            && let Some(header) = status.header()
+            && header.member_id() == status.leader()
+        {
+            return Some(index);
+        }
+    }
+    None
+}
+
+/// The lead member, once one member takes writes (a put through any
+/// member succeeds) and names itself the lead member.
+async fn settled_lead_member(endpoints: &[String], limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Ok(mut client)) =
+            tokio::time::timeout(CALL_LIMIT, Client::connect([&endpoints[0]], None)).await
+            && let Ok(Ok(_)) =
+                tokio::time::timeout(CALL_LIMIT, client.put("settled", "yes", None)).await
+            && let Some(lead) = lead_member(endpoints).await
+        {
+            return lead;
+        }
+        assert!(Instant::now() < deadline, "no member took writes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn is_definite_failure(error: &etcd_client::Error) -> bool {
@@ -195,14 +236,13 @@ async fn writer(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>, see
     let mut clients: Vec<Option<Client>> = (0..MEMBERS).map(|_| None).collect();
     let mut sequence = 0;
     while !shared.stop.load(Ordering::SeqCst) {
-        let member = shared.lead_hint.load(Ordering::SeqCst) % MEMBERS;
+        let member = random.random_range(0..MEMBERS);
         if clients[member].is_none() {
             match tokio::time::timeout(CALL_LIMIT, Client::connect([&endpoints[member]], None))
                 .await
             {
                 Ok(Ok(client)) => clients[member] = Some(client),
                 _ => {
-                    shared.lead_hint.store(member + 1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -227,16 +267,15 @@ async fn writer(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>, see
             Ok(Ok(response)) => {
                 WriteEnd::Acknowledged(response.header().map_or(0, |header| header.revision()))
             }
-            Ok(Err(error)) if is_definite_failure(&error) => {
-                shared.lead_hint.store(member + 1, Ordering::SeqCst);
-                WriteEnd::Failed
-            }
+            Ok(Err(error)) if is_definite_failure(&error) => WriteEnd::Failed,
             Ok(Err(_)) | Err(_) => {
                 clients[member] = None;
-                shared.lead_hint.store(member + 1, Ordering::SeqCst);
                 WriteEnd::Unknown
             }
         };
+        if let WriteEnd::Acknowledged(revision) = end {
+            read_own_write(client_of(&mut clients, member), member, revision, &shared).await;
+        }
         let failed = end == WriteEnd::Failed;
         shared.writes.lock().expect("writes").push(WriteRecord {
             keys,
@@ -247,6 +286,30 @@ async fn writer(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>, see
         });
         if failed {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn client_of(clients: &mut [Option<Client>], member: usize) -> &mut Client {
+    clients[member].as_mut().expect("connected")
+}
+
+/// A serializable read through the member that acknowledged `revision`
+/// must see it (the member answers only once it applied the write).
+async fn read_own_write(client: &mut Client, member: usize, revision: i64, shared: &Shared) {
+    let options = GetOptions::new().with_serializable();
+    if let Ok(Ok(response)) =
+        tokio::time::timeout(CALL_LIMIT, client.get("key0", Some(options))).await
+    {
+        let read_at = response.header().map_or(0, |header| header.revision());
+        if read_at < revision {
+            let stale = (member, revision, read_at);
+            shared.stale_after_write.lock().expect("stale").push(stale);
+        }
+        if let Ok(Ok(status)) = tokio::time::timeout(CALL_LIMIT, client.status()).await
+            && status.header().map(|header| header.member_id()) != Some(status.leader())
+        {
+            shared.forwarded.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -345,10 +408,11 @@ fn three_members_keep_a_linearizable_history_through_kills_and_pauses() {
     let endpoints: Arc<Vec<String>> =
         Arc::new(cluster.members.iter().map(Member::endpoint).collect());
     let shared = Arc::new(Shared {
-        lead_hint: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         writes: Mutex::default(),
         reads: Mutex::default(),
+        stale_after_write: Mutex::default(),
+        forwarded: AtomicUsize::new(0),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -371,9 +435,15 @@ fn three_members_keep_a_linearizable_history_through_kills_and_pauses() {
             .filter(|write| matches!(write.end, WriteEnd::Acknowledged(_)))
             .count()
     };
+    let lead_now = || {
+        runtime.block_on(settled_lead_member(
+            endpoints.as_slice(),
+            Duration::from_secs(20),
+        ))
+    };
     std::thread::sleep(Duration::from_secs(3));
     // 1. The lead member crashes, and comes back.
-    let lead = shared.lead_hint.load(Ordering::SeqCst) % MEMBERS;
+    let lead = lead_now();
     let before = acknowledged(&shared);
     cluster.kill(lead);
     std::thread::sleep(Duration::from_secs(2));
@@ -381,14 +451,14 @@ fn three_members_keep_a_linearizable_history_through_kills_and_pauses() {
     std::thread::sleep(Duration::from_secs(3));
     let after_kill = acknowledged(&shared);
     // 2. The lead member stops for a while (a long GC pause, a hung VM).
-    let lead = shared.lead_hint.load(Ordering::SeqCst) % MEMBERS;
+    let lead = lead_now();
     cluster.signal(lead, libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(3));
     cluster.signal(lead, libc::SIGCONT);
     std::thread::sleep(Duration::from_secs(3));
     let after_pause = acknowledged(&shared);
     // 3. A follower crashes and comes back.
-    let follower = (shared.lead_hint.load(Ordering::SeqCst) + 1) % MEMBERS;
+    let follower = (lead_now() + 1) % MEMBERS;
     cluster.kill(follower);
     std::thread::sleep(Duration::from_secs(1));
     cluster.restart(follower);
@@ -402,13 +472,20 @@ fn three_members_keep_a_linearizable_history_through_kills_and_pauses() {
     let writes = shared.writes.lock().expect("writes").clone();
     let reads = shared.reads.lock().expect("reads").clone();
     let count = |wanted: fn(&WriteEnd) -> bool| writes.iter().filter(|w| wanted(&w.end)).count();
+    let forwarded = shared.forwarded.load(Ordering::SeqCst);
     println!(
-        "{} writes: {} acknowledged ({before} before the kill, {after_kill} after it, {after_pause} after the pause), {} failed, {} unknown; {} reads",
+        "{} writes: {} acknowledged ({before} before the kill, {after_kill} after it, {after_pause} after the pause; {forwarded} through a follower), {} failed, {} unknown; {} reads",
         writes.len(),
         count(|end| matches!(end, WriteEnd::Acknowledged(_))),
         count(|end| *end == WriteEnd::Failed),
         count(|end| *end == WriteEnd::Unknown),
         reads.len()
+    );
+    assert!(forwarded > 0, "no write went through a follower");
+    let stale = shared.stale_after_write.lock().expect("stale").clone();
+    assert!(
+        stale.is_empty(),
+        "members read below writes they acknowledged (member, acknowledged, read at): {stale:?}"
     );
     assert!(
         after_kill > before,
@@ -595,22 +672,7 @@ fn a_lead_member_asked_to_stop_hands_over_without_an_election() {
         .expect("runtime");
     let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
     // Who takes writes (the first election takes one election timeout).
-    let lead = runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            for (index, endpoint) in endpoints.iter().enumerate() {
-                if let Ok(Ok(mut client)) =
-                    tokio::time::timeout(CALL_LIMIT, Client::connect([endpoint], None)).await
-                    && let Ok(Ok(_)) =
-                        tokio::time::timeout(CALL_LIMIT, client.put("before", "x", None)).await
-                {
-                    return index;
-                }
-            }
-            assert!(Instant::now() < deadline, "no member took a write");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(40)));
     let stopped_at = Instant::now();
     cluster.signal(lead, libc::SIGTERM);
     let taken_after = runtime.block_on(async {
@@ -652,4 +714,121 @@ fn a_lead_member_asked_to_stop_hands_over_without_an_election() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A client that only talks to a follower gets everything a client of
+/// the lead member gets: its writes (forwarded to the lead member) are
+/// readable there as soon as acknowledged; its keep-alives reach the lead
+/// member, which alone expires leases (without them the lease would
+/// expire after its 2 s TTL); locks and compaction work through it.
+#[test]
+fn a_follower_serves_writes_leases_locks_and_compaction() {
+    let cluster = Cluster::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
+    runtime.block_on(async {
+        let lead = settled_lead_member(&endpoints, Duration::from_secs(20)).await;
+        let follower = (lead + 1) % MEMBERS;
+        let mut client = Client::connect([&endpoints[follower]], None)
+            .await
+            .expect("connect to the follower");
+        let mut lead_client = Client::connect([&endpoints[lead]], None)
+            .await
+            .expect("connect to the lead member");
+        let status = client.status().await.expect("status");
+        assert_ne!(
+            status.header().map(|header| header.member_id()),
+            Some(status.leader()),
+            "the follower names itself the lead member"
+        );
+
+        let put = client.put("f/key", "v1", None).await.expect("put");
+        let written_at = put.header().expect("header").revision();
+        let serializable = GetOptions::new().with_serializable();
+        let got = client
+            .get("f/key", Some(serializable.clone()))
+            .await
+            .expect("get");
+        assert_eq!(got.kvs().first().map(|kv| kv.value()), Some(&b"v1"[..]));
+        assert!(got.header().expect("header").revision() >= written_at);
+        let on_lead = lead_client.get("f/key", None).await.expect("get");
+        assert_eq!(
+            on_lead.kvs().first().map(|kv| kv.mod_revision()),
+            Some(written_at)
+        );
+
+        // A lease kept alive only through the follower outlives its TTL.
+        let lease = client.lease_grant(2, None).await.expect("grant").id();
+        client
+            .put(
+                "f/leased",
+                "x",
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .expect("put with lease");
+        let (mut keeper, mut keep_alives) =
+            client.lease_keep_alive(lease).await.expect("keep-alive");
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            keeper.keep_alive().await.expect("send keep-alive");
+            let answer = keep_alives.message().await.expect("keep-alive answer");
+            assert_eq!(answer.map(|answer| answer.ttl()), Some(2), "lease renewed");
+        }
+        let on_lead = lead_client
+            .lease_time_to_live(lease, None)
+            .await
+            .expect("time to live");
+        assert!(
+            on_lead.ttl() > 0,
+            "the lead member let a renewed lease expire"
+        );
+        let through_follower = client
+            .lease_time_to_live(lease, None)
+            .await
+            .expect("time to live");
+        assert_eq!(through_follower.granted_ttl(), 2);
+        assert!(through_follower.ttl() > 0);
+
+        // A lock taken and released through the follower.
+        let locked = client
+            .lock("f/lock", Some(LockOptions::new().with_lease(lease)))
+            .await
+            .expect("lock");
+        let held = lead_client
+            .get(locked.key(), None)
+            .await
+            .expect("get the lock key");
+        assert_eq!(held.kvs().len(), 1, "the lock's key is on the lead member");
+        client.unlock(locked.key()).await.expect("unlock");
+
+        // Revoked through the follower: its key goes everywhere.
+        client.lease_revoke(lease).await.expect("revoke");
+        let gone = client
+            .get("f/leased", Some(serializable))
+            .await
+            .expect("get");
+        assert!(
+            gone.kvs().is_empty(),
+            "the revoked lease's key is still readable"
+        );
+
+        // Compaction through the follower.
+        let current = client.put("f/key", "v2", None).await.expect("put");
+        let revision = current.header().expect("header").revision();
+        client.compact(revision, None).await.expect("compact");
+        let old = lead_client
+            .get("f/key", Some(GetOptions::new().with_revision(written_at)))
+            .await;
+        match old {
+            Err(etcd_client::Error::GRpcStatus(status)) => assert!(
+                status.message().contains("compacted"),
+                "unexpected error {status:?}"
+            ),
+            other => panic!("a compacted revision was served: {other:?}"),
+        }
+    });
 }

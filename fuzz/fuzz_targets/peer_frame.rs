@@ -1,6 +1,6 @@
 //! The peer protocol's pure decoders (`peer::frame`): the handshake, its
-//! answer byte and the frames of batched Raft messages another member
-//! sends.
+//! answer byte and the frames of batched Raft messages, forwarded calls
+//! and their answers (`peer::forward`) another member sends.
 //!
 //! Input: `[mode][chunking plan][stream...]`. Mode bit 0 "forges" the
 //! checksums first (the handshake's over its first 32 bytes, each frame's

@@ -9,6 +9,8 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use thiserror::Error;
 
+use super::forward::{ForwardReply, ForwardRequest, WireAnswer, WireCall};
+
 /// First bytes of every peer connection: "MSPEER", a zero, the version.
 pub const MAGIC: [u8; 8] = *b"MSPEER\x00\x01";
 
@@ -125,17 +127,27 @@ impl HelloAnswer {
     }
 }
 
-/// Raft messages of any of the member pair's groups, in send order.
+/// What one frame carries from a member to another: Raft messages of any
+/// of the pair's groups in send order, and forwarded calls and answers
+/// (`super::forward`).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Batch {
     /// `(shard, message)`: shard i of every member is one group.
     pub messages: Vec<(u32, Message)>,
+    /// Calls for the receiving member to carry out as the lead member.
+    pub requests: Vec<ForwardRequest>,
+    /// Answers to calls the receiving member forwarded.
+    pub replies: Vec<ForwardReply>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct WireBatch {
     #[prost(message, repeated, tag = "1")]
     messages: Vec<WireGroupMessage>,
+    #[prost(message, repeated, tag = "2")]
+    requests: Vec<WireCall>,
+    #[prost(message, repeated, tag = "3")]
+    replies: Vec<WireAnswer>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -162,6 +174,8 @@ impl Batch {
                         .expect("a raft message always encodes"),
                 })
                 .collect(),
+            requests: self.requests.iter().map(ForwardRequest::to_wire).collect(),
+            replies: self.replies.iter().map(ForwardReply::to_wire).collect(),
         };
         let body = wire.encode_to_vec();
         buffer.put_u32(body.len() as u32);
@@ -196,13 +210,29 @@ impl Batch {
                 .map_err(|error| PeerFrameError::Undecodable(error.to_string()))?;
             messages.push((group_message.shard, message));
         }
-        Ok(Some((Batch { messages }, end)))
+        let requests = wire
+            .requests
+            .into_iter()
+            .map(ForwardRequest::from_wire)
+            .collect::<Result<_, _>>()?;
+        let replies = wire
+            .replies
+            .into_iter()
+            .map(ForwardReply::from_wire)
+            .collect::<Result<_, _>>()?;
+        let batch = Batch {
+            messages,
+            requests,
+            replies,
+        };
+        Ok(Some((batch, end)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::forward::{ForwardedAnswer, ForwardedCall};
     use raft::eraftpb::{Entry, MessageType};
 
     fn message(to: u64, index: u64) -> Message {
@@ -303,10 +333,19 @@ mod tests {
         let batches = [
             Batch {
                 messages: vec![(0, message(2, 10)), (5, message(2, 11))],
+                ..Default::default()
             },
             Batch::default(),
             Batch {
                 messages: vec![(1, message(3, 12))],
+                requests: vec![ForwardRequest {
+                    id: 3,
+                    call: ForwardedCall::RenewLease { id: 8 },
+                }],
+                replies: vec![ForwardReply {
+                    id: 2,
+                    answer: ForwardedAnswer::Failed(crate::store::error::KvError::NotLeader),
+                }],
             },
         ];
         let mut stream = Vec::new();
@@ -332,6 +371,7 @@ mod tests {
         let mut frame = Vec::new();
         Batch {
             messages: vec![(0, message(2, 1))],
+            ..Default::default()
         }
         .encode(&mut frame);
         for byte in 8..frame.len() {

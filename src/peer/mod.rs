@@ -1,6 +1,8 @@
-//! Members talking to members: the peer protocol (`frame`, pure) and its
-//! TCP transport (`transport`). Layout and rules: `docs/peer-protocol.md`.
+//! Members talking to members: the peer protocol (`frame` and the
+//! forwarded calls it carries, `forward`; both pure) and its TCP transport
+//! (`transport`). Layout and rules: `docs/peer-protocol.md`.
 
+pub mod forward;
 pub mod frame;
 pub mod transport;
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Raft messages between members over TCP (`docs/peer-protocol.md`).
+//! Raft messages and forwarded calls between members over TCP
+//! (`docs/peer-protocol.md`).
 //!
 //! Each member dials every other member once and sends all of its groups'
 //! messages for that member over that one connection, batched: whatever
@@ -12,6 +13,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -19,8 +21,10 @@ use monoio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
+use super::forward::{ForwardReply, ForwardRequest};
 use super::frame::{BATCH_TARGET_BYTES, Batch, Hello, HelloAnswer, PeerFrameError};
 use crate::shard::ShardCommand;
+use crate::shard::forwarding::ForwardTable;
 use crate::shard::peers::PeerOutbox;
 
 /// Messages queued per peer before new ones are dropped: Raft resends
@@ -34,8 +38,39 @@ pub struct PeerIdentity {
     pub member_id: u64,
 }
 
-/// A message for another member, with the group (shard) it belongs to.
-pub type Outgoing = (u32, Message);
+/// What a member sends another.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A Raft message of the group (shard) named.
+    Raft(u32, Message),
+    /// A call for the lead member (`shard::forwarding`).
+    Request(ForwardRequest),
+    /// The answer to a call the other member forwarded.
+    Reply(ForwardReply),
+}
+
+impl Outgoing {
+    /// Adds itself to `batch`; returns about how many bytes it adds.
+    fn add_to(self, batch: &mut Batch) -> usize {
+        match self {
+            Outgoing::Raft(shard, message) => {
+                let size = message.compute_size() as usize;
+                batch.messages.push((shard, message));
+                size
+            }
+            Outgoing::Request(request) => {
+                let size = request.encoded_len();
+                batch.requests.push(request);
+                size
+            }
+            Outgoing::Reply(reply) => {
+                let size = reply.encoded_len();
+                batch.replies.push(reply);
+                size
+            }
+        }
+    }
+}
 
 /// A shard worker's outbox: its messages go to the queue of the member
 /// they are addressed to.
@@ -52,7 +87,7 @@ impl PeerOutbox for PeerRoutes {
             self.dropped.set(self.dropped.get() + 1);
             return;
         };
-        if queue.try_send((self.shard, message)).is_err() {
+        if queue.try_send(Outgoing::Raft(self.shard, message)).is_err() {
             self.dropped.set(self.dropped.get() + 1);
         }
     }
@@ -71,16 +106,13 @@ pub async fn send_to_peer(
     let mut backoff = Duration::from_millis(10);
     let mut connection: Option<TcpStream> = None;
     while let Ok(first) = queue.recv_async().await {
-        let mut batch_bytes = first.1.compute_size() as usize;
-        let mut batch = Batch {
-            messages: vec![first],
-        };
+        let mut batch = Batch::default();
+        let mut batch_bytes = first.add_to(&mut batch);
         while batch_bytes < BATCH_TARGET_BYTES {
             let Ok(next) = queue.try_recv() else {
                 break;
             };
-            batch_bytes += next.1.compute_size() as usize;
-            batch.messages.push(next);
+            batch_bytes += next.add_to(&mut batch);
         }
         let mut frame = Vec::with_capacity(batch_bytes + 64);
         batch.encode(&mut frame);
@@ -149,19 +181,64 @@ pub async fn dial(
     }
 }
 
-/// Accepts other members' connections and hands each message to the
-/// worker of its shard. Runs until the listener fails.
+/// Where what arrives from other members goes.
+#[derive(Clone)]
+pub struct PeerInbox {
+    /// Each shard's worker, indexed by shard: Raft messages.
+    pub shards: Rc<[flume::Sender<ShardCommand>]>,
+    /// Calls for this member to carry out as the lead member, with the
+    /// member that forwarded each. Every core takes from it.
+    pub calls: flume::Sender<(u64, ForwardRequest)>,
+    /// This member's callers waiting for the lead member's answers.
+    pub waiting: Arc<ForwardTable>,
+}
+
+impl PeerInbox {
+    /// Hands on what one frame from member `from` carried: each message to
+    /// the worker of its shard, each call to the executors, each answer to
+    /// its caller. `Ok(false)`: the workers are gone (the member stops).
+    pub async fn deliver(&self, from: u64, batch: Batch) -> Result<bool, PeerError> {
+        for (shard, message) in batch.messages {
+            let worker = self
+                .shards
+                .get(shard as usize)
+                .ok_or(PeerError::UnknownShard(shard))?;
+            if worker
+                .send_async(ShardCommand::Peer(Box::new(message)))
+                .await
+                .is_err()
+            {
+                return Ok(false);
+            }
+        }
+        for request in batch.requests {
+            // Full: this member cannot keep up; the caller times out, as
+            // it would were the frame lost.
+            if let Err(flume::TrySendError::Disconnected(_)) = self.calls.try_send((from, request))
+            {
+                return Ok(false);
+            }
+        }
+        for reply in batch.replies {
+            self.waiting.answer(reply);
+        }
+        Ok(true)
+    }
+}
+
+/// Accepts other members' connections and hands on what they send
+/// (`PeerInbox::deliver`). Runs until the listener fails.
 pub async fn serve_peers(
     listener: TcpListener,
     identity: PeerIdentity,
     members: Rc<[u64]>,
-    shards: Rc<[flume::Sender<ShardCommand>]>,
+    inbox: PeerInbox,
 ) -> std::io::Result<()> {
     loop {
         let (stream, address) = listener.accept().await?;
-        let (members, shards) = (members.clone(), shards.clone());
+        let (members, inbox) = (members.clone(), inbox.clone());
         monoio::spawn(async move {
-            if let Err(error) = receive_from_peer(stream, identity, &members, &shards).await {
+            if let Err(error) = receive_from_peer(stream, identity, &members, &inbox).await {
                 tracing::warn!(%address, %error, "peer connection ended");
             }
         });
@@ -173,7 +250,7 @@ async fn receive_from_peer(
     stream: TcpStream,
     identity: PeerIdentity,
     members: &[u64],
-    shards: &[flume::Sender<ShardCommand>],
+    inbox: &PeerInbox,
 ) -> Result<(), PeerError> {
     let mut reader = Reader {
         stream,
@@ -196,18 +273,9 @@ async fn receive_from_peer(
     loop {
         while let Some((batch, used)) = Batch::decode(&reader.buffered)? {
             reader.buffered.drain(..used);
-            for (shard, message) in batch.messages {
-                let worker = shards
-                    .get(shard as usize)
-                    .ok_or(PeerError::UnknownShard(shard))?;
-                if worker
-                    .send_async(ShardCommand::Peer(Box::new(message)))
-                    .await
-                    .is_err()
-                {
-                    // The worker is gone: this member is stopping.
-                    return Ok(());
-                }
+            if !inbox.deliver(hello.from_member, batch).await? {
+                // The workers are gone: this member is stopping.
+                return Ok(());
             }
         }
         reader.read_more().await?;

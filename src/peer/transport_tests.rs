@@ -12,10 +12,12 @@ use monoio::net::TcpListener;
 
 use super::frame::HelloAnswer;
 use super::transport::{
-    PEER_QUEUE_CAPACITY, PeerError, PeerIdentity, PeerRoutes, dial, send_to_peer, serve_peers,
+    PEER_QUEUE_CAPACITY, PeerError, PeerIdentity, PeerInbox, PeerRoutes, dial, send_to_peer,
+    serve_peers,
 };
 use crate::proto::etcdserverpb::PutRequest;
 use crate::shard::ShardCommand;
+use crate::shard::forwarding::ForwardTable;
 use crate::shard::raft_group::GroupConfig;
 use crate::shard::test_worker::{self, write_command};
 use crate::store::error::KvError;
@@ -24,6 +26,15 @@ use crate::test_support::run_on_monoio as run;
 use crate::wal::MemoryDevice;
 
 const CLUSTER: u64 = 0x5eed;
+
+/// What a member of one shard receives into (nobody forwards calls here).
+fn inbox(shard: flume::Sender<ShardCommand>) -> PeerInbox {
+    PeerInbox {
+        shards: Rc::from(vec![shard]),
+        calls: flume::bounded(1).0,
+        waiting: ForwardTable::new(),
+    }
+}
 
 #[test]
 fn handshakes_refuse_other_clusters_and_strangers() {
@@ -39,7 +50,7 @@ fn handshakes_refuse_other_clusters_and_strangers() {
             listener,
             identity,
             Rc::from(vec![1, 2, 3]),
-            Rc::from(vec![shard]),
+            inbox(shard),
         ));
         let from = |cluster_id, member_id| PeerIdentity {
             cluster_id,
@@ -117,7 +128,7 @@ fn three_workers_replicate_writes_over_loopback_tcp() {
                 listener,
                 identity,
                 Rc::from(members.to_vec()),
-                Rc::from(vec![shard.sender.clone()]),
+                inbox(shard.sender.clone()),
             ));
             senders.push(shard.sender);
             spaces.push(shard.space);

@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use crate::config::ClusterConfig;
 use crate::data_dir::DataDirMeta;
+use crate::peer::forward::ForwardRequest;
 use crate::peer::transport::{
-    Outgoing, PEER_QUEUE_CAPACITY, PeerIdentity, PeerRoutes, send_to_peer, serve_peers,
+    Outgoing, PEER_QUEUE_CAPACITY, PeerIdentity, PeerInbox, PeerRoutes, send_to_peer, serve_peers,
 };
 use crate::shard::ShardCommand;
+use crate::shard::forwarding::{self, ForwardTable, Forwarder};
 use crate::shard::lead_member::{self, MemberRole};
 use crate::shard::raft_group::GroupConfig;
+use crate::shard::write_path::WritePath;
 use crate::store::key_space::KeySpace;
 
 use super::StartError;
@@ -31,6 +34,12 @@ pub struct CoreCluster {
     /// Each other member's outgoing queue (its sender runs on core 0).
     pub peer_queues: BTreeMap<u64, flume::Sender<Outgoing>>,
     pub heartbeat_interval: Duration,
+    /// This member's callers waiting for the lead member's answers.
+    pub forward_table: Arc<ForwardTable>,
+    /// Calls other members forwarded here; every core carries them out.
+    pub forwarded_calls: flume::Receiver<(u64, ForwardRequest)>,
+    /// etcd's request timeout for this member's election timeout.
+    pub request_timeout: Duration,
 }
 
 /// The member's peer endpoints (the listeners and the senders' ends of
@@ -40,6 +49,8 @@ pub struct PeerService {
     identity: PeerIdentity,
     members: Vec<u64>,
     outgoing: Vec<(u64, SocketAddr, flume::Receiver<Outgoing>)>,
+    /// Where received calls go (see `CoreCluster::forwarded_calls`).
+    calls: flume::Sender<(u64, ForwardRequest)>,
 }
 
 /// Binds the peer listeners and prepares the queues, for a member whose
@@ -83,6 +94,7 @@ pub fn prepare(
         outgoing.push((member.id, address, receiver));
     }
     let election_ticks = config.election_ticks;
+    let (calls, forwarded_calls) = flume::bounded(PEER_QUEUE_CAPACITY);
     let cluster = CoreCluster {
         role: MemberRole::new(meta.member_id, meta.shard_count),
         group_config: GroupConfig {
@@ -93,6 +105,11 @@ pub fn prepare(
         },
         peer_queues,
         heartbeat_interval: config.heartbeat_interval,
+        forward_table: ForwardTable::new(),
+        forwarded_calls,
+        request_timeout: forwarding::request_timeout(
+            config.heartbeat_interval * election_ticks as u32,
+        ),
     };
     let service = PeerService {
         listeners,
@@ -102,6 +119,7 @@ pub fn prepare(
         },
         members: voters,
         outgoing,
+        calls,
     };
     Ok((cluster, service))
 }
@@ -114,6 +132,27 @@ impl CoreCluster {
             queues: Rc::new(self.peer_queues.clone()),
             dropped: Rc::new(Cell::new(0)),
         }
+    }
+
+    /// This core's way to the lead member, for its write path.
+    pub fn forwarder(&self) -> Forwarder {
+        Forwarder {
+            role: self.role.clone(),
+            queues: Rc::new(self.peer_queues.clone()),
+            table: self.forward_table.clone(),
+            request_timeout: self.request_timeout,
+        }
+    }
+
+    /// Carries out, with this core's `write_path`, calls other members
+    /// forwarded to this one while it is the lead member.
+    pub fn spawn_forwarded_calls(&self, write_path: Rc<WritePath>) {
+        monoio::spawn(forwarding::carry_out_forwarded_calls(
+            write_path,
+            self.forwarded_calls.clone(),
+            Rc::new(self.peer_queues.clone()),
+            self.request_timeout,
+        ));
     }
 
     /// Runs what one core of the member runs besides its workers: every
@@ -131,14 +170,18 @@ impl CoreCluster {
         let Some(service) = service else {
             return Ok(());
         };
-        let shards: Rc<[flume::Sender<ShardCommand>]> = all_shards.iter().cloned().collect();
+        let inbox = PeerInbox {
+            shards: all_shards.iter().cloned().collect(),
+            calls: service.calls,
+            waiting: self.forward_table.clone(),
+        };
         let members: Rc<[u64]> = service.members.into();
         for listener in service.listeners {
             let listener = monoio::net::TcpListener::from_std(listener)
                 .map_err(|error| format!("cannot serve the peer listener: {error}"))?;
-            let (identity, members, shards) = (service.identity, members.clone(), shards.clone());
+            let (identity, members, inbox) = (service.identity, members.clone(), inbox.clone());
             monoio::spawn(async move {
-                if let Err(error) = serve_peers(listener, identity, members, shards).await {
+                if let Err(error) = serve_peers(listener, identity, members, inbox).await {
                     tracing::error!(%error, "the peer listener failed");
                 }
             });

@@ -352,7 +352,15 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             .collect();
         cluster.spawn_core_tasks(owned, senders.clone(), space.clone(), peer_service)?;
     }
-    let write_path = WritePath::new(space.clone(), senders, slot);
+    let write_path = WritePath::new(
+        space.clone(),
+        senders,
+        slot,
+        cluster.as_ref().map(|cluster| cluster.forwarder()),
+    );
+    if let Some(cluster) = &cluster {
+        cluster.spawn_forwarded_calls(write_path.clone());
+    }
     let watch_feed = crate::watch::feed::EventFeed::new(space.clone());
     monoio::spawn(watch_feed.clone().run());
     if core == 0 {
@@ -367,6 +375,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
                 write_path.clone(),
                 policy,
                 crate::service::auto_compaction::REVISION_MODE_INTERVAL,
+                cluster.as_ref().map(|cluster| cluster.role.clone()),
             ));
         }
     }

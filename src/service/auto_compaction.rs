@@ -2,7 +2,8 @@
 //! `v3compactor`, as a pure scheduler ([`AutoCompactor`]: given the time
 //! and the current revision, compact to what, if anything) and one task on
 //! core 0 that samples, sleeps, and compacts through the `WritePath` (so
-//! the shards free history in steps, never stalling their requests).
+//! the shards free history in steps, never stalling their requests); on a
+//! cluster, only the lead member's task compacts.
 //!
 //! - Periodic (retention P): every `min(P, 1h) / 10` the current revision
 //!   is sampled, keeping the last `P / interval + 1` samples. Once P has
@@ -182,7 +183,16 @@ impl AutoCompactor {
 }
 
 /// The auto-compaction task (core 0). Runs for the life of the process.
-pub async fn run(write_path: Rc<WritePath>, policy: AutoCompaction, revision_interval: Duration) {
+///
+/// On a cluster member (`role`) only the lead member compacts, as only
+/// etcd's leader runs its compactor; the others keep sampling, so the one
+/// that becomes lead member compacts to what its own samples say.
+pub async fn run(
+    write_path: Rc<WritePath>,
+    policy: AutoCompaction,
+    revision_interval: Duration,
+    role: Option<std::sync::Arc<crate::shard::lead_member::MemberRole>>,
+) {
     let mut compactor = AutoCompactor::new(policy, Instant::now(), revision_interval);
     let retention = compactor.retention();
     tracing::info!(%retention, check_interval = ?compactor.check_interval(), "auto-compaction enabled");
@@ -193,6 +203,10 @@ pub async fn run(write_path: Rc<WritePath>, policy: AutoCompaction, revision_int
         let Some(revision) = compactor.after_wait(Instant::now(), current()) else {
             continue;
         };
+        if role.as_ref().is_some_and(|role| !role.takes_writes()) {
+            compactor.finished(Instant::now(), revision, false);
+            continue;
+        }
         tracing::info!(revision, %retention, "Starting auto-compaction at revision {revision} (retention: {retention})");
         let started = Instant::now();
         let succeeded = match write_path.compact(revision, false).await {

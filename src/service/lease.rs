@@ -41,7 +41,7 @@ pub async fn call(
         "LeaseKeepAlive" => keep_alive(context, requests, responses).await,
         "LeaseTimeToLive" => {
             unary(requests, responses, async |request| {
-                time_to_live(context, request)
+                time_to_live(context, request).await
             })
             .await
         }
@@ -107,20 +107,20 @@ async fn revoke(
 /// etcd: each request renews its lease and is answered in order; an
 /// unknown (or expired) lease is answered with TTL 0. The header is filled
 /// before renewing, so its revision is never above one at which the lease
-/// could have been revoked.
+/// could have been revoked. On a cluster member the lead member renews it
+/// (only its deadlines count).
 async fn keep_alive(
     context: &ServiceContext,
     requests: &mut RequestStream,
     responses: &mut ResponseSink,
 ) -> Result<(), Status> {
-    let leases = context.write_path.space().leases();
     while let Some(request) = requests.next::<LeaseKeepAliveRequest>().await? {
         let mut response = LeaseKeepAliveResponse {
             id: request.id,
             ..Default::default()
         };
         context.fill_header(&mut response.header);
-        response.ttl = leases.renew(request.id, Instant::now()).unwrap_or(0);
+        response.ttl = context.write_path.renew_lease(request.id).await?;
         if response.ttl > 0 {
             context
                 .metrics
@@ -131,12 +131,14 @@ async fn keep_alive(
     Ok(())
 }
 
-fn time_to_live(
+/// The remaining TTL is the lead member's (a cluster member asks it); the
+/// keys are this member's.
+async fn time_to_live(
     context: &ServiceContext,
     request: LeaseTimeToLiveRequest,
 ) -> Result<LeaseTimeToLiveResponse, Status> {
     let space = context.write_path.space();
-    let mut response = match space.leases().status(request.id, Instant::now()) {
+    let mut response = match context.write_path.lease_status(request.id).await? {
         // etcd answers an unknown lease with TTL -1, not an error.
         None => LeaseTimeToLiveResponse {
             id: request.id,

@@ -16,6 +16,7 @@ pub mod disk_space;
 #[cfg(test)]
 mod disk_space_tests;
 pub mod durable_loss;
+pub mod forwarding;
 pub mod frontier;
 #[cfg(test)]
 mod group_twin_tests;
@@ -30,6 +31,8 @@ pub mod recovery;
 mod recovery_faults;
 pub mod snapshot_schedule;
 pub mod snapshotting;
+#[cfg(test)]
+pub(crate) mod test_cluster;
 #[cfg(test)]
 pub(crate) mod test_worker;
 #[cfg(test)]
@@ -57,7 +60,7 @@ pub use snapshot_schedule::SnapshotSchedule;
 pub const SHARD_QUEUE_CAPACITY: usize = 1024;
 
 /// A write's result: the response and the revision it took, if any.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WriteOutcome {
     pub response: WriteResponse,
     pub revision: Option<i64>,

@@ -1,13 +1,19 @@
-//! Three cluster members of two shards each, in one process: every
-//! shard's three workers are one Raft group, messages travel through an
-//! in-memory router that can cut a member off, and each member runs the
-//! lead member's duty (`lead_member`). A client writes puts and two-shard
-//! transactions through whichever member takes writes; the lead member is
-//! isolated and healed several times, so leadership moves and the new lead
-//! member voids what the old one left incomplete. Afterwards every member
-//! holds the same history, every acknowledged write at the revision it was
-//! acknowledged with, revisions acknowledged in increasing order, and no
-//! write that was refused.
+//! Three cluster members of two shards each, in one process
+//! (`test_cluster`): every shard's three workers are one Raft group,
+//! messages and forwarded calls travel through an in-memory network that
+//! can cut a member off, and each member runs the lead member's duty
+//! (`lead_member`). A client writes puts and two-shard transactions; the
+//! lead member is isolated and healed several times, so leadership moves
+//! and the new lead member voids what the old one left incomplete.
+//! Afterwards every member holds the same history, every acknowledged
+//! write at the revision it was acknowledged with, revisions acknowledged
+//! in increasing order, and no write that was refused.
+//!
+//! The scenario runs twice: with writes sent to whichever member takes
+//! them (the others refuse), and with writes sent to members that do not
+//! take them, which forward them to the lead member (`forwarding`); a
+//! forwarded write is readable on the member it was sent to once
+//! acknowledged.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,34 +22,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
-use raft::eraftpb::Message;
 
-use super::ShardCommand;
-use super::peers::PeerOutbox;
-use super::test_worker::{TestMember, start_test_member};
+use super::test_cluster::{TestCluster, TestMember};
 use crate::proto::etcdserverpb::{PutRequest, RequestOp, TxnRequest, request_op};
 use crate::store::content_hash::hash_stored;
 use crate::store::error::KvError;
 use crate::store::write::WriteRequest;
 use crate::test_support::{Prng, run_on_monoio as run};
-
-/// Messages between members (with their group), and who is cut off.
-#[derive(Default)]
-struct Router {
-    queue: RefCell<Vec<(usize, Message)>>,
-    isolated: RefCell<BTreeSet<u64>>,
-}
-
-struct Outbox {
-    router: Rc<Router>,
-    shard: usize,
-}
-
-impl PeerOutbox for Outbox {
-    fn send(&self, message: Message) {
-        self.router.queue.borrow_mut().push((self.shard, message));
-    }
-}
 
 type Answer = oneshot::Receiver<Result<i64, KvError>>;
 
@@ -57,16 +42,28 @@ enum Fate {
     /// No answer in time; the answer may still come (looked at once the
     /// cluster has settled).
     Late(Answer),
+    /// "request timed out": it may or may not have happened.
+    TimedOut,
 }
 
 /// Starts a write through `member` as a task of its own (so a late answer
-/// still arrives).
+/// still arrives). Once acknowledged, the write is readable on `member`
+/// (read-your-writes on the member written through).
 fn start_write(member: &TestMember, request: WriteRequest) -> Answer {
     let (reply, answer) = oneshot::channel();
     let write_path = member.write_path.clone();
+    let id = member.id;
     monoio::spawn(async move {
         let outcome = write_path.write(request).await;
-        let _ = reply.send(outcome.map(|outcome| outcome.revision.unwrap_or(0)));
+        let revision = outcome.map(|outcome| outcome.revision.unwrap_or(0));
+        if let Ok(revision) = revision {
+            let readable = write_path.space().clock().watermark();
+            assert!(
+                readable >= revision,
+                "revision {revision} acknowledged by member {id}, which reads at {readable}"
+            );
+        }
+        let _ = reply.send(revision);
     });
     answer
 }
@@ -98,57 +95,41 @@ fn put(key: &Bytes, value: &Bytes) -> RequestOp {
 
 #[test]
 fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
-    let directory = tempfile::tempdir().expect("temp dir");
-    let mut random = Prng::from_env(
-        "WORKER_CLUSTER_SEED",
+    failover_scenario(
         "a_three_member_cluster_keeps_acknowledged_writes_across_failovers",
+        false,
     );
+}
+
+#[test]
+fn writes_forwarded_by_any_member_survive_failovers() {
+    failover_scenario("writes_forwarded_by_any_member_survive_failovers", true);
+}
+
+/// The scenario of this file; `forwarding`: writes go to members that do
+/// not take them (see the top).
+fn failover_scenario(name: &str, forwarding: bool) {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut random = Prng::from_env("WORKER_CLUSTER_SEED", name);
     run(async move {
-        let router = Rc::new(Router::default());
         let voters = [1, 2, 3];
-        let mut members = Vec::new();
-        for id in voters {
-            let router = router.clone();
-            members.push(
-                start_test_member(id, &voters, 2, directory.path(), move |shard| {
-                    Box::new(Outbox {
-                        router: router.clone(),
-                        shard,
-                    })
-                })
-                .await,
-            );
-        }
-        let senders: Vec<_> = members.iter().map(|m| m.senders.clone()).collect();
+        // Forwarded calls give up within a round (`settle_write`).
+        let request_timeout = forwarding.then_some(Duration::from_millis(250));
+        let cluster = TestCluster::start(&voters, 2, directory.path(), request_timeout).await;
+        let members = &cluster.members;
         // The network and the clock: deliver every millisecond, tick every
-        // two, until the test ends (the senders close).
-        let network = router.clone();
+        // two, until the test ends (the members stop).
+        let network = cluster.clone();
         monoio::spawn(async move {
             let mut step = 0u64;
             loop {
                 monoio::time::sleep(Duration::from_millis(1)).await;
                 step += 1;
-                let messages = std::mem::take(&mut *network.queue.borrow_mut());
-                for (shard, message) in messages {
-                    let cut_off = {
-                        let isolated = network.isolated.borrow();
-                        isolated.contains(&message.from) || isolated.contains(&message.to)
-                    };
-                    if cut_off {
-                        continue;
-                    }
-                    let to = message.to as usize - 1;
-                    let peer = ShardCommand::Peer(Box::new(message));
-                    if senders[to][shard].send_async(peer).await.is_err() {
-                        return;
-                    }
+                if !network.deliver().await {
+                    return;
                 }
-                if step.is_multiple_of(2) {
-                    for shard in senders.iter().flat_map(|member| member.iter()) {
-                        if shard.send_async(ShardCommand::Tick).await.is_err() {
-                            return;
-                        }
-                    }
+                if step.is_multiple_of(2) && !network.tick().await {
+                    return;
                 }
             }
         });
@@ -194,9 +175,16 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
             if acknowledged >= 250 {
                 break;
             }
+            // Whoever takes writes now, as far as the client can tell.
+            if let Some(lead) = members.iter().position(|member| member.role.takes_writes()) {
+                leader_hint = lead;
+            }
             // Every 15 rounds cut off whoever leads; now and then heal.
             if round % 15 == 7 {
-                router.isolated.borrow_mut().insert(leader_hint as u64 + 1);
+                cluster
+                    .isolated
+                    .borrow_mut()
+                    .insert(members[leader_hint].id);
                 isolations += 1;
                 // Cut off, it must not answer a linearizable read from
                 // what it has, even while it still believes it leads: it
@@ -218,7 +206,7 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
                     }
                 });
             } else if random.below(8) == 0 {
-                router.isolated.borrow_mut().clear();
+                cluster.isolated.borrow_mut().clear();
             }
             // A few writes at once, so several revisions are in flight
             // when the lead member is cut off.
@@ -234,8 +222,15 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
             }
             let mut pending: Vec<_> = writes.into_iter().map(|write| (write, None)).collect();
             let mut highest_now = acknowledged_before;
-            for attempt in 0..3 {
-                let member = (leader_hint + attempt) % 3;
+            // Forwarding: one attempt through a member that does not take
+            // writes. Else up to three, one per member, until one takes it.
+            let attempts = if forwarding { 1 } else { 3 };
+            for attempt in 0..attempts {
+                let member = if forwarding {
+                    (leader_hint + 1 + random.below(2) as usize) % 3
+                } else {
+                    (leader_hint + attempt) % 3
+                };
                 let mut answers = Vec::new();
                 for ((value, keys), fate) in pending.iter_mut() {
                     if fate.is_some() {
@@ -259,10 +254,12 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
                             );
                             highest_now = highest_now.max(revision);
                             *fate = Some(Fate::Acknowledged(revision));
-                            leader_hint = member;
                         }
                         Ok(Err(KvError::LeaderChanged)) => *fate = Some(Fate::Refused),
-                        Ok(Err(KvError::NotLeader)) => {}
+                        Ok(Err(KvError::RequestTimedOut)) if forwarding => {
+                            *fate = Some(Fate::TimedOut)
+                        }
+                        Ok(Err(KvError::NotLeader)) if !forwarding => {}
                         Ok(Err(other)) => panic!("unexpected answer {other:?}"),
                         // No answer yet: the write may still happen.
                         Err(late) => *fate = Some(Fate::Late(late)),
@@ -300,13 +297,13 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
                 monoio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        router.isolated.borrow_mut().clear();
+        cluster.isolated.borrow_mut().clear();
         // Settle: one more acknowledged write, then every member reads
         // through its revision.
         let mut target = None;
         for _ in 0..500 {
             let marker = Bytes::from_static(b"settled");
-            for member in &members {
+            for member in members {
                 if let Ok(Ok(revision)) = write(
                     member,
                     WriteRequest::Txn(TxnRequest {
@@ -326,7 +323,7 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
         let target = target.expect("no lead member after healing");
-        for member in &members {
+        for member in members {
             let reached = monoio::time::timeout(
                 Duration::from_secs(10),
                 member.space.clock().wait_applied(target),
@@ -342,6 +339,7 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
                 match answer.try_recv() {
                     Ok(Some(Ok(revision))) => *fate = Fate::Acknowledged(revision),
                     Ok(Some(Err(KvError::LeaderChanged))) => *fate = Fate::Refused,
+                    Ok(Some(Err(KvError::RequestTimedOut))) if forwarding => *fate = Fate::TimedOut,
                     Ok(Some(Err(other))) => panic!("unexpected late answer {other:?}"),
                     Ok(None) | Err(_) => continue,
                 }
@@ -404,13 +402,14 @@ fn a_three_member_cluster_keeps_acknowledged_writes_across_failovers() {
                         "acknowledged {value:?} of {key:?} is not at its revision"
                     ),
                     Fate::Refused => assert!(at.is_none(), "{value:?} was refused yet applied"),
-                    Fate::Late(_) => {}
+                    Fate::Late(_) | Fate::TimedOut => {}
                 }
             }
         }
         println!(
-            "{acknowledged} acknowledged ({late_answers} answered late), {} refused, {} unanswered, {isolations} isolations, {linearizable_reads} linearizable reads, revision {target}",
+            "{acknowledged} acknowledged ({late_answers} answered late), {} refused, {} timed out, {} unanswered, {isolations} isolations, {linearizable_reads} linearizable reads, revision {target}",
             count(|fate| matches!(fate, Fate::Refused)),
+            count(|fate| matches!(fate, Fate::TimedOut)),
             count(|fate| matches!(fate, Fate::Late(_)))
         );
     });

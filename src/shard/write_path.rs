@@ -5,9 +5,14 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use futures_channel::oneshot;
 
+use super::forwarding::{Forwarder, RETRY_PAUSE, Route};
 use super::{HeldCommand, ShardCommand, WriteOutcome, run_write};
+use crate::lease::table::LeaseStatus;
+use crate::peer::forward::{ForwardedAnswer, ForwardedCall};
 use crate::store::error::KvError;
 use crate::store::key_space::KeySpace;
 use crate::store::revision::RevisionSlot;
@@ -15,13 +20,15 @@ use crate::store::shard_map::ShardId;
 use crate::store::write::{WriteRequest, touched_ranges};
 
 /// A core's handle for submitting writes to any shard.
-#[derive(Clone)]
 pub struct WritePath {
     space: Arc<KeySpace>,
     /// One sender per shard, indexed by shard id.
     senders: Arc<[flume::Sender<ShardCommand>]>,
     /// This core's revision slot, for writes this core coordinates.
     slot: RevisionSlot,
+    /// A cluster member's way to the lead member; `None` alone, where
+    /// every write is carried out here.
+    forwarder: Option<Forwarder>,
 }
 
 impl WritePath {
@@ -29,11 +36,13 @@ impl WritePath {
         space: Arc<KeySpace>,
         senders: Arc<[flume::Sender<ShardCommand>]>,
         slot: RevisionSlot,
+        forwarder: Option<Forwarder>,
     ) -> Rc<Self> {
         Rc::new(Self {
             space,
             senders,
             slot,
+            forwarder,
         })
     }
 
@@ -41,10 +50,151 @@ impl WritePath {
         &self.space
     }
 
-    /// Runs `request` and returns once its effects are visible to every
-    /// reader (the watermark has reached its revision), so a client that
-    /// reads after the reply sees its write.
+    /// Runs `request` on the member that takes writes and returns once
+    /// its effects are visible to every reader here (the watermark has
+    /// reached its revision), so a client that reads after the reply sees
+    /// its write.
     pub async fn write(self: &Rc<Self>, request: WriteRequest) -> Result<WriteOutcome, KvError> {
+        match self.carry_out(ForwardedCall::Write(request)).await? {
+            ForwardedAnswer::Written(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Logs a lease grant on the lease's home shard; returns once the lease
+    /// is durable and in the table.
+    pub async fn grant_lease(self: &Rc<Self>, id: i64, ttl_seconds: i64) -> Result<(), KvError> {
+        match self
+            .carry_out(ForwardedCall::GrantLease { id, ttl_seconds })
+            .await?
+        {
+            ForwardedAnswer::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Compacts every shard at `revision` after etcd's checks. Returns once
+    /// every shard logged the compaction durably; with `physical` (etcd's
+    /// flag), once every shard also freed the history below it.
+    pub async fn compact(self: &Rc<Self>, revision: i64, physical: bool) -> Result<(), KvError> {
+        match self
+            .carry_out(ForwardedCall::Compact { revision, physical })
+            .await?
+        {
+            ForwardedAnswer::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A keep-alive: the lease's TTL once renewed, 0 when it is unknown
+    /// (or expired). Only the lead member's deadlines count.
+    pub async fn renew_lease(self: &Rc<Self>, id: i64) -> Result<i64, KvError> {
+        match self.carry_out(ForwardedCall::RenewLease { id }).await? {
+            ForwardedAnswer::Renewed { ttl_seconds } => Ok(ttl_seconds),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A lease's TTLs as the lead member's deadlines say; `None`: unknown.
+    pub async fn lease_status(self: &Rc<Self>, id: i64) -> Result<Option<LeaseStatus>, KvError> {
+        match self.carry_out(ForwardedCall::LeaseStatus { id }).await? {
+            ForwardedAnswer::LeaseStatus(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Carries `call` out where writes are taken: here alone or on the
+    /// lead member, else forwarded to it. While no member takes writes
+    /// (an election), or one refuses the call before doing anything
+    /// (`NotLeader`: leadership just moved), it is tried again until the
+    /// request timeout, which then answers "request timed out", as etcd.
+    async fn carry_out(self: &Rc<Self>, call: ForwardedCall) -> Result<ForwardedAnswer, KvError> {
+        let Some(forwarder) = &self.forwarder else {
+            return self.carry_out_here(call).await;
+        };
+        let deadline = Instant::now() + forwarder.request_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = match forwarder.route() {
+                Route::Here => monoio::time::timeout(left, self.carry_out_here(call.clone()))
+                    .await
+                    .unwrap_or(Err(KvError::RequestTimedOut)),
+                Route::Forward(lead) => match forwarder.call(lead, call.clone(), deadline).await {
+                    Ok(answer) => self.readable_here(answer, deadline).await,
+                    Err(error) => Err(error),
+                },
+                Route::Wait => Err(KvError::NotLeader),
+            };
+            match attempt {
+                Err(KvError::NotLeader) if Instant::now() + RETRY_PAUSE < deadline => {
+                    monoio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(KvError::NotLeader) => return Err(KvError::RequestTimedOut),
+                other => return other,
+            }
+        }
+    }
+
+    /// What the lead member answered, once a write it reports is readable
+    /// on this member too (it is committed, so it comes; a member cut off
+    /// since times out).
+    async fn readable_here(
+        &self,
+        answer: ForwardedAnswer,
+        deadline: Instant,
+    ) -> Result<ForwardedAnswer, KvError> {
+        match answer {
+            ForwardedAnswer::Failed(error) => Err(error),
+            ForwardedAnswer::Written(outcome) => {
+                if let Some(revision) = outcome.revision {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let clock = self.space.clock();
+                    monoio::time::timeout(left, clock.wait_applied(revision))
+                        .await
+                        .map_err(|_| KvError::RequestTimedOut)?;
+                }
+                Ok(ForwardedAnswer::Written(outcome))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Carries `call` out on this member, which must take writes (a
+    /// cluster member that does not refuses with `NotLeader`). What the
+    /// lead member runs for calls forwarded to it.
+    pub async fn carry_out_here(
+        self: &Rc<Self>,
+        call: ForwardedCall,
+    ) -> Result<ForwardedAnswer, KvError> {
+        if let Some(forwarder) = &self.forwarder
+            && !forwarder.role.takes_writes()
+        {
+            return Err(KvError::NotLeader);
+        }
+        let leases = self.space.leases();
+        Ok(match call {
+            ForwardedCall::Write(request) => {
+                ForwardedAnswer::Written(self.write_here(request).await?)
+            }
+            ForwardedCall::GrantLease { id, ttl_seconds } => {
+                self.grant_lease_here(id, ttl_seconds).await?;
+                ForwardedAnswer::Done
+            }
+            ForwardedCall::Compact { revision, physical } => {
+                self.compact_here(revision, physical).await?;
+                ForwardedAnswer::Done
+            }
+            ForwardedCall::RenewLease { id } => ForwardedAnswer::Renewed {
+                ttl_seconds: leases.renew(id, Instant::now()).unwrap_or(0),
+            },
+            ForwardedCall::LeaseStatus { id } => {
+                ForwardedAnswer::LeaseStatus(leases.status(id, Instant::now()))
+            }
+        })
+    }
+
+    /// Runs `request` on this member's shards (see [`Self::write`]).
+    async fn write_here(self: &Rc<Self>, request: WriteRequest) -> Result<WriteOutcome, KvError> {
         let participants: BTreeSet<ShardId> = touched_ranges(&request)
             .iter()
             .flat_map(|range| self.space.shards_for(range))
@@ -125,9 +275,7 @@ impl WritePath {
         Ok(confirmed)
     }
 
-    /// Logs a lease grant on the lease's home shard; returns once the lease
-    /// is durable and in the table.
-    pub async fn grant_lease(&self, id: i64, ttl_seconds: i64) -> Result<(), KvError> {
+    async fn grant_lease_here(&self, id: i64, ttl_seconds: i64) -> Result<(), KvError> {
         let shard = crate::lease::home_shard(self.space.shard_map(), id);
         let (reply, granted) = oneshot::channel();
         self.send(
@@ -277,14 +425,10 @@ impl WritePath {
         Ok(())
     }
 
-    /// Compacts every shard at `revision` after etcd's checks. Returns once
-    /// every shard logged the compaction durably; with `physical` (etcd's
-    /// flag), once every shard also freed the history below it.
-    ///
     /// Runs as a task of its own, like a multi-shard write's coordinator:
     /// a Compact call whose client goes away is canceled, and a compaction
     /// point raised with only some shards told would be torn.
-    pub async fn compact(self: &Rc<Self>, revision: i64, physical: bool) -> Result<(), KvError> {
+    async fn compact_here(self: &Rc<Self>, revision: i64, physical: bool) -> Result<(), KvError> {
         let this = self.clone();
         monoio::spawn(async move { this.compact_every_shard(revision, physical).await }).await
     }
@@ -309,4 +453,15 @@ impl WritePath {
         }
         Ok(())
     }
+}
+
+/// An answer of the wrong kind for its call: only a peer that breaks the
+/// protocol sends one. The client learns what it would had the answer
+/// never come.
+fn unexpected(answer: ForwardedAnswer) -> KvError {
+    tracing::warn!(
+        ?answer,
+        "the lead member answered a call with the wrong kind of answer"
+    );
+    KvError::RequestTimedOut
 }

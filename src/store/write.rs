@@ -35,7 +35,7 @@ use crate::proto::mvccpb::KeyValue;
 pub const LATEST: i64 = i64::MAX;
 
 /// A write request as the store sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum WriteRequest {
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),

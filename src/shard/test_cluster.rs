@@ -1,0 +1,244 @@
+//! A cluster in one process, for deterministic tests: members of
+//! `shard_count` groups over storage-device twins, their clocks and roles
+//! as cluster members', the lead member's duty and forwarded calls
+//! running on the current executor, and an in-memory network between
+//! them: one queue per ordered member pair (what `PeerRoutes` and
+//! `Forwarder` send into), delivered through each member's `PeerInbox`
+//! unless either end is cut off.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::disk_space::DiskSpaceGuard;
+use super::forwarding::{ForwardTable, Forwarder, carry_out_forwarded_calls};
+use super::frontier::DurableFrontier;
+use super::lead_member::MemberRole;
+use super::raft_group::GroupConfig;
+use super::recovery::read_shard_log;
+use super::test_worker::{OPTIONS, start_empty_group};
+use super::write_path::WritePath;
+use super::{ShardCommand, ShardWorker, SnapshotSchedule};
+use crate::lease::table::LeaseTable;
+use crate::metrics::CoreMetrics;
+use crate::peer::frame::Batch;
+use crate::peer::transport::{Outgoing, PeerInbox, PeerRoutes};
+use crate::store::key_space::KeySpace;
+use crate::store::revision::RevisionClock;
+use crate::store::shard_map::ShardMap;
+use crate::wal::MemoryDevice;
+
+/// One member of a [`TestCluster`].
+pub struct TestMember {
+    pub id: u64,
+    pub space: Arc<KeySpace>,
+    pub senders: Arc<[flume::Sender<ShardCommand>]>,
+    pub write_path: Rc<WritePath>,
+    pub role: Arc<MemberRole>,
+    /// Where the network hands what other members sent it.
+    inbox: PeerInbox,
+}
+
+pub struct TestCluster {
+    pub members: Vec<TestMember>,
+    /// `(from, to, queue)` for every ordered pair of members.
+    links: Vec<(u64, u64, flume::Receiver<Outgoing>)>,
+    /// Members cut off: whatever they send or are sent is lost.
+    pub isolated: RefCell<BTreeSet<u64>>,
+    /// Raft messages taken from the links in the last round, delivered in
+    /// the next: Raft traffic is a round slower than forwarded calls and
+    /// answers, as when a follower's workers are behind, so a forwarded
+    /// write's answer often arrives before its member applied the write.
+    raft_in_flight: RefCell<Vec<(u64, u64, Batch)>>,
+}
+
+/// Ticks every group's workers need between elections (`GroupConfig`).
+const ELECTION_TICKS: std::ops::Range<usize> = 10..20;
+
+impl TestCluster {
+    /// Members `voters` of `shard_count` groups each. With
+    /// `request_timeout`, a member that does not take writes forwards them
+    /// to the lead member (and gives up after that long); without, it
+    /// refuses them with `NotLeader`.
+    pub async fn start(
+        voters: &[u64],
+        shard_count: usize,
+        snapshots: &std::path::Path,
+        request_timeout: Option<Duration>,
+    ) -> Rc<Self> {
+        let mut links = Vec::new();
+        let mut members = Vec::new();
+        for &member_id in voters {
+            let mut queues = BTreeMap::new();
+            for &to in voters.iter().filter(|to| **to != member_id) {
+                let (queue, receiver) = flume::unbounded();
+                queues.insert(to, queue);
+                links.push((member_id, to, receiver));
+            }
+            let config = GroupConfig {
+                member_id,
+                voters: voters.to_vec(),
+                election_ticks: ELECTION_TICKS,
+                pre_vote: true,
+            };
+            members.push(
+                start_member(
+                    &config,
+                    shard_count,
+                    snapshots,
+                    Rc::new(queues),
+                    request_timeout,
+                )
+                .await,
+            );
+        }
+        Rc::new(Self {
+            members,
+            links,
+            isolated: RefCell::default(),
+            raft_in_flight: RefCell::default(),
+        })
+    }
+
+    /// One round of the network: hands on the Raft messages taken in the
+    /// last round and the calls and answers queued now, between members
+    /// that are both connected, and drops the rest. `false` once the
+    /// members are gone.
+    pub async fn deliver(&self) -> bool {
+        let mut batches = std::mem::take(&mut *self.raft_in_flight.borrow_mut());
+        for (from, to, queue) in &self.links {
+            let (mut raft, mut calls) = (Batch::default(), Batch::default());
+            for outgoing in queue.try_iter() {
+                match outgoing {
+                    Outgoing::Raft(shard, message) => raft.messages.push((shard, message)),
+                    Outgoing::Request(request) => calls.requests.push(request),
+                    Outgoing::Reply(reply) => calls.replies.push(reply),
+                }
+            }
+            self.raft_in_flight.borrow_mut().push((*from, *to, raft));
+            batches.push((*from, *to, calls));
+        }
+        for (from, to, batch) in batches {
+            let cut_off = {
+                let isolated = self.isolated.borrow();
+                isolated.contains(&from) || isolated.contains(&to)
+            };
+            if cut_off || batch == Batch::default() {
+                continue;
+            }
+            let member = &self.members[self.index_of(to)];
+            if !matches!(member.inbox.deliver(from, batch).await, Ok(true)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One tick to every group of every member.
+    pub async fn tick(&self) -> bool {
+        for shard in self.members.iter().flat_map(|member| member.senders.iter()) {
+            if shard.send_async(ShardCommand::Tick).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn index_of(&self, member_id: u64) -> usize {
+        self.members
+            .iter()
+            .position(|member| member.id == member_id)
+            .expect("a member of the cluster")
+    }
+}
+
+/// Starts one member: its groups over fresh devices, the lead member's
+/// duty, and (with `request_timeout`) its forwarding both ways.
+async fn start_member(
+    config: &GroupConfig,
+    shard_count: usize,
+    snapshots: &std::path::Path,
+    queues: Rc<BTreeMap<u64, flume::Sender<Outgoing>>>,
+    request_timeout: Option<Duration>,
+) -> TestMember {
+    let member_id = config.member_id;
+    let mut wals = Vec::new();
+    for _ in 0..shard_count {
+        let log = read_shard_log(0, MemoryDevice::new(), 0)
+            .await
+            .expect("read");
+        let wal = log.reading.resume(OPTIONS).await.expect("resume");
+        wals.push(wal);
+    }
+    let frontier = Arc::new(DurableFrontier::new(
+        wals.iter().map(|wal| (wal.log_id(), 0)),
+    ));
+    let clock = RevisionClock::for_cluster(1, 1, shard_count, 1);
+    let space = KeySpace::new(
+        ShardMap::new(shard_count, 1),
+        clock.clone(),
+        LeaseTable::for_member(member_id),
+    );
+    let slot = clock.slot(0);
+    let role = MemberRole::new(member_id, shard_count);
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..shard_count).map(|_| flume::bounded(1024)).unzip();
+    let senders: Arc<[flume::Sender<ShardCommand>]> = senders.into();
+    for (shard, (wal, commands)) in wals.into_iter().zip(receivers).enumerate() {
+        let group = start_empty_group(wal, shard, &frontier, snapshots, config).await;
+        let schedule =
+            SnapshotSchedule::new(u64::MAX, snapshots.to_owned(), senders[shard].clone());
+        let outbox = PeerRoutes {
+            shard: shard as u32,
+            queues: queues.clone(),
+            dropped: Rc::default(),
+        };
+        let worker = ShardWorker::new(
+            shard,
+            space.clone(),
+            slot.clone(),
+            group,
+            schedule,
+            Rc::new(CoreMetrics::new(false)),
+            DiskSpaceGuard::new(shard, None, OPTIONS.segment_bytes),
+        )
+        .with_peers(Box::new(outbox))
+        .with_role(role.clone());
+        monoio::spawn(worker.run(commands));
+    }
+    monoio::spawn(super::lead_member::run(
+        role.clone(),
+        space.clone(),
+        senders.clone(),
+        Duration::from_millis(5),
+    ));
+    let table = ForwardTable::new();
+    let forwarder = request_timeout.map(|request_timeout| Forwarder {
+        role: role.clone(),
+        queues: queues.clone(),
+        table: table.clone(),
+        request_timeout,
+    });
+    let write_path = WritePath::new(space.clone(), senders.clone(), slot, forwarder);
+    let (calls, forwarded_calls) = flume::unbounded();
+    monoio::spawn(carry_out_forwarded_calls(
+        write_path.clone(),
+        forwarded_calls,
+        queues,
+        request_timeout.unwrap_or(Duration::from_secs(1)),
+    ));
+    TestMember {
+        id: member_id,
+        inbox: PeerInbox {
+            shards: senders.iter().cloned().collect(),
+            calls,
+            waiting: table,
+        },
+        space,
+        senders,
+        write_path,
+        role,
+    }
+}
