@@ -832,3 +832,59 @@ fn a_follower_serves_writes_leases_locks_and_compaction() {
         }
     });
 }
+
+/// A member cut off from a quorum says so on `/health` (etcd: a read
+/// through Raft fails, or no leader is known), while the serializable
+/// form still passes; once the others are back it is healthy again.
+#[test]
+fn a_member_cut_off_from_a_quorum_reports_unhealthy() {
+    let cluster = Cluster::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
+    runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
+    let watched = &cluster.members[0];
+    let health = |path: &str| {
+        let url = format!("http://127.0.0.1:{}", watched.metrics_port);
+        common::http_request(&url, "GET", path)
+    };
+    let (status, body) = health("/health");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
+    cluster.signal(1, libc::SIGSTOP);
+    cluster.signal(2, libc::SIGSTOP);
+    // Within a few election timeouts the member cannot confirm a read.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (status, body) = health("/health");
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a member without a quorum still reports {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        body.contains(r#""health":"false""#)
+            && (body.contains("RAFT NO LEADER") || body.contains("RANGE ERROR")),
+        "unexpected body {body}"
+    );
+    let (status, _) = health("/health?serializable=true");
+    assert_eq!(status, 200, "a serializable health check needs no quorum");
+    cluster.signal(1, libc::SIGCONT);
+    cluster.signal(2, libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health("/health").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the member did not become healthy again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -84,13 +84,20 @@ async fn probe_reply(
 }
 
 /// etcd 3.4's `/health`: any raised alarm not `?exclude=`d fails it
-/// ("ALARM NOSPACE"), then a read must succeed: linearizable unless
-/// `?serializable=true`.
+/// ("ALARM NOSPACE"), then a cluster member that knows no lead member
+/// ("RAFT NO LEADER", unless `?serializable=true`), then a read must
+/// succeed: linearizable unless `?serializable=true` (on a cluster member
+/// confirmed with the groups' leaders, so a member cut off from a quorum
+/// is unhealthy).
 async fn health_reply(node: &NodeHandles, query: &Query) -> Reply {
     let failure = match node.raised_alarms(&query.exclude).first() {
         Some(alarm) => {
             node.count_health(false);
             Some(format!("ALARM {}", alarm.as_str_name()))
+        }
+        None if !query.serializable && node.knows_no_leader() => {
+            node.count_health(false);
+            Some("RAFT NO LEADER".to_owned())
         }
         None => {
             let read = if query.serializable {

@@ -44,6 +44,10 @@ pub struct NodeHandles {
     /// etcd's `etcd_server_health_success` / `_failures`.
     pub health_passed: AtomicU64,
     pub health_failed: AtomicU64,
+    /// A cluster member's role: whether a lead member is known, and that a
+    /// linearizable check must be confirmed with the groups' leaders.
+    /// `None` alone.
+    pub role: Option<Arc<crate::shard::lead_member::MemberRole>>,
 }
 
 impl NodeHandles {
@@ -143,6 +147,9 @@ impl NodeHandles {
         match check {
             Check::SerializableRead => self.probe_cores().await,
             Check::LinearizableRead => {
+                if self.role.is_some() {
+                    self.confirm_with_group_leaders().await?;
+                }
                 let clock = self.space.clock();
                 let at = clock.wait_applied(clock.current()).await;
                 let key =
@@ -164,6 +171,37 @@ impl NodeHandles {
                     .map_err(|error| format!("the probe write did not finish: {error}"))?
             }
         }
+    }
+
+    /// Whether this is a cluster member that knows no lead member (etcd's
+    /// "RAFT NO LEADER").
+    pub fn knows_no_leader(&self) -> bool {
+        self.role
+            .as_ref()
+            .is_some_and(|role| role.lead_member() == 0)
+    }
+
+    /// A cluster member's linearizable barrier (Raft's ReadIndex, as
+    /// `WritePath::confirm_reads`): every group's leader confirms with a
+    /// quorum that it still leads, and this member applies through the
+    /// commit index it names. A member cut off from a quorum cannot pass
+    /// it (etcd's QGET through Raft fails there too). Asks a group again
+    /// while its leader changes; the caller bounds the time.
+    async fn confirm_with_group_leaders(&self) -> Result<(), String> {
+        for (shard, commands) in self.shard_senders.iter().enumerate() {
+            loop {
+                let (done, confirmed) = oneshot::channel();
+                commands
+                    .send_async(ShardCommand::ReadIndex { done })
+                    .await
+                    .map_err(|_| format!("shard {shard} has stopped"))?;
+                if confirmed.await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(())
     }
 
     async fn probe_cores(&self) -> Result<(), String> {

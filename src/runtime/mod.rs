@@ -410,6 +410,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             minimum_free_bytes: config.wal_options.segment_bytes,
             health_passed: Default::default(),
             health_failed: Default::default(),
+            role: member.as_ref().map(|member| member.role.clone()),
         },
     )
     .map_err(StartError::Monitor)?;
