@@ -398,7 +398,10 @@ fn frame_bytes(records: &[&[u8]], frame_sequence: u64, first_record: u64, log_id
 
 /// `[mode][chunking plan][handshake][frames...]`: a dialer's first bytes.
 fn peer_frame(directory: &Path) {
+    use metastore::peer::forward::{ForwardReply, ForwardRequest, ForwardedAnswer, ForwardedCall};
     use metastore::peer::frame::{Batch, Hello};
+    use metastore::store::error::KvError;
+    use metastore::store::write::WriteRequest;
     use raft::eraftpb::{Entry, Message, MessageType};
     let mut stream = Vec::new();
     Hello {
@@ -421,9 +424,34 @@ fn peer_frame(directory: &Path) {
     (heartbeat.to, heartbeat.from, heartbeat.term) = (1, 2, 3);
     Batch {
         messages: vec![(0, append), (3, heartbeat)],
+        ..Default::default()
     }
     .encode(&mut stream);
     Batch::default().encode(&mut stream);
+    // Forwarded calls and answers (`peer::forward`).
+    let put = metastore::proto::etcdserverpb::PutRequest {
+        key: Bytes::from_static(b"key"),
+        value: Bytes::from_static(b"value"),
+        ..Default::default()
+    };
+    Batch {
+        requests: vec![
+            ForwardRequest {
+                id: 1,
+                call: ForwardedCall::Write(WriteRequest::Put(put)),
+            },
+            ForwardRequest {
+                id: 2,
+                call: ForwardedCall::RenewLease { id: 7 },
+            },
+        ],
+        replies: vec![ForwardReply {
+            id: 9,
+            answer: ForwardedAnswer::Failed(KvError::NotLeader),
+        }],
+        ..Default::default()
+    }
+    .encode(&mut stream);
     write(
         directory,
         "handshake-and-frames",
