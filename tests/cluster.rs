@@ -42,7 +42,7 @@ impl Member {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
-    fn arguments(&self, initial_cluster: &str, timing: Timing) -> Vec<String> {
+    fn arguments(&self, initial_cluster: &str, timing: Timing, extra: &[String]) -> Vec<String> {
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         [
             "--name",
@@ -72,6 +72,7 @@ impl Member {
             "--election-timeout".to_owned(),
             timing.election_ms.to_string(),
         ])
+        .chain(extra.iter().cloned())
         .collect()
     }
 }
@@ -93,6 +94,8 @@ struct Cluster {
     members: Vec<Member>,
     initial_cluster: String,
     timing: Timing,
+    /// More flags for every member.
+    extra: Vec<String>,
 }
 
 impl Cluster {
@@ -101,6 +104,10 @@ impl Cluster {
     }
 
     fn start_with(timing: Timing) -> Cluster {
+        Cluster::start_with_flags(timing, &[])
+    }
+
+    fn start_with_flags(timing: Timing, extra: &[&str]) -> Cluster {
         let members: Vec<Member> = (0..MEMBERS)
             .map(|index| Member {
                 name: format!("m{index}"),
@@ -120,6 +127,7 @@ impl Cluster {
             members,
             initial_cluster,
             timing,
+            extra: extra.iter().map(|flag| flag.to_string()).collect(),
         };
         // All at once: a member answers a linearizable read (the readiness
         // probe) only once a quorum is up.
@@ -128,7 +136,8 @@ impl Cluster {
                 .members
                 .iter()
                 .map(|member| {
-                    let arguments = member.arguments(&cluster.initial_cluster, timing);
+                    let arguments =
+                        member.arguments(&cluster.initial_cluster, timing, &cluster.extra);
                     scope.spawn(move || {
                         MetastoreServer::start_exact(
                             &arguments,
@@ -154,7 +163,7 @@ impl Cluster {
 
     fn restart(&mut self, index: usize) {
         let member = &mut self.members[index];
-        let arguments = member.arguments(&self.initial_cluster, self.timing);
+        let arguments = member.arguments(&self.initial_cluster, self.timing, &self.extra);
         let server =
             MetastoreServer::start_exact(&arguments, member.client_port, member.metrics_port)
                 .unwrap_or_else(|error| panic!("member {} did not start: {error}", member.name));
@@ -887,4 +896,96 @@ fn a_member_cut_off_from_a_quorum_reports_unhealthy() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A member that was down while the others' logs moved past their
+/// snapshots catches up from the leaders' snapshots (streamed in chunks
+/// over the peer transport), serves the same history as the others, and
+/// still does after it is killed and restarted again (its log restored
+/// after the installed snapshot).
+#[test]
+fn a_member_down_past_the_snapshots_catches_up_from_them() {
+    let mut cluster = Cluster::start_with_flags(FAST, &["--snapshot-count", "50"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
+    let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
+    let behind = (lead + 1) % MEMBERS;
+    cluster.kill(behind);
+    let written = runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[lead]], None)
+            .await
+            .expect("connect");
+        let mut newest = 0;
+        for round in 0..600 {
+            let key = format!("key{}", round % 40);
+            let value = format!("value{round}");
+            let response = if round % 3 == 0 {
+                let other = format!("key{}", (round + 17) % 40);
+                client
+                    .txn(Txn::new().and_then([
+                        TxnOp::put(key.as_str(), value.as_str(), None),
+                        TxnOp::put(other.as_str(), value.as_str(), None),
+                    ]))
+                    .await
+                    .expect("txn")
+                    .header()
+                    .map(|header| header.revision())
+            } else {
+                client
+                    .put(key.as_str(), value.as_str(), None)
+                    .await
+                    .expect("put")
+                    .header()
+                    .map(|header| header.revision())
+            };
+            newest = newest.max(response.unwrap_or(0));
+        }
+        newest
+    });
+    cluster.restart(behind);
+    let converged = |cluster: &Cluster| {
+        runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if served_revision(&cluster.members[behind].endpoint()).await >= Some(written) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the member behind did not catch up to revision {written}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut histories = Vec::new();
+            for endpoint in [&endpoints[lead], &endpoints[behind]] {
+                histories.push(store_history(endpoint, written).await.expect("history"));
+            }
+            assert!(
+                histories[0] == histories[1],
+                "the member behind holds another history"
+            );
+        })
+    };
+    converged(&cluster);
+    let installed: usize = (0..2)
+        .map(|shard| {
+            let directory = cluster.members[behind]
+                .data_dir
+                .path()
+                .join("shards")
+                .join(format!("{shard:04}"))
+                .join("snap");
+            std::fs::read_dir(&directory)
+                .map(|entries| entries.count())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(installed > 0, "the member caught up without a snapshot");
+    // Its log now starts after the installed snapshots.
+    cluster.kill(behind);
+    cluster.restart(behind);
+    converged(&cluster);
 }

@@ -10,6 +10,7 @@ use raft::eraftpb::Message;
 use thiserror::Error;
 
 use super::forward::{ForwardReply, ForwardRequest, WireAnswer, WireCall};
+use super::snapshot_stream::{SnapshotChunk, WireSnapshotChunk};
 
 /// First bytes of every peer connection: "MSPEER", a zero, the version.
 pub const MAGIC: [u8; 8] = *b"MSPEER\x00\x01";
@@ -138,6 +139,9 @@ pub struct Batch {
     pub requests: Vec<ForwardRequest>,
     /// Answers to calls the receiving member forwarded.
     pub replies: Vec<ForwardReply>,
+    /// Pieces of a snapshot (on a connection of their own,
+    /// `super::snapshot_stream`).
+    pub snapshot_chunks: Vec<SnapshotChunk>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -148,6 +152,8 @@ struct WireBatch {
     requests: Vec<WireCall>,
     #[prost(message, repeated, tag = "3")]
     replies: Vec<WireAnswer>,
+    #[prost(message, repeated, tag = "4")]
+    snapshot_chunks: Vec<WireSnapshotChunk>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -176,6 +182,11 @@ impl Batch {
                 .collect(),
             requests: self.requests.iter().map(ForwardRequest::to_wire).collect(),
             replies: self.replies.iter().map(ForwardReply::to_wire).collect(),
+            snapshot_chunks: self
+                .snapshot_chunks
+                .iter()
+                .map(SnapshotChunk::to_wire)
+                .collect(),
         };
         let body = wire.encode_to_vec();
         buffer.put_u32(body.len() as u32);
@@ -220,10 +231,16 @@ impl Batch {
             .into_iter()
             .map(ForwardReply::from_wire)
             .collect::<Result<_, _>>()?;
+        let snapshot_chunks = wire
+            .snapshot_chunks
+            .into_iter()
+            .map(SnapshotChunk::from_wire)
+            .collect::<Result<_, _>>()?;
         let batch = Batch {
             messages,
             requests,
             replies,
+            snapshot_chunks,
         };
         Ok(Some((batch, end)))
     }
@@ -345,6 +362,13 @@ mod tests {
                 replies: vec![ForwardReply {
                     id: 2,
                     answer: ForwardedAnswer::Failed(crate::store::error::KvError::NotLeader),
+                }],
+                snapshot_chunks: vec![SnapshotChunk {
+                    shard: 1,
+                    message: None,
+                    offset: 8,
+                    total: 12,
+                    data: bytes::Bytes::from_static(b"tail"),
                 }],
             },
         ];

@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod frame;
+pub mod snapshot_stream;
 pub mod transport;
 #[cfg(test)]
 mod transport_tests;

@@ -23,6 +23,7 @@ use raft::eraftpb::Message;
 
 use super::forward::{ForwardReply, ForwardRequest};
 use super::frame::{BATCH_TARGET_BYTES, Batch, Hello, HelloAnswer, PeerFrameError};
+use super::snapshot_stream::{SnapshotAssembly, is_snapshot, split};
 use crate::shard::ShardCommand;
 use crate::shard::forwarding::ForwardTable;
 use crate::shard::peers::PeerOutbox;
@@ -96,23 +97,48 @@ impl PeerOutbox for PeerRoutes {
 /// Sends what is queued for member `to` at `address`, until every sender
 /// of the queue is gone: dials, handshakes, then writes batches. A failed
 /// dial or write drops the batch and redials after a backoff (10 ms,
-/// doubling to 1 s).
+/// doubling to 1 s). Snapshots go to a task of their own
+/// ([`send_snapshots_to_peer`]); `shards` hear how each went.
 pub async fn send_to_peer(
     identity: PeerIdentity,
     to: u64,
     address: SocketAddr,
     queue: flume::Receiver<Outgoing>,
+    shards: Rc<[flume::Sender<ShardCommand>]>,
 ) {
+    let (snapshots, snapshot_queue) = flume::bounded(SNAPSHOTS_QUEUED);
+    monoio::spawn(send_snapshots_to_peer(
+        identity,
+        to,
+        address,
+        snapshot_queue,
+        shards.clone(),
+    ));
+    // A snapshot leaves the batch for its own connection.
+    let divert = |item: Outgoing| match item {
+        Outgoing::Raft(shard, message) if is_snapshot(&message) => {
+            if snapshots.try_send((shard, message)).is_err() {
+                report_snapshot(&shards, shard, to, false);
+            }
+            None
+        }
+        other => Some(other),
+    };
     let mut backoff = Duration::from_millis(10);
     let mut connection: Option<TcpStream> = None;
     while let Ok(first) = queue.recv_async().await {
         let mut batch = Batch::default();
-        let mut batch_bytes = first.add_to(&mut batch);
+        let mut batch_bytes = divert(first).map_or(0, |first| first.add_to(&mut batch));
         while batch_bytes < BATCH_TARGET_BYTES {
             let Ok(next) = queue.try_recv() else {
                 break;
             };
-            batch_bytes += next.add_to(&mut batch);
+            if let Some(next) = divert(next) {
+                batch_bytes += next.add_to(&mut batch);
+            }
+        }
+        if batch == Batch::default() {
+            continue;
         }
         let mut frame = Vec::with_capacity(batch_bytes + 64);
         batch.encode(&mut frame);
@@ -138,6 +164,68 @@ pub async fn send_to_peer(
             }
         }
     }
+}
+
+/// Snapshots waiting for a member's snapshot connection; more are
+/// reported failed at once (Raft asks again after a heartbeat).
+const SNAPSHOTS_QUEUED: usize = 4;
+
+/// Tells group `shard`'s worker whether its snapshot reached member `to`.
+fn report_snapshot(shards: &[flume::Sender<ShardCommand>], shard: u32, to: u64, finished: bool) {
+    if let Some(worker) = shards.get(shard as usize) {
+        let _ = worker.try_send(ShardCommand::SnapshotReport { to, finished });
+    }
+}
+
+/// Streams each snapshot queued for member `to` in chunks, on a new
+/// connection per snapshot (so the member pair's main connection keeps
+/// carrying heartbeats), and reports the outcome to the group's worker.
+async fn send_snapshots_to_peer(
+    identity: PeerIdentity,
+    to: u64,
+    address: SocketAddr,
+    queue: flume::Receiver<(u32, Message)>,
+    shards: Rc<[flume::Sender<ShardCommand>]>,
+) {
+    while let Ok((shard, message)) = queue.recv_async().await {
+        let index = message.get_snapshot().get_metadata().index;
+        let bytes = message.get_snapshot().data.len();
+        let sent = stream_snapshot(identity, to, address, shard, message).await;
+        match &sent {
+            Ok(()) => {
+                tracing::info!(
+                    to,
+                    shard,
+                    index,
+                    bytes,
+                    "sent a snapshot to a member behind the log"
+                )
+            }
+            Err(error) => tracing::warn!(to, shard, index, %error, "sending a snapshot failed"),
+        }
+        report_snapshot(&shards, shard, to, sent.is_ok());
+    }
+}
+
+async fn stream_snapshot(
+    identity: PeerIdentity,
+    to: u64,
+    address: SocketAddr,
+    shard: u32,
+    message: Message,
+) -> Result<(), PeerError> {
+    let mut stream = dial(identity, to, address).await?;
+    for chunk in split(shard, message) {
+        let mut frame = Vec::with_capacity(chunk.data.len() + 256);
+        Batch {
+            snapshot_chunks: vec![chunk],
+            ..Default::default()
+        }
+        .encode(&mut frame);
+        let (written, _) = stream.write_all(frame).await;
+        written?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,9 +284,22 @@ pub struct PeerInbox {
 impl PeerInbox {
     /// Hands on what one frame from member `from` carried: each message to
     /// the worker of its shard, each call to the executors, each answer to
-    /// its caller. `Ok(false)`: the workers are gone (the member stops).
-    pub async fn deliver(&self, from: u64, batch: Batch) -> Result<bool, PeerError> {
-        for (shard, message) in batch.messages {
+    /// its caller, each snapshot chunk to the connection's `assembly` (a
+    /// whole snapshot to its worker). `Ok(false)`: the workers are gone
+    /// (the member stops).
+    pub async fn deliver(
+        &self,
+        from: u64,
+        batch: Batch,
+        assembly: &mut SnapshotAssembly,
+    ) -> Result<bool, PeerError> {
+        let mut messages = batch.messages;
+        for chunk in batch.snapshot_chunks {
+            if let Some(whole) = assembly.accept(chunk)? {
+                messages.push(whole);
+            }
+        }
+        for (shard, message) in messages {
             let worker = self
                 .shards
                 .get(shard as usize)
@@ -270,10 +371,14 @@ async fn receive_from_peer(
     if answer != HelloAnswer::Accepted {
         return Err(PeerError::Refused(answer));
     }
+    let mut assembly = SnapshotAssembly::default();
     loop {
         while let Some((batch, used)) = Batch::decode(&reader.buffered)? {
             reader.buffered.drain(..used);
-            if !inbox.deliver(hello.from_member, batch).await? {
+            if !inbox
+                .deliver(hello.from_member, batch, &mut assembly)
+                .await?
+            {
                 // The workers are gone: this member is stopping.
                 return Ok(());
             }

@@ -102,7 +102,13 @@ fn three_workers_replicate_writes_over_loopback_tcp() {
             for peer in members.iter().copied().filter(|peer| *peer != id) {
                 let (queue, outgoing) = flume::bounded(PEER_QUEUE_CAPACITY);
                 queues.insert(peer, queue);
-                monoio::spawn(send_to_peer(identity, peer, addresses[&peer], outgoing));
+                monoio::spawn(send_to_peer(
+                    identity,
+                    peer,
+                    addresses[&peer],
+                    outgoing,
+                    Rc::from(Vec::new()),
+                ));
             }
             let config = GroupConfig {
                 member_id: id,

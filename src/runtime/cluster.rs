@@ -170,8 +170,9 @@ impl CoreCluster {
         let Some(service) = service else {
             return Ok(());
         };
+        let shards: Rc<[flume::Sender<ShardCommand>]> = all_shards.iter().cloned().collect();
         let inbox = PeerInbox {
-            shards: all_shards.iter().cloned().collect(),
+            shards: shards.clone(),
             calls: service.calls,
             waiting: self.forward_table.clone(),
         };
@@ -187,7 +188,13 @@ impl CoreCluster {
             });
         }
         for (member, address, queue) in service.outgoing {
-            monoio::spawn(send_to_peer(service.identity, member, address, queue));
+            monoio::spawn(send_to_peer(
+                service.identity,
+                member,
+                address,
+                queue,
+                shards.clone(),
+            ));
         }
         monoio::spawn(lead_member::run(
             self.role.clone(),

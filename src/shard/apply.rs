@@ -33,6 +33,12 @@ pub fn apply_command(space: &KeySpace, shard: ShardId, command: &ShardCommandRec
     if command.lease_revoke != 0 {
         space.leases().remove(command.lease_revoke);
     }
+    if command.compact_revision > 0 {
+        // Raised already where the compaction was asked for; on the other
+        // members of a cluster reads below it must fail from now on, as
+        // the history they would need is being freed.
+        space.restore_compaction(command.compact_revision);
+    }
     if command.void_from > 0 {
         // On a server alone replay skips void revisions and this finds
         // nothing; on a cluster member it undoes parts the failed lead

@@ -107,6 +107,12 @@ impl MemberRole {
 /// member leads every group and does not take writes yet, void what the
 /// previous lead member left undecided, then take writes. Runs until the
 /// shards' channels close.
+///
+/// Every member's task also settles the floor a group's installed
+/// snapshot left (`shard::snapshot_install`): once every group confirmed
+/// a read with its leader and applied through it, every part of every
+/// revision up to the floor is applied here. Until then this member
+/// voids nothing (its readable prefix is not yet what it holds).
 pub async fn run(
     role: Arc<MemberRole>,
     space: Arc<KeySpace>,
@@ -116,6 +122,14 @@ pub async fn run(
     let clock = space.clock().clone();
     loop {
         monoio::time::sleep(interval).await;
+        let floor = clock.floor_to_confirm();
+        if floor > 0 {
+            match confirm_every_group(&shards, interval * 20).await {
+                Ok(true) => clock.floor_confirmed(floor),
+                Ok(false) => continue,
+                Err(Stop) => return,
+            }
+        }
         if role.is_stopping() || role.takes_writes() || !role.leads_every_group() {
             continue;
         }
@@ -152,6 +166,32 @@ pub async fn run(
 
 /// This process is stopping.
 struct Stop;
+
+/// Has every group's leader confirm a read (ReadIndex) and waits until
+/// this member applied through the commit index each named; `false` if
+/// some group could not within `limit` (no leader, or none reachable).
+async fn confirm_every_group(
+    shards: &[flume::Sender<ShardCommand>],
+    limit: Duration,
+) -> Result<bool, Stop> {
+    let mut answers = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let (done, confirmed) = oneshot::channel();
+        shard
+            .send_async(ShardCommand::ReadIndex { done })
+            .await
+            .map_err(|_| Stop)?;
+        answers.push(confirmed);
+    }
+    let deadline = std::time::Instant::now() + limit;
+    for confirmed in answers {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !matches!(monoio::time::timeout(left, confirmed).await, Ok(Ok(()))) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
 
 /// Has every group log the void of `from..=to` and waits until each
 /// applied it (or refused: no longer its leader).

@@ -19,7 +19,7 @@ use crate::store::write::ChangeSet;
 /// One WAL record.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WalRecord {
-    #[prost(oneof = "wal_record::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "wal_record::Kind", tags = "1, 2, 3, 4")]
     pub kind: Option<wal_record::Kind>,
 }
 
@@ -32,7 +32,21 @@ pub mod wal_record {
         HardState(super::LoggedHardState),
         #[prost(message, tag = "3")]
         Frontier(super::LoggedFrontier),
+        #[prost(message, tag = "4")]
+        Restored(super::LoggedRestore),
     }
+}
+
+/// A snapshot from the group's leader replaced the log: every entry
+/// logged before this record is void, and the log continues at `index +
+/// 1`. Written after the snapshot file is durable, in the frame with the
+/// hard state that commits through `index`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LoggedRestore {
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    #[prost(uint64, tag = "2")]
+    pub term: u64,
 }
 
 /// The first record of every frame a shard writes: how far each other
@@ -249,6 +263,12 @@ impl WalRecord {
     pub fn frontier(logs: Vec<LoggedDurableLog>) -> Self {
         Self {
             kind: Some(wal_record::Kind::Frontier(LoggedFrontier { logs })),
+        }
+    }
+
+    pub fn restored(index: u64, term: u64) -> Self {
+        Self {
+            kind: Some(wal_record::Kind::Restored(LoggedRestore { index, term })),
         }
     }
 }

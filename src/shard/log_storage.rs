@@ -34,6 +34,11 @@ impl ShardLogStorage {
     pub fn mirror(&self) -> &MemStorage {
         &self.mirror
     }
+
+    /// Where the shard's snapshot files live.
+    pub fn snapshot_directory(&self) -> &std::path::Path {
+        &self.snapshot_directory
+    }
 }
 
 impl Storage for ShardLogStorage {

@@ -11,6 +11,8 @@
 pub mod apply;
 #[cfg(test)]
 mod apply_tests;
+#[cfg(test)]
+mod catch_up_tests;
 pub mod compacting;
 pub mod disk_space;
 #[cfg(test)]
@@ -29,6 +31,7 @@ mod read_index;
 pub mod recovery;
 #[cfg(test)]
 mod recovery_faults;
+mod snapshot_install;
 pub mod snapshot_schedule;
 pub mod snapshotting;
 #[cfg(test)]
@@ -131,6 +134,10 @@ pub enum ShardCommand {
     /// to the most caught-up follower now (etcd's leadership transfer on
     /// shutdown), so no election timeout passes without a leader.
     HandOffLeadership,
+    /// How this group's snapshot for member `to` went (the transport
+    /// streamed it, or could not): Raft resumes replicating to `to`, or
+    /// sends another after a heartbeat.
+    SnapshotReport { to: u64, finished: bool },
     /// The lead member's decision that revisions `from..=to` are void
     /// (`lead_member`): log it and answer once it is applied here, or
     /// refuse if this member does not lead the group.
@@ -258,6 +265,10 @@ pub struct ShardWorker<D: StorageDevice> {
     /// Indexes of proposals another leader's entries replaced since the
     /// last replies: their requesters get "leader changed".
     lost: std::collections::BTreeSet<(u64, u64)>,
+    /// Proposals a leader's snapshot removed from this member's log
+    /// (`snapshot_install`): whether they were committed elsewhere is
+    /// unknown, so their requesters get "request timed out".
+    fate_unknown: std::collections::BTreeSet<(u64, u64)>,
     /// Where the group's messages for other members go.
     peers: Box<dyn peers::PeerOutbox>,
     /// Whether this member led the group when last looked at.
@@ -295,6 +306,7 @@ impl<D: StorageDevice> ShardWorker<D> {
             pending: PendingVersions::default(),
             proposals: Default::default(),
             lost: Default::default(),
+            fate_unknown: Default::default(),
             peers: Box::new(peers::NoPeers),
             leading: false,
             ready_to_lead_at: 0,
@@ -642,10 +654,20 @@ impl<D: StorageDevice> ShardWorker<D> {
             }
             ShardCommand::Snapshot { done } => self.snapshots.requested.push(done),
             ShardCommand::Peer(message) => {
+                let shard_count = self.space.shard_map().shard_count();
+                if let Err(error) =
+                    snapshot_install::check_snapshot(&message, self.shard, shard_count)
+                {
+                    tracing::warn!(shard = self.shard, from = message.from, %error, "refusing the leader's snapshot");
+                    return;
+                }
                 if let Err(error) = self.group.step(*message) {
                     tracing::debug!(shard = self.shard, %error, "a peer's Raft message was refused");
                 }
                 self.note_role();
+            }
+            ShardCommand::SnapshotReport { to, finished } => {
+                self.group.report_snapshot(to, finished);
             }
             ShardCommand::Tick => {
                 self.group.tick();
@@ -690,7 +712,11 @@ impl<D: StorageDevice> ShardWorker<D> {
     fn propose(&mut self, record: ShardCommandRecord) -> (u64, u64) {
         match self.group.propose(log_entry::encode(&record)) {
             Ok(index) => {
-                self.snapshots.logged.push_back((index, record.revision));
+                // A void counts as its last revision: a snapshot covers it
+                // only once the readable prefix passed it, so a follower
+                // that installs the snapshot needs nothing the void decided.
+                let revision = record.revision.max(record.void_to);
+                self.snapshots.logged.push_back((index, revision));
                 self.snapshots.entries_since_snapshot += 1;
                 let term = self.group.term_of(index).unwrap_or_default();
                 self.proposals.push_back((index, term, record));
@@ -779,6 +805,9 @@ impl<D: StorageDevice> ShardWorker<D> {
         for (context, index) in &persisted.read_states {
             self.reads.answered(context, *index);
         }
+        if let Some(snapshot) = persisted.installed {
+            self.install_leader_snapshot(snapshot).await;
+        }
         let now = std::time::Instant::now();
         for entry in &persisted.committed {
             self.apply(entry, now);
@@ -806,6 +835,10 @@ impl<D: StorageDevice> ShardWorker<D> {
         for deferred in answerable {
             if self.lost.remove(&deferred.entry) {
                 deferred.answer.fail(KvError::LeaderChanged);
+                continue;
+            }
+            if self.fate_unknown.remove(&deferred.entry) {
+                deferred.answer.fail(KvError::RequestTimedOut);
                 continue;
             }
             match deferred.answer {

@@ -74,10 +74,9 @@ pub enum GroupError {
     Wal(#[from] WalError),
     #[error("shard did not become Raft leader after campaigning")]
     NotLeader,
-    #[error(
-        "the group's leader sent a snapshot through Raft index {0}; installing snapshots from a leader is not supported yet"
-    )]
-    SnapshotFromLeader(u64),
+    /// The leader's snapshot could not be made durable here.
+    #[error("storing the leader's snapshot through Raft index {index}: {source}")]
+    StoringSnapshot { index: u64, source: std::io::Error },
 }
 
 /// Counters for one shard's log, written only by its core.
@@ -126,6 +125,10 @@ pub struct Persisted {
     /// Answers to `read_index`: the request's context and the commit
     /// index a read asked for then must wait to have applied.
     pub read_states: Vec<(Vec<u8>, u64)>,
+    /// A snapshot from the group's leader that replaced the log (durable
+    /// in the snapshot directory, the log restored after it): the caller
+    /// must replace the shard's state with it before applying `committed`.
+    pub installed: Option<raft::eraftpb::Snapshot>,
 }
 
 pub struct RaftGroup<D: StorageDevice> {
@@ -422,16 +425,18 @@ impl<D: StorageDevice> RaftGroup<D> {
     ///
     /// Raft's `Ready` is handled whole: entries and hard state are
     /// persisted before anything is applied or sent; committed entries and
-    /// messages go to the caller. A snapshot from a leader is refused with
-    /// an error (installing one is not built yet).
+    /// messages go to the caller. A snapshot from the leader (validated
+    /// when it arrived, `snapshot_install::check_snapshot`) is written to
+    /// the snapshot directory and made durable first, then the log is
+    /// restored after it (`LoggedRestore`) in the frame with the hard state.
     pub async fn persist(&mut self) -> Result<Persisted, GroupError> {
         let mut persisted = Persisted::default();
         while self.node.has_ready() {
             let mut ready = self.node.ready();
             if !ready.snapshot().is_empty() {
-                return Err(GroupError::SnapshotFromLeader(
-                    ready.snapshot().get_metadata().index,
-                ));
+                let snapshot = ready.snapshot().clone();
+                self.store_leader_snapshot(&snapshot)?;
+                persisted.installed = Some(snapshot);
             }
             persisted.messages.extend(ready.take_messages());
             persisted.committed.extend(ready.take_committed_entries());
@@ -487,6 +492,56 @@ impl<D: StorageDevice> RaftGroup<D> {
             .term
             .store(self.node.raft.term, Ordering::Relaxed);
         Ok(persisted)
+    }
+
+    /// Makes a leader's snapshot durable as the shard's newest snapshot
+    /// file, restores the mirror to it and starts a frame whose first
+    /// shard record voids every entry logged before (`LoggedRestore`): the
+    /// caller's persist syncs it with the hard state. Crash before the
+    /// sync: the file is the newest snapshot and covers every entry the
+    /// log still has (they are all below it, or stale after it, which the
+    /// leader overwrites or truncates, exactly as before the snapshot).
+    fn store_leader_snapshot(
+        &mut self,
+        snapshot: &raft::eraftpb::Snapshot,
+    ) -> Result<(), GroupError> {
+        let metadata = snapshot.get_metadata();
+        let index = metadata.index;
+        let stored = crate::snapshot::SnapshotView::open(&snapshot.data)
+            .map_err(|error| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
+            })
+            .and_then(|view| {
+                crate::snapshot::write_snapshot_file(
+                    self.node.store().snapshot_directory(),
+                    &view.meta(),
+                    &snapshot.data,
+                    crate::snapshot::WritePace::Unpaced,
+                )
+            });
+        if let Err(source) = stored {
+            return Err(GroupError::StoringSnapshot { index, source });
+        }
+        self.node
+            .store()
+            .mirror()
+            .wl()
+            .apply_snapshot(snapshot.clone())?;
+        self.entry_records.clear();
+        self.begin_frame();
+        self.wal
+            .append(&encode(&WalRecord::restored(index, metadata.term)));
+        Ok(())
+    }
+
+    /// Whether the snapshot this group's leader sent member `to` arrived.
+    pub fn report_snapshot(&mut self, to: u64, finished: bool) {
+        let status = if finished {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(to, status);
     }
 
     /// Tells Raft the caller applied every committed entry through `index`.

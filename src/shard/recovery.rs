@@ -105,6 +105,8 @@ pub async fn read_shard_log<D: StorageDevice>(
     let records = reading.take_records();
     let mut entries: Vec<Entry> = Vec::new();
     let mut entry_sequences: Vec<u64> = Vec::new();
+    // The last restore record: entries continue right after it.
+    let mut restored_through: Option<u64> = None;
     let mut hard_state = None;
     let mut claims: BTreeMap<(u32, u64), u64> = BTreeMap::new();
     for record in records {
@@ -118,7 +120,11 @@ pub async fn read_shard_log<D: StorageDevice>(
         match decoded.kind {
             Some(wal_record::Kind::Entry(logged)) => {
                 let entry = logged.to_entry();
-                let expected = entries.last().map_or(entry.index, |last| last.index + 1);
+                let expected = entries
+                    .last()
+                    .map(|last| last.index + 1)
+                    .or(restored_through.map(|index| index + 1))
+                    .unwrap_or(entry.index);
                 if entry.index > expected || entry.index == 0 {
                     return Err(undecodable(format!(
                         "entry index {} follows index {}",
@@ -134,6 +140,19 @@ pub async fn read_shard_log<D: StorageDevice>(
                 entry_sequences.push(record.sequence);
             }
             Some(wal_record::Kind::HardState(logged)) => hard_state = Some(logged.to_hard_state()),
+            Some(wal_record::Kind::Restored(restore)) => {
+                // A leader's snapshot replaced everything logged before.
+                if restore.index > snapshot_index {
+                    return Err(RecoveryError::MissingHistory {
+                        shard,
+                        snapshot_index,
+                        first_logged: restore.index + 1,
+                    });
+                }
+                entries.clear();
+                entry_sequences.clear();
+                restored_through = Some(restore.index);
+            }
             Some(wal_record::Kind::Frontier(logged)) => {
                 for log in logged.logs {
                     let known = claims.entry((log.shard, log.log_id)).or_default();
@@ -474,6 +493,68 @@ pub fn plan(inventories: &[ShardInventory], initial_revision: i64) -> RecoveryPl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log of `records` (entries `(index, term)`, or a restore record
+    /// at `(index, term)` where `restore` says), read back after a
+    /// snapshot through `snapshot_index`.
+    fn read_back(
+        records: &[(bool, u64, u64)],
+        snapshot_index: u64,
+    ) -> Result<Vec<u64>, RecoveryError> {
+        crate::test_support::run_on_monoio(async {
+            let device = crate::wal::MemoryDevice::new();
+            let options = crate::wal::WalOptions {
+                segment_bytes: 1 << 20,
+            };
+            let (mut wal, _) = Wal::open(device.clone(), options).await.expect("open");
+            for (restore, index, term) in records {
+                let record = if *restore {
+                    WalRecord::restored(*index, *term)
+                } else {
+                    WalRecord::entry(&Entry {
+                        index: *index,
+                        term: *term,
+                        ..Default::default()
+                    })
+                };
+                wal.append(&prost::Message::encode_to_vec(&record));
+            }
+            wal.sync().await.expect("sync");
+            let log = read_shard_log(0, device, snapshot_index).await?;
+            Ok(log.entries.iter().map(|entry| entry.index).collect())
+        })
+    }
+
+    #[test]
+    fn a_restore_record_voids_the_entries_before_it() {
+        // Behind at 5, restored to a snapshot at 10, then 11 and 12.
+        let log = [
+            (false, 4, 1),
+            (false, 5, 1),
+            (false, 6, 1),
+            (true, 10, 2),
+            (false, 11, 2),
+            (false, 12, 2),
+        ];
+        assert_eq!(read_back(&log, 10).expect("readable"), [11, 12]);
+        // Crash before anything followed the restore record.
+        assert_eq!(
+            read_back(&log[..4], 10).expect("readable"),
+            Vec::<u64>::new()
+        );
+        // Without the record, the log would not continue after 6.
+        let without: Vec<_> = log
+            .iter()
+            .copied()
+            .filter(|(restore, ..)| !restore)
+            .collect();
+        assert!(read_back(&without, 10).is_err());
+        // A restore past the newest snapshot: that snapshot is missing.
+        assert!(matches!(
+            read_back(&log, 8),
+            Err(RecoveryError::MissingHistory { .. })
+        ));
+    }
 
     fn inventory(shard: u32, revisions: &[(i64, &[u32])]) -> ShardInventory {
         ShardInventory {

@@ -184,7 +184,7 @@ impl<D: StorageDevice> ShardWorker<D> {
     /// (the whole put p99 at a steady load). Removals stay oldest first
     /// across snapshots (each task waits for the previous one), so a crash
     /// never leaves a gap in the log.
-    fn remove_released_segments(
+    pub(super) fn remove_released_segments(
         &mut self,
         released: ReleasedSegments,
         answer_to: Vec<oneshot::Sender<Result<(), String>>>,

@@ -158,16 +158,20 @@ pub fn load_shard_snapshot(
     else {
         return Ok(None);
     };
+    loaded_from_image(Bytes::from(bytes), shard)
+        .map(Some)
+        .map_err(|error| format!("{}: {error}", path.display()))
+}
+
+/// Validates a snapshot image of `shard` and reads it into a shard's parts.
+pub fn loaded_from_image(image: Bytes, shard: ShardId) -> Result<LoadedShardSnapshot, String> {
     // Keys and values are slices of the image (about 4x faster to restore
     // than copies); the image stays in memory while any of them is alive.
-    let image = Bytes::from(bytes);
-    let view =
-        SnapshotView::open(&image).map_err(|error| format!("{}: {error}", path.display()))?;
+    let view = SnapshotView::open(&image).map_err(|error| error.to_string())?;
     let meta = view.meta();
     if meta.shard as usize != shard {
         return Err(format!(
-            "{} belongs to shard {}, not {shard}; restore the data directory from a backup",
-            path.display(),
+            "it belongs to shard {}, not {shard}; restore the data directory from a backup",
             meta.shard
         ));
     }
@@ -184,11 +188,11 @@ pub fn load_shard_snapshot(
             (image.slice_ref(entry.key), entry.revision, version)
         })
         .collect();
-    Ok(Some(LoadedShardSnapshot {
+    Ok(LoadedShardSnapshot {
         meta,
         leases: view.leases(),
         versions,
-    }))
+    })
 }
 
 /// Nice value of background threads (snapshots, backups): the lowest

@@ -24,6 +24,7 @@ use super::{ShardCommand, ShardWorker, SnapshotSchedule};
 use crate::lease::table::LeaseTable;
 use crate::metrics::CoreMetrics;
 use crate::peer::frame::Batch;
+use crate::peer::snapshot_stream::{SnapshotAssembly, is_snapshot};
 use crate::peer::transport::{Outgoing, PeerInbox, PeerRoutes};
 use crate::store::key_space::KeySpace;
 use crate::store::revision::RevisionClock;
@@ -61,12 +62,15 @@ impl TestCluster {
     /// Members `voters` of `shard_count` groups each. With
     /// `request_timeout`, a member that does not take writes forwards them
     /// to the lead member (and gives up after that long); without, it
-    /// refuses them with `NotLeader`.
+    /// refuses them with `NotLeader`. Each group snapshots every
+    /// `snapshot_every` entries it proposed (its snapshots in a directory
+    /// of its own under `snapshots`).
     pub async fn start(
         voters: &[u64],
         shard_count: usize,
         snapshots: &std::path::Path,
         request_timeout: Option<Duration>,
+        snapshot_every: u64,
     ) -> Rc<Self> {
         let mut links = Vec::new();
         let mut members = Vec::new();
@@ -87,9 +91,10 @@ impl TestCluster {
                 start_member(
                     &config,
                     shard_count,
-                    snapshots,
+                    &snapshots.join(format!("member-{member_id}")),
                     Rc::new(queues),
                     request_timeout,
+                    snapshot_every,
                 )
                 .await,
             );
@@ -125,12 +130,35 @@ impl TestCluster {
                 let isolated = self.isolated.borrow();
                 isolated.contains(&from) || isolated.contains(&to)
             };
-            if cut_off || batch == Batch::default() {
-                continue;
+            // What a real sender reports once it streamed a snapshot, or
+            // could not reach the member.
+            let snapshots: Vec<u32> = batch
+                .messages
+                .iter()
+                .filter(|(_, message)| is_snapshot(message))
+                .map(|(shard, _)| *shard)
+                .collect();
+            if !cut_off && batch != Batch::default() {
+                let member = &self.members[self.index_of(to)];
+                let mut assembly = SnapshotAssembly::default();
+                if !matches!(
+                    member.inbox.deliver(from, batch, &mut assembly).await,
+                    Ok(true)
+                ) {
+                    return false;
+                }
             }
-            let member = &self.members[self.index_of(to)];
-            if !matches!(member.inbox.deliver(from, batch).await, Ok(true)) {
-                return false;
+            let sender = &self.members[self.index_of(from)];
+            for shard in snapshots {
+                let finished = !cut_off;
+                let report = ShardCommand::SnapshotReport { to, finished };
+                if sender.senders[shard as usize]
+                    .send_async(report)
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
             }
         }
         true
@@ -162,6 +190,7 @@ async fn start_member(
     snapshots: &std::path::Path,
     queues: Rc<BTreeMap<u64, flume::Sender<Outgoing>>>,
     request_timeout: Option<Duration>,
+    snapshot_every: u64,
 ) -> TestMember {
     let member_id = config.member_id;
     let mut wals = Vec::new();
@@ -187,9 +216,10 @@ async fn start_member(
         (0..shard_count).map(|_| flume::bounded(1024)).unzip();
     let senders: Arc<[flume::Sender<ShardCommand>]> = senders.into();
     for (shard, (wal, commands)) in wals.into_iter().zip(receivers).enumerate() {
-        let group = start_empty_group(wal, shard, &frontier, snapshots, config).await;
-        let schedule =
-            SnapshotSchedule::new(u64::MAX, snapshots.to_owned(), senders[shard].clone());
+        let directory = snapshots.join(format!("shard-{shard}"));
+        std::fs::create_dir_all(&directory).expect("snapshot directory");
+        let group = start_empty_group(wal, shard, &frontier, &directory, config).await;
+        let schedule = SnapshotSchedule::new(snapshot_every, directory, senders[shard].clone());
         let outbox = PeerRoutes {
             shard: shard as u32,
             queues: queues.clone(),

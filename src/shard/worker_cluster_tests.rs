@@ -115,7 +115,8 @@ fn failover_scenario(name: &str, forwarding: bool) {
         let voters = [1, 2, 3];
         // Forwarded calls give up within a round (`settle_write`).
         let request_timeout = forwarding.then_some(Duration::from_millis(250));
-        let cluster = TestCluster::start(&voters, 2, directory.path(), request_timeout).await;
+        let cluster =
+            TestCluster::start(&voters, 2, directory.path(), request_timeout, u64::MAX).await;
         let members = &cluster.members;
         // The network and the clock: deliver every millisecond, tick every
         // two, until the test ends (the members stop).

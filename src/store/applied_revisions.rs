@@ -43,6 +43,10 @@ pub struct AppliedRevisions {
     voids_in_progress: BTreeMap<(i64, i64), BTreeSet<u32>>,
     /// Void decisions applied in every group, newest last.
     decided_voids: VecDeque<(i64, i64)>,
+    /// The highest revision a group's installed snapshot covers that the
+    /// prefix has not passed yet (0: none): complete once every group has
+    /// applied what its leader had committed (`shard::snapshot_install`).
+    floor_to_confirm: i64,
 }
 
 impl AppliedRevisions {
@@ -55,6 +59,7 @@ impl AppliedRevisions {
             partial: BTreeMap::new(),
             voids_in_progress: BTreeMap::new(),
             decided_voids: VecDeque::new(),
+            floor_to_confirm: 0,
         }
     }
 
@@ -96,6 +101,34 @@ impl AppliedRevisions {
             self.partial.remove(&revision);
         }
         self.advance()
+    }
+
+    /// A group installed a snapshot through `revision` (see the field).
+    pub fn await_floor(&mut self, revision: i64) {
+        if revision > self.readable_through {
+            self.floor_to_confirm = self.floor_to_confirm.max(revision);
+        }
+    }
+
+    pub fn floor_to_confirm(&self) -> i64 {
+        self.floor_to_confirm
+    }
+
+    /// Every revision through `revision` is complete here: moves the
+    /// prefix there (and on over what is complete after it). Parts and
+    /// voids at or below it are settled with it.
+    pub fn floor_confirmed(&mut self, revision: i64) -> bool {
+        if self.floor_to_confirm <= revision {
+            self.floor_to_confirm = 0;
+        }
+        if revision <= self.readable_through {
+            return false;
+        }
+        self.readable_through = revision;
+        self.partial = self.partial.split_off(&(revision + 1));
+        self.voids_in_progress.retain(|(_, to), _| *to > revision);
+        self.advance();
+        true
     }
 
     /// Whether `revision` was voided by a decision applied in every group
@@ -169,6 +202,23 @@ mod tests {
         // The new leader's writes continue above the void.
         assert!(applied.part_applied(14, 1));
         assert_eq!(applied.readable_through(), 14);
+    }
+
+    #[test]
+    fn a_confirmed_snapshot_floor_settles_everything_below_it() {
+        let mut applied = AppliedRevisions::new(2, 10);
+        applied.part_applied(11, 2); // one part here, the other in the snapshot
+        applied.void_applied(0, 12, 12); // the other group's void was in it too
+        applied.part_applied(16, 1);
+        applied.await_floor(15);
+        assert_eq!(applied.floor_to_confirm(), 15);
+        assert_eq!(applied.readable_through(), 10, "not before it is confirmed");
+        assert!(applied.floor_confirmed(15));
+        assert_eq!(applied.readable_through(), 16, "and on over what follows");
+        assert_eq!(applied.floor_to_confirm(), 0);
+        // A floor the prefix already passed is nothing to confirm.
+        applied.await_floor(14);
+        assert_eq!(applied.floor_to_confirm(), 0);
     }
 
     #[test]

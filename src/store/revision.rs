@@ -121,6 +121,33 @@ impl RevisionClock {
         self.record_applied(|applied| applied.void_applied(shard, from, to));
     }
 
+    /// A group of this cluster member installed its leader's snapshot
+    /// through `revision`: every revision up to it is complete once the
+    /// member's other groups applied what their leaders committed
+    /// (`floor_to_confirm`, `floor_confirmed`).
+    pub fn await_floor(&self, revision: i64) {
+        self.record_applied(|applied| {
+            applied.await_floor(revision);
+            false
+        });
+    }
+
+    /// The floor a snapshot left to confirm, if any (0: none).
+    pub fn floor_to_confirm(&self) -> i64 {
+        self.applied.as_ref().map_or(0, |applied| {
+            applied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .floor_to_confirm()
+        })
+    }
+
+    /// Every group applied through a commit index its leader confirmed
+    /// after the floor `revision` was set: the readable prefix may pass it.
+    pub fn floor_confirmed(&self, revision: i64) {
+        self.record_applied(|applied| applied.floor_confirmed(revision));
+    }
+
     /// Whether `revision` was voided after a failover (its write did not
     /// happen). Always `false` on a server alone.
     pub fn was_voided(&self, revision: i64) -> bool {
