@@ -7,7 +7,8 @@
 //! transactions, overwrite and delete keys and compact; once healed it
 //! installs a snapshot in each group, and in the end holds exactly the
 //! history the others hold. A reader on it meanwhile never sees a
-//! revision that changes later.
+//! revision that changes later. The follower that stayed connected
+//! snapshots (and releases its log) as the leader does.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -168,7 +169,24 @@ fn a_member_behind_the_released_log_catches_up_from_snapshots() {
             "the member behind reads at {} and never reached {target}",
             behind_member.space.clock().watermark()
         );
+        // The follower that stayed snapshots what it applied, releasing
+        // its log as the leader does.
+        let stayed_id = cluster.members[(lead + 2) % 3].id;
         for shard in 0..2 {
+            let snapshots = |member: u64| {
+                std::fs::read_dir(
+                    directory
+                        .path()
+                        .join(format!("member-{member}"))
+                        .join(format!("shard-{shard}")),
+                )
+                .expect("snapshot directory")
+                .count()
+            };
+            assert!(
+                snapshots(stayed_id) > 0,
+                "a follower never snapshots shard {shard}"
+            );
             let installed = std::fs::read_dir(
                 directory
                     .path()

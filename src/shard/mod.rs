@@ -712,12 +712,7 @@ impl<D: StorageDevice> ShardWorker<D> {
     fn propose(&mut self, record: ShardCommandRecord) -> (u64, u64) {
         match self.group.propose(log_entry::encode(&record)) {
             Ok(index) => {
-                // A void counts as its last revision: a snapshot covers it
-                // only once the readable prefix passed it, so a follower
-                // that installs the snapshot needs nothing the void decided.
-                let revision = record.revision.max(record.void_to);
-                self.snapshots.logged.push_back((index, revision));
-                self.snapshots.entries_since_snapshot += 1;
+                self.snapshots.logged_entry(index, &record);
                 let term = self.group.term_of(index).unwrap_or_default();
                 self.proposals.push_back((index, term, record));
                 (index, term)
@@ -769,6 +764,12 @@ impl<D: StorageDevice> ShardWorker<D> {
         let Some(command) = command else {
             return;
         };
+        if !own {
+            // Another leader's entry: it counts toward this member's own
+            // snapshots, as proposals do, so a follower's log is released
+            // too (the snapshot covers it once its revision is readable).
+            self.snapshots.logged_entry(entry.index, &command);
+        }
         apply::apply_command(&self.space, self.shard, &command, now);
         for change in &command.changes {
             self.pending.applied(command.revision, &change.key);

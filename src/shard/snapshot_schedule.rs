@@ -53,6 +53,31 @@ impl SnapshotSchedule {
         }
     }
 
+    /// An entry logged at `index` (proposed here, or applied from another
+    /// leader): it counts toward the next snapshot. An entry at an index
+    /// already recorded replaces it and everything after (a new leader
+    /// overwrote this member's uncommitted tail).
+    ///
+    /// A void counts as its last revision: a snapshot covers it only once
+    /// the readable prefix passed it, so a follower that installs the
+    /// snapshot needs nothing the void decided.
+    pub(super) fn logged_entry(
+        &mut self,
+        index: u64,
+        record: &super::log_entry::ShardCommandRecord,
+    ) {
+        while self
+            .logged
+            .back()
+            .is_some_and(|(logged, _)| *logged >= index)
+        {
+            self.logged.pop_back();
+        }
+        let revision = record.revision.max(record.void_to);
+        self.logged.push_back((index, revision));
+        self.entries_since_snapshot += 1;
+    }
+
     /// Records the Raft index the snapshot loaded at startup covers.
     pub fn after_snapshot(mut self, raft_index: u64) -> Self {
         self.last_snapshot_index = raft_index;
