@@ -400,6 +400,7 @@ fn frame_bytes(records: &[&[u8]], frame_sequence: u64, first_record: u64, log_id
 fn peer_frame(directory: &Path) {
     use metastore::peer::forward::{ForwardReply, ForwardRequest, ForwardedAnswer, ForwardedCall};
     use metastore::peer::frame::{Batch, Hello};
+    use metastore::peer::snapshot_stream::split;
     use metastore::store::error::KvError;
     use metastore::store::write::WriteRequest;
     use raft::eraftpb::{Entry, Message, MessageType};
@@ -449,6 +450,17 @@ fn peer_frame(directory: &Path) {
             id: 9,
             answer: ForwardedAnswer::Failed(KvError::NotLeader),
         }],
+        ..Default::default()
+    }
+    .encode(&mut stream);
+    // A snapshot's first chunk (`peer::snapshot_stream`).
+    let mut snapshot = Message::default();
+    snapshot.set_msg_type(MessageType::MsgSnapshot);
+    (snapshot.to, snapshot.from, snapshot.term) = (1, 2, 3);
+    snapshot.mut_snapshot().mut_metadata().index = 40;
+    snapshot.mut_snapshot().data = Bytes::from_static(b"image bytes");
+    Batch {
+        snapshot_chunks: split(0, snapshot),
         ..Default::default()
     }
     .encode(&mut stream);
