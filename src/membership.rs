@@ -83,6 +83,41 @@ fn first_eight_bytes(digest: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("SHA-1 gives 20 bytes"))
 }
 
+/// What the other members said of themselves when they connected (their
+/// name and client URLs, `peer::frame::MemberAttributes`), for
+/// `MemberList`. Kept in memory: a member that has not connected since
+/// this one started is listed without client URLs.
+#[derive(Debug, Default)]
+pub struct MemberDirectory {
+    /// Taken only when a peer connects and when `MemberList` is served.
+    attributes:
+        std::sync::Mutex<std::collections::BTreeMap<u64, crate::peer::frame::MemberAttributes>>,
+}
+
+impl MemberDirectory {
+    pub fn record(&self, member: u64, attributes: crate::peer::frame::MemberAttributes) {
+        self.lock().insert(member, attributes);
+    }
+
+    /// The client URLs `member` announced, if it did.
+    pub fn client_urls(&self, member: u64) -> Option<Vec<String>> {
+        self.lock()
+            .get(&member)
+            .map(|attributes| attributes.client_urls.clone())
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::BTreeMap<u64, crate::peer::frame::MemberAttributes>,
+    > {
+        self.attributes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

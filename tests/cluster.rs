@@ -596,7 +596,8 @@ fn the_history_checker_finds_violations() {
 }
 
 /// Every member names the same lead member in `Status` and lists all three
-/// members, with their names and peer URLs, in `MemberList`.
+/// members, with their names, peer URLs and client URLs, in `MemberList`
+/// (the client URLs each announced over the peer connections).
 #[test]
 fn members_agree_on_the_lead_member_and_list_each_other() {
     let cluster = Cluster::start();
@@ -660,6 +661,34 @@ fn members_agree_on_the_lead_member_and_list_each_other() {
                     .any(|member| member.id() == leaders[0]),
                 "the lead member is not a listed member"
             );
+        }
+        // Each member's client URLs, as every member lists them.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut listed = Vec::new();
+            for client in clients.iter_mut() {
+                let list = client.member_list().await.expect("member list");
+                let mut urls: Vec<(String, Vec<String>)> = list
+                    .members()
+                    .iter()
+                    .map(|member| (member.name().to_owned(), member.client_urls().to_vec()))
+                    .collect();
+                urls.sort();
+                listed.push(urls);
+            }
+            let expected: Vec<(String, Vec<String>)> = cluster
+                .members
+                .iter()
+                .map(|member| (member.name.clone(), vec![member.endpoint()]))
+                .collect();
+            if listed.iter().all(|urls| *urls == expected) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members list other client URLs than the members serve: {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
 }

@@ -142,6 +142,19 @@ pub struct Batch {
     /// Pieces of a snapshot (on a connection of their own,
     /// `super::snapshot_stream`).
     pub snapshot_chunks: Vec<SnapshotChunk>,
+    /// Who the sending member is, in the first frame of each connection.
+    pub attributes: Option<MemberAttributes>,
+}
+
+/// What a member says of itself (etcd publishes the same through Raft as
+/// the member's attributes): the name and client URLs `MemberList`
+/// shows.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MemberAttributes {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, repeated, tag = "2")]
+    pub client_urls: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -154,6 +167,8 @@ struct WireBatch {
     replies: Vec<WireAnswer>,
     #[prost(message, repeated, tag = "4")]
     snapshot_chunks: Vec<WireSnapshotChunk>,
+    #[prost(message, optional, tag = "5")]
+    attributes: Option<MemberAttributes>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -187,6 +202,7 @@ impl Batch {
                 .iter()
                 .map(SnapshotChunk::to_wire)
                 .collect(),
+            attributes: self.attributes.clone(),
         };
         let body = wire.encode_to_vec();
         buffer.put_u32(body.len() as u32);
@@ -241,6 +257,7 @@ impl Batch {
             requests,
             replies,
             snapshot_chunks,
+            attributes: wire.attributes,
         };
         Ok(Some((batch, end)))
     }
@@ -370,6 +387,10 @@ mod tests {
                     total: 12,
                     data: bytes::Bytes::from_static(b"tail"),
                 }],
+                attributes: Some(MemberAttributes {
+                    name: "m2".to_owned(),
+                    client_urls: vec!["http://127.0.0.1:2379".to_owned()],
+                }),
             },
         ];
         let mut stream = Vec::new();

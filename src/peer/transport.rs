@@ -22,8 +22,11 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 use super::forward::{ForwardReply, ForwardRequest};
-use super::frame::{BATCH_TARGET_BYTES, Batch, Hello, HelloAnswer, PeerFrameError};
+use super::frame::{
+    BATCH_TARGET_BYTES, Batch, Hello, HelloAnswer, MemberAttributes, PeerFrameError,
+};
 use super::snapshot_stream::{SnapshotAssembly, is_snapshot, split};
+use crate::membership::MemberDirectory;
 use crate::shard::ShardCommand;
 use crate::shard::forwarding::ForwardTable;
 use crate::shard::peers::PeerOutbox;
@@ -98,13 +101,16 @@ impl PeerOutbox for PeerRoutes {
 /// of the queue is gone: dials, handshakes, then writes batches. A failed
 /// dial or write drops the batch and redials after a backoff (10 ms,
 /// doubling to 1 s). Snapshots go to a task of their own
-/// ([`send_snapshots_to_peer`]); `shards` hear how each went.
+/// ([`send_snapshots_to_peer`]); `shards` hear how each went. Each new
+/// connection's first frame carries this member's `attributes`, and so
+/// does a frame every [`ANNOUNCE_INTERVAL`] (one of its own when idle).
 pub async fn send_to_peer(
     identity: PeerIdentity,
     to: u64,
     address: SocketAddr,
     queue: flume::Receiver<Outgoing>,
     shards: Rc<[flume::Sender<ShardCommand>]>,
+    attributes: Rc<MemberAttributes>,
 ) {
     let (snapshots, snapshot_queue) = flume::bounded(SNAPSHOTS_QUEUED);
     monoio::spawn(send_snapshots_to_peer(
@@ -126,9 +132,20 @@ pub async fn send_to_peer(
     };
     let mut backoff = Duration::from_millis(10);
     let mut connection: Option<TcpStream> = None;
-    while let Ok(first) = queue.recv_async().await {
+    let mut announced_at: Option<std::time::Instant> = None;
+    loop {
+        let announce_due =
+            connection.is_none() || announced_at.is_none_or(|at| at.elapsed() >= ANNOUNCE_INTERVAL);
+        let first = match monoio::time::timeout(ANNOUNCE_INTERVAL / 10, queue.recv_async()).await {
+            Ok(Ok(first)) => divert(first),
+            Ok(Err(_)) => return,
+            // Nothing to send, but the member should hear who this one is
+            // (two followers may never exchange a Raft message).
+            Err(_) if announce_due => None,
+            Err(_) => continue,
+        };
         let mut batch = Batch::default();
-        let mut batch_bytes = divert(first).map_or(0, |first| first.add_to(&mut batch));
+        let mut batch_bytes = first.map_or(0, |first| first.add_to(&mut batch));
         while batch_bytes < BATCH_TARGET_BYTES {
             let Ok(next) = queue.try_recv() else {
                 break;
@@ -137,11 +154,9 @@ pub async fn send_to_peer(
                 batch_bytes += next.add_to(&mut batch);
             }
         }
-        if batch == Batch::default() {
+        if batch == Batch::default() && !announce_due {
             continue;
         }
-        let mut frame = Vec::with_capacity(batch_bytes + 64);
-        batch.encode(&mut frame);
         if connection.is_none() {
             match dial(identity, to, address).await {
                 Ok(stream) => {
@@ -156,15 +171,29 @@ pub async fn send_to_peer(
                 }
             }
         }
+        if connection.is_some()
+            && (announce_due || announced_at.is_none_or(|at| at.elapsed() >= ANNOUNCE_INTERVAL))
+        {
+            batch.attributes = Some((*attributes).clone());
+            announced_at = Some(std::time::Instant::now());
+        }
+        let mut frame = Vec::with_capacity(batch_bytes + 256);
+        batch.encode(&mut frame);
         if let Some(stream) = connection.as_mut() {
             let (written, _) = stream.write_all(frame).await;
             if let Err(error) = written {
                 tracing::debug!(to, %error, "peer connection broke; redialing");
                 connection = None;
+                announced_at = None;
             }
         }
     }
 }
+
+/// How often a sender repeats who this member is (`MemberAttributes`),
+/// with traffic or without: a member that restarted learns it again, and
+/// a connection that broke while idle is found and redialed.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Snapshots waiting for a member's snapshot connection; more are
 /// reported failed at once (Raft asks again after a heartbeat).
@@ -279,6 +308,8 @@ pub struct PeerInbox {
     pub calls: flume::Sender<(u64, ForwardRequest)>,
     /// This member's callers waiting for the lead member's answers.
     pub waiting: Arc<ForwardTable>,
+    /// What other members said of themselves.
+    pub directory: Arc<MemberDirectory>,
 }
 
 impl PeerInbox {
@@ -293,6 +324,9 @@ impl PeerInbox {
         batch: Batch,
         assembly: &mut SnapshotAssembly,
     ) -> Result<bool, PeerError> {
+        if let Some(attributes) = batch.attributes {
+            self.directory.record(from, attributes);
+        }
         let mut messages = batch.messages;
         for chunk in batch.snapshot_chunks {
             if let Some(whole) = assembly.accept(chunk)? {

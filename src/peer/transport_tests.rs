@@ -33,6 +33,7 @@ fn inbox(shard: flume::Sender<ShardCommand>) -> PeerInbox {
         shards: Rc::from(vec![shard]),
         calls: flume::bounded(1).0,
         waiting: ForwardTable::new(),
+        directory: Default::default(),
     }
 }
 
@@ -108,6 +109,7 @@ fn three_workers_replicate_writes_over_loopback_tcp() {
                     addresses[&peer],
                     outgoing,
                     Rc::from(Vec::new()),
+                    Rc::default(),
                 ));
             }
             let config = GroupConfig {

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use crate::config::ClusterConfig;
 use crate::data_dir::DataDirMeta;
+use crate::membership::MemberDirectory;
 use crate::peer::forward::ForwardRequest;
+use crate::peer::frame::MemberAttributes;
 use crate::peer::transport::{
     Outgoing, PEER_QUEUE_CAPACITY, PeerIdentity, PeerInbox, PeerRoutes, send_to_peer, serve_peers,
 };
@@ -40,6 +42,8 @@ pub struct CoreCluster {
     pub forwarded_calls: flume::Receiver<(u64, ForwardRequest)>,
     /// etcd's request timeout for this member's election timeout.
     pub request_timeout: Duration,
+    /// What the other members announced of themselves.
+    pub directory: Arc<MemberDirectory>,
 }
 
 /// The member's peer endpoints (the listeners and the senders' ends of
@@ -51,6 +55,8 @@ pub struct PeerService {
     outgoing: Vec<(u64, SocketAddr, flume::Receiver<Outgoing>)>,
     /// Where received calls go (see `CoreCluster::forwarded_calls`).
     calls: flume::Sender<(u64, ForwardRequest)>,
+    /// What this member announces of itself on every connection.
+    attributes: MemberAttributes,
 }
 
 /// Binds the peer listeners and prepares the queues, for a member whose
@@ -59,6 +65,7 @@ pub struct PeerService {
 pub fn prepare(
     config: &ClusterConfig,
     meta: &DataDirMeta,
+    attributes: MemberAttributes,
 ) -> Result<(CoreCluster, PeerService), StartError> {
     let voters: Vec<u64> = meta.members.iter().map(|member| member.id).collect();
     let mut listeners = Vec::new();
@@ -110,6 +117,7 @@ pub fn prepare(
         request_timeout: forwarding::request_timeout(
             config.heartbeat_interval * election_ticks as u32,
         ),
+        directory: Arc::default(),
     };
     let service = PeerService {
         listeners,
@@ -120,6 +128,7 @@ pub fn prepare(
         members: voters,
         outgoing,
         calls,
+        attributes,
     };
     Ok((cluster, service))
 }
@@ -175,8 +184,10 @@ impl CoreCluster {
             shards: shards.clone(),
             calls: service.calls,
             waiting: self.forward_table.clone(),
+            directory: self.directory.clone(),
         };
         let members: Rc<[u64]> = service.members.into();
+        let attributes = Rc::new(service.attributes);
         for listener in service.listeners {
             let listener = monoio::net::TcpListener::from_std(listener)
                 .map_err(|error| format!("cannot serve the peer listener: {error}"))?;
@@ -194,6 +205,7 @@ impl CoreCluster {
                 address,
                 queue,
                 shards.clone(),
+                attributes.clone(),
             ));
         }
         monoio::spawn(lead_member::run(

@@ -210,7 +210,11 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
     let data_dir = DataDir::open_member(&config.data_dir, config.shards, config.cores, bootstrap)?;
     let (member, mut peer_service) = match &config.cluster {
         Some(cluster) => {
-            let (member, service) = cluster::prepare(cluster, &data_dir.meta)?;
+            let attributes = crate::peer::frame::MemberAttributes {
+                name: config.name.clone(),
+                client_urls: config.advertise_client_urls.clone(),
+            };
+            let (member, service) = cluster::prepare(cluster, &data_dir.meta, attributes)?;
             (Some(member), Some(service))
         }
         None => (None, None),
@@ -224,6 +228,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
         client_urls: config.advertise_client_urls.clone(),
         members: data_dir.meta.members.clone(),
         role: member.as_ref().map(|member| member.role.clone()),
+        directory: member.as_ref().map(|member| member.directory.clone()),
     };
     let (senders, mut receivers): (Vec<_>, Vec<_>) = shard_map
         .all_shards()

@@ -1,5 +1,6 @@
 //! `etcdserverpb.Cluster`: MemberList (every member of a cluster as
-//! bootstrapped; a server alone lists itself).
+//! bootstrapped, with the client URLs each announced over the peer
+//! connections; a server alone lists itself).
 
 use super::{ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
@@ -47,12 +48,17 @@ fn member_list(context: &ServiceContext) -> MemberListResponse {
                 id: member.id,
                 name: member.name.clone(),
                 peer_ur_ls: member.peer_urls.clone(),
-                // Other members' client URLs are not exchanged yet (etcd
-                // publishes them through Raft); only this member's own.
+                // Others' as they announced them when they connected
+                // (etcd publishes them through Raft); none from a member
+                // not heard from since this one started.
                 client_ur_ls: if member.id == identity.member_id {
                     identity.client_urls.clone()
                 } else {
-                    Vec::new()
+                    identity
+                        .directory
+                        .as_ref()
+                        .and_then(|directory| directory.client_urls(member.id))
+                        .unwrap_or_default()
                 },
                 is_learner: false,
             })

@@ -37,6 +37,9 @@ pub struct MemberIdentity {
     pub members: Vec<crate::data_dir::MemberRecord>,
     /// A cluster member's role (who the lead member is); `None` alone.
     pub role: Option<std::sync::Arc<crate::shard::lead_member::MemberRole>>,
+    /// What the other members announced of themselves (their client
+    /// URLs); `None` alone.
+    pub directory: Option<std::sync::Arc<crate::membership::MemberDirectory>>,
 }
 
 impl MemberIdentity {

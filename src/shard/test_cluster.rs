@@ -265,6 +265,7 @@ async fn start_member(
             shards: senders.iter().cloned().collect(),
             calls,
             waiting: table,
+            directory: Default::default(),
         },
         space,
         senders,
