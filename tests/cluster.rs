@@ -893,6 +893,15 @@ fn a_member_cut_off_from_a_quorum_reports_unhealthy() {
         (status, body.as_str()),
         (200, r#"{"health":"true","reason":""}"#)
     );
+    let has_leader = || {
+        health("/metrics")
+            .1
+            .contains("\netcd_server_has_leader 1\n")
+    };
+    assert!(
+        has_leader(),
+        "etcd_server_has_leader is not 1 with a leader"
+    );
     cluster.signal(1, libc::SIGSTOP);
     cluster.signal(2, libc::SIGSTOP);
     // Within a few election timeouts the member cannot confirm a read.
@@ -915,6 +924,15 @@ fn a_member_cut_off_from_a_quorum_reports_unhealthy() {
     );
     let (status, _) = health("/health?serializable=true");
     assert_eq!(status, 200, "a serializable health check needs no quorum");
+    // Within an election timeout of being cut off it knows no leader.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while has_leader() {
+        assert!(
+            Instant::now() < deadline,
+            "etcd_server_has_leader stays 1 on a member cut off from the others"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     cluster.signal(1, libc::SIGCONT);
     cluster.signal(2, libc::SIGCONT);
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -56,6 +56,12 @@ pub struct NodeView {
     /// Health endpoint requests that passed / failed.
     pub health_passed: u64,
     pub health_failed: u64,
+    /// Whether a leader (a cluster's lead member) is known, whether it is
+    /// this member, and how many times it changed as seen here; a server
+    /// alone is its own leader, seen once.
+    pub has_leader: bool,
+    pub is_leader: bool,
+    pub leader_changes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -133,24 +139,24 @@ fn server_families(node: &NodeView) -> Vec<MetricFamily> {
     let entries: u64 = node.shards.iter().map(|shard| shard.entries).sum();
     let pending: u64 = node.shards.iter().map(|shard| shard.queue_depth).sum();
     vec![
-        // One voter per shard Raft group: this member always leads.
+        // A cluster's leader is its lead member (every group's leader).
         single(
             "etcd_server_has_leader",
             "Whether or not a leader exists. 1 is existence, 0 is not.",
             MetricType::GAUGE,
-            1.0,
+            f64::from(u8::from(node.has_leader)),
         ),
         single(
             "etcd_server_is_leader",
             "Whether or not this member is a leader. 1 if is, 0 otherwise.",
             MetricType::GAUGE,
-            1.0,
+            f64::from(u8::from(node.is_leader)),
         ),
         single(
             "etcd_server_leader_changes_seen_total",
             "The number of leader changes seen.",
             MetricType::COUNTER,
-            1.0,
+            node.leader_changes as f64,
         ),
         single(
             "etcd_server_proposals_committed_total",
@@ -545,10 +551,26 @@ mod tests {
 
     #[test]
     fn a_server_that_has_finished_no_call_still_exposes_its_metrics() {
-        let families = metric_families(&NodeView::default(), &CoreSnapshot::empty());
+        let node = NodeView {
+            has_leader: true,
+            is_leader: true,
+            leader_changes: 1,
+            ..Default::default()
+        };
+        let families = metric_families(&node, &CoreSnapshot::empty());
         let text = encode_text(&families).expect("encodes");
         assert!(text.contains("grpc_server_started_total{"), "{text}");
         assert!(!text.contains("grpc_server_handled_total"), "{text}");
         assert!(text.contains("etcd_server_has_leader 1"), "{text}");
+        assert!(
+            text.contains("etcd_server_leader_changes_seen_total 1"),
+            "{text}"
+        );
+        // A cluster member cut off from the others.
+        let cut_off = NodeView::default();
+        let text =
+            encode_text(&metric_families(&cut_off, &CoreSnapshot::empty())).expect("encodes");
+        assert!(text.contains("etcd_server_has_leader 0"), "{text}");
+        assert!(text.contains("etcd_server_is_leader 0"), "{text}");
     }
 }

@@ -102,6 +102,12 @@ impl NodeHandles {
             cores: self.cores.len(),
             health_passed: self.health_passed.load(Ordering::Relaxed),
             health_failed: self.health_failed.load(Ordering::Relaxed),
+            has_leader: !self.knows_no_leader(),
+            is_leader: self.role.as_ref().is_none_or(|role| role.takes_writes()),
+            leader_changes: self
+                .role
+                .as_ref()
+                .map_or(1, |role| role.lead_member_changes()),
         }
     }
 

@@ -41,6 +41,9 @@ pub struct MemberRole {
     /// The member is shutting down: it hands its groups on and never
     /// takes writes again.
     stopping: AtomicBool,
+    /// Times group 0's leader (the lead member) became a member other
+    /// than the one seen before (etcd's `leader_changes_seen_total`).
+    lead_member_changes: AtomicU64,
 }
 
 impl MemberRole {
@@ -51,6 +54,7 @@ impl MemberRole {
             caught_up: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
             taking_writes: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            lead_member_changes: AtomicU64::new(0),
         })
     }
 
@@ -74,11 +78,19 @@ impl MemberRole {
     /// A worker's view of its group: who leads it, and whether this
     /// member leads it with its log applied through its term's start.
     pub fn note_group(&self, shard: usize, leader: u64, caught_up: bool) {
-        self.leaders[shard].store(leader, Ordering::SeqCst);
+        let previous = self.leaders[shard].swap(leader, Ordering::SeqCst);
+        if shard == 0 && leader != 0 && leader != previous {
+            self.lead_member_changes.fetch_add(1, Ordering::Relaxed);
+        }
         self.caught_up[shard].store(caught_up, Ordering::SeqCst);
         if leader != self.member_id {
             self.taking_writes.store(false, Ordering::SeqCst);
         }
+    }
+
+    /// How many times a new lead member was seen here.
+    pub fn lead_member_changes(&self) -> u64 {
+        self.lead_member_changes.load(Ordering::Relaxed)
     }
 
     /// The member every group's leadership should move to (0: unknown).
