@@ -28,7 +28,7 @@ use super::frame::{
 use super::snapshot_stream::{SnapshotAssembly, is_snapshot, split};
 use crate::membership::MemberDirectory;
 use crate::shard::ShardCommand;
-use crate::shard::forwarding::ForwardTable;
+use crate::shard::forwarding::{CallQueues, ForwardTable};
 use crate::shard::peers::PeerOutbox;
 
 /// Messages queued per peer before new ones are dropped: Raft resends
@@ -304,8 +304,8 @@ pub struct PeerInbox {
     /// Each shard's worker, indexed by shard: Raft messages.
     pub shards: Rc<[flume::Sender<ShardCommand>]>,
     /// Calls for this member to carry out as the lead member, with the
-    /// member that forwarded each. Every core takes from it.
-    pub calls: flume::Sender<(u64, ForwardRequest)>,
+    /// member that forwarded each, spread over the cores.
+    pub calls: CallQueues,
     /// This member's callers waiting for the lead member's answers.
     pub waiting: Arc<ForwardTable>,
     /// What other members said of themselves.
@@ -347,10 +347,7 @@ impl PeerInbox {
             }
         }
         for request in batch.requests {
-            // Full: this member cannot keep up; the caller times out, as
-            // it would were the frame lost.
-            if let Err(flume::TrySendError::Disconnected(_)) = self.calls.try_send((from, request))
-            {
+            if !self.calls.push(from, request) {
                 return Ok(false);
             }
         }

@@ -17,7 +17,7 @@ use super::transport::{
 };
 use crate::proto::etcdserverpb::PutRequest;
 use crate::shard::ShardCommand;
-use crate::shard::forwarding::ForwardTable;
+use crate::shard::forwarding::{CallQueues, ForwardTable};
 use crate::shard::raft_group::GroupConfig;
 use crate::shard::test_worker::{self, write_command};
 use crate::store::error::KvError;
@@ -31,7 +31,7 @@ const CLUSTER: u64 = 0x5eed;
 fn inbox(shard: flume::Sender<ShardCommand>) -> PeerInbox {
     PeerInbox {
         shards: Rc::from(vec![shard]),
-        calls: flume::bounded(1).0,
+        calls: CallQueues::new(vec![flume::bounded(1).0]),
         waiting: ForwardTable::new(),
         directory: Default::default(),
     }

@@ -19,7 +19,7 @@ use crate::peer::transport::{
     Outgoing, PEER_QUEUE_CAPACITY, PeerIdentity, PeerInbox, PeerRoutes, send_to_peer, serve_peers,
 };
 use crate::shard::ShardCommand;
-use crate::shard::forwarding::{self, ForwardTable, Forwarder};
+use crate::shard::forwarding::{self, CallQueues, ForwardTable, Forwarder};
 use crate::shard::lead_member::{self, MemberRole};
 use crate::shard::raft_group::GroupConfig;
 use crate::shard::write_path::WritePath;
@@ -38,8 +38,8 @@ pub struct CoreCluster {
     pub heartbeat_interval: Duration,
     /// This member's callers waiting for the lead member's answers.
     pub forward_table: Arc<ForwardTable>,
-    /// Calls other members forwarded here; every core carries them out.
-    pub forwarded_calls: flume::Receiver<(u64, ForwardRequest)>,
+    /// Calls other members forwarded here: core i carries out queue i's.
+    pub forwarded_calls: Vec<flume::Receiver<(u64, ForwardRequest)>>,
     /// etcd's request timeout for this member's election timeout.
     pub request_timeout: Duration,
     /// What the other members announced of themselves.
@@ -54,7 +54,7 @@ pub struct PeerService {
     members: Vec<u64>,
     outgoing: Vec<(u64, SocketAddr, flume::Receiver<Outgoing>)>,
     /// Where received calls go (see `CoreCluster::forwarded_calls`).
-    calls: flume::Sender<(u64, ForwardRequest)>,
+    calls: Vec<flume::Sender<(u64, ForwardRequest)>>,
     /// What this member announces of itself on every connection.
     attributes: MemberAttributes,
 }
@@ -66,6 +66,7 @@ pub fn prepare(
     config: &ClusterConfig,
     meta: &DataDirMeta,
     attributes: MemberAttributes,
+    cores: usize,
 ) -> Result<(CoreCluster, PeerService), StartError> {
     let voters: Vec<u64> = meta.members.iter().map(|member| member.id).collect();
     let mut listeners = Vec::new();
@@ -101,7 +102,9 @@ pub fn prepare(
         outgoing.push((member.id, address, receiver));
     }
     let election_ticks = config.election_ticks;
-    let (calls, forwarded_calls) = flume::bounded(PEER_QUEUE_CAPACITY);
+    let (calls, forwarded_calls) = (0..cores)
+        .map(|_| flume::bounded(PEER_QUEUE_CAPACITY))
+        .unzip();
     let cluster = CoreCluster {
         role: MemberRole::new(meta.member_id, meta.shard_count),
         group_config: GroupConfig {
@@ -155,10 +158,13 @@ impl CoreCluster {
 
     /// Carries out, with this core's `write_path`, calls other members
     /// forwarded to this one while it is the lead member.
-    pub fn spawn_forwarded_calls(&self, write_path: Rc<WritePath>) {
+    pub fn spawn_forwarded_calls(&self, core: usize, write_path: Rc<WritePath>) {
+        let Some(calls) = self.forwarded_calls.get(core) else {
+            return;
+        };
         monoio::spawn(forwarding::carry_out_forwarded_calls(
             write_path,
-            self.forwarded_calls.clone(),
+            calls.clone(),
             Rc::new(self.peer_queues.clone()),
             self.request_timeout,
         ));
@@ -182,7 +188,7 @@ impl CoreCluster {
         let shards: Rc<[flume::Sender<ShardCommand>]> = all_shards.iter().cloned().collect();
         let inbox = PeerInbox {
             shards: shards.clone(),
-            calls: service.calls,
+            calls: CallQueues::new(service.calls),
             waiting: self.forward_table.clone(),
             directory: self.directory.clone(),
         };

@@ -359,7 +359,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
         cluster.as_ref().map(|cluster| cluster.forwarder()),
     );
     if let Some(cluster) = &cluster {
-        cluster.spawn_forwarded_calls(write_path.clone());
+        cluster.spawn_forwarded_calls(core, write_path.clone());
     }
     let watch_feed = crate::watch::feed::EventFeed::new(space.clone());
     monoio::spawn(watch_feed.clone().run());

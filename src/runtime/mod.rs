@@ -214,7 +214,8 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
                 name: config.name.clone(),
                 client_urls: config.advertise_client_urls.clone(),
             };
-            let (member, service) = cluster::prepare(cluster, &data_dir.meta, attributes)?;
+            let (member, service) =
+                cluster::prepare(cluster, &data_dir.meta, attributes, config.cores)?;
             (Some(member), Some(service))
         }
         None => (None, None),

@@ -167,8 +167,46 @@ impl Forwarder {
     }
 }
 
+/// Where a member's peer connections put the calls forwarded to it: one
+/// queue per core, taken in turn, each with one receiver. (flume's async
+/// receivers sharing one channel can spin: a receiver woken for a message
+/// another one took re-queues itself on every poll, and a monoio waker
+/// that does not `will_wake` its predecessor polls it again at once. Seen
+/// as a core at 100% and gigabytes of queued wakers under forwarded
+/// load.)
+#[derive(Clone)]
+pub struct CallQueues {
+    queues: Rc<[flume::Sender<(u64, ForwardRequest)>]>,
+    next: Rc<std::cell::Cell<usize>>,
+}
+
+impl CallQueues {
+    pub fn new(queues: Vec<flume::Sender<(u64, ForwardRequest)>>) -> Self {
+        Self {
+            queues: queues.into(),
+            next: Rc::default(),
+        }
+    }
+
+    /// Queues a call from member `from` for the next core. A full queue
+    /// drops it (this member cannot keep up; its caller times out, as if
+    /// the frame were lost); `false` once the cores are gone.
+    pub fn push(&self, from: u64, request: ForwardRequest) -> bool {
+        let core = self.next.get() % self.queues.len().max(1);
+        self.next.set(core + 1);
+        let queued = self
+            .queues
+            .get(core)
+            .map(|queue| queue.try_send((from, request)));
+        !matches!(
+            queued,
+            Some(Err(flume::TrySendError::Disconnected(_))) | None
+        )
+    }
+}
+
 /// The lead member's side, one task per core: carries out the calls
-/// other members forwarded (`calls`, shared by every core) and queues
+/// other members forwarded (`calls`, this core's queue) and queues
 /// each answer for the member that asked. A call is answered whatever
 /// happens, within the request timeout, unless the asking member's queue
 /// is full (it then times out, as if the answer were lost).
@@ -231,6 +269,26 @@ mod tests {
             answer: ForwardedAnswer::Done,
         });
         assert_eq!(table.waiting(), 0);
+    }
+
+    #[test]
+    fn calls_go_to_each_core_in_turn() {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..2).map(|_| flume::bounded(4)).unzip();
+        let queues = CallQueues::new(senders);
+        for id in 0..4 {
+            let call = ForwardRequest {
+                id,
+                call: ForwardedCall::RenewLease { id: 1 },
+            };
+            assert!(queues.push(7, call));
+        }
+        assert_eq!((receivers[0].len(), receivers[1].len()), (2, 2));
+        drop(receivers);
+        let call = ForwardRequest {
+            id: 9,
+            call: ForwardedCall::RenewLease { id: 1 },
+        };
+        assert!(!queues.push(7, call), "the cores are gone");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::disk_space::DiskSpaceGuard;
-use super::forwarding::{ForwardTable, Forwarder, carry_out_forwarded_calls};
+use super::forwarding::{CallQueues, ForwardTable, Forwarder, carry_out_forwarded_calls};
 use super::frontier::DurableFrontier;
 use super::lead_member::MemberRole;
 use super::raft_group::GroupConfig;
@@ -263,7 +263,7 @@ async fn start_member(
         id: member_id,
         inbox: PeerInbox {
             shards: senders.iter().cloned().collect(),
-            calls,
+            calls: CallQueues::new(vec![calls]),
             waiting: table,
             directory: Default::default(),
         },
