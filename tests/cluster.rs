@@ -1102,3 +1102,58 @@ fn a_follower_answers_every_call_of_many_concurrent_clients() {
         failures.first()
     );
 }
+
+/// `MoveLeader` asked of the lead member hands every group to the target,
+/// which then takes writes; asked of a follower it answers "not leader",
+/// and an unknown target is "bad leader transferee", as etcd answers.
+#[test]
+fn move_leader_moves_the_lead_member() {
+    let cluster = Cluster::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
+    runtime.block_on(async {
+        let lead = settled_lead_member(&endpoints, Duration::from_secs(20)).await;
+        let target = (lead + 1) % MEMBERS;
+        let mut lead_client = Client::connect([&endpoints[lead]], None)
+            .await
+            .expect("connect");
+        let mut target_client = Client::connect([&endpoints[target]], None)
+            .await
+            .expect("connect");
+        let target_id = target_client
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .expect("header")
+            .member_id();
+        let error =
+            |result: Result<etcd_client::MoveLeaderResponse, etcd_client::Error>| match result {
+                Err(etcd_client::Error::GRpcStatus(status)) => status.message().to_owned(),
+                other => panic!("expected an error, got {other:?}"),
+            };
+        let refused = error(target_client.move_leader(target_id).await);
+        assert_eq!(refused, "etcdserver: not leader");
+        let unknown = error(lead_client.move_leader(0xdead).await);
+        assert_eq!(unknown, "etcdserver: bad leader transferee");
+
+        lead_client
+            .move_leader(target_id)
+            .await
+            .expect("move leader");
+        assert_eq!(
+            target_client.status().await.expect("status").leader(),
+            target_id,
+            "the target does not name itself the leader"
+        );
+        let moved_to = settled_lead_member(&endpoints, Duration::from_secs(10)).await;
+        assert_eq!(moved_to, target, "another member leads after the move");
+        lead_client
+            .put("after-move", "yes", None)
+            .await
+            .expect("a write through the old lead member");
+    });
+}

@@ -1,7 +1,7 @@
 //! `etcdserverpb.Maintenance`: Status (a cluster member reports its lead
 //! member and group 0's term), Hash, HashKV, Defragment, Snapshot (in
-//! `snapshot_stream`), MoveLeader (still as etcd answers it for a single
-//! member) and Alarm (in `alarm`).
+//! `snapshot_stream`), MoveLeader (the lead member hands every group to
+//! the target) and Alarm (in `alarm`).
 //!
 //! Everything that scans the key space or walks the disk runs on a helper
 //! thread ([`off_core`]), never on the core's executor: a hash of a large
@@ -54,7 +54,7 @@ pub async fn call(
         }
         "MoveLeader" => {
             unary(requests, responses, async |request: MoveLeaderRequest| {
-                move_leader(context, request)
+                move_leader(context, request).await
             })
             .await
         }
@@ -182,16 +182,56 @@ async fn defragment(context: &ServiceContext) -> Result<DefragmentResponse, Stat
 /// `MoveLeader` as etcd answers it for a single member: to itself it is a
 /// no-op; any other target is not a member. A cluster member answers the
 /// same for now (moving the lead member on request is not built yet).
-fn move_leader(
+/// etcd's MoveLeader: asked of the leader (the lead member), it moves
+/// every group's leadership to `target_id` and answers once the target
+/// leads, within the request timeout ("leader transfer took too long"
+/// after). A server alone is its own only possible leader.
+async fn move_leader(
     context: &ServiceContext,
     request: MoveLeaderRequest,
 ) -> Result<MoveLeaderResponse, Status> {
-    if request.target_id != context.identity.member_id {
+    let identity = &context.identity;
+    let target = request.target_id;
+    let known = match &identity.role {
+        None => target == identity.member_id,
+        Some(_) => identity.members.iter().any(|member| member.id == target),
+    };
+    if !known {
         return Err(Status::failed_precondition(
             "etcdserver: bad leader transferee",
         ));
     }
+    if let Some(role) = &identity.role {
+        move_lead_member(role, target, context.write_path.request_timeout()).await?;
+    }
     let mut response = MoveLeaderResponse { header: None };
     context.fill_header(&mut response.header);
     Ok(response)
+}
+
+async fn move_lead_member(
+    role: &crate::shard::lead_member::MemberRole,
+    target: u64,
+    limit: std::time::Duration,
+) -> Result<(), Status> {
+    if role.lead_member() == target && (target != role.member_id || role.takes_writes()) {
+        return Ok(());
+    }
+    if !role.takes_writes() {
+        return Err(crate::store::error::KvError::NotLeader.into());
+    }
+    role.begin_move(target);
+    let deadline = std::time::Instant::now() + limit;
+    while role.lead_member() != target {
+        if std::time::Instant::now() >= deadline {
+            role.end_move();
+            return Err(Status::new(
+                crate::grpc::Code::Unavailable,
+                "etcdserver: request timed out, leader transfer took too long",
+            ));
+        }
+        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    role.end_move();
+    Ok(())
 }

@@ -44,6 +44,10 @@ pub struct MemberRole {
     /// Times group 0's leader (the lead member) became a member other
     /// than the one seen before (etcd's `leader_changes_seen_total`).
     lead_member_changes: AtomicU64,
+    /// A MoveLeader under way on this lead member: the member every
+    /// group's leadership moves to (0: none). Meanwhile this member takes
+    /// no writes.
+    moving_to: AtomicU64,
 }
 
 impl MemberRole {
@@ -55,6 +59,7 @@ impl MemberRole {
             taking_writes: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             lead_member_changes: AtomicU64::new(0),
+            moving_to: AtomicU64::new(0),
         })
     }
 
@@ -66,6 +71,23 @@ impl MemberRole {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// MoveLeader: hand every group to `target` (`ShardWorker`'s tick does
+    /// it), taking no writes meanwhile.
+    pub fn begin_move(&self, target: u64) {
+        self.moving_to.store(target, Ordering::SeqCst);
+        self.taking_writes.store(false, Ordering::SeqCst);
+    }
+
+    /// The move is over (done, or given up).
+    pub fn end_move(&self) {
+        self.moving_to.store(0, Ordering::SeqCst);
+    }
+
+    /// The member a MoveLeader moves every group to (0: none).
+    pub fn moving_to(&self) -> u64 {
+        self.moving_to.load(Ordering::SeqCst)
     }
 
     /// Whether this member leads any group, as its workers last saw.
@@ -142,7 +164,11 @@ pub async fn run(
                 Err(Stop) => return,
             }
         }
-        if role.is_stopping() || role.takes_writes() || !role.leads_every_group() {
+        if role.is_stopping()
+            || role.moving_to() != 0
+            || role.takes_writes()
+            || !role.leads_every_group()
+        {
             continue;
         }
         let readable = clock.readable_through();
@@ -163,7 +189,7 @@ pub async fn run(
                 "voided revisions the previous lead member took and did not complete (none was acknowledged)"
             );
         }
-        if role.leads_every_group() && !role.is_stopping() {
+        if role.leads_every_group() && !role.is_stopping() && role.moving_to() == 0 {
             // Keep-alives went to the previous lead member.
             space.leases().renew_all(std::time::Instant::now());
             role.taking_writes.store(true, Ordering::SeqCst);

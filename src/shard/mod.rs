@@ -393,7 +393,11 @@ impl<D: StorageDevice> ShardWorker<D> {
         if !self.leading || lead == 0 {
             return;
         }
-        if lead == role.member_id && !role.is_stopping() {
+        let moving_to = role.moving_to();
+        if lead == role.member_id && moving_to != 0 {
+            // MoveLeader: every group, group 0 with the others.
+            self.group.transfer_leader(moving_to);
+        } else if lead == role.member_id && !role.is_stopping() {
             self.group.keep_leadership();
         } else if self.shard != 0 && lead != role.member_id {
             self.group.transfer_leader(lead);

@@ -50,6 +50,16 @@ impl WritePath {
         &self.space
     }
 
+    /// etcd's request timeout on a cluster member; a server alone waits
+    /// for nobody, so a generous bound.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.forwarder
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(7), |forwarder| {
+                forwarder.request_timeout
+            })
+    }
+
     /// Runs `request` on the member that takes writes and returns once
     /// its effects are visible to every reader here (the watermark has
     /// reached its revision), so a client that reads after the reply sees
