@@ -185,6 +185,10 @@ impl Cluster {
         member.server = Some(server);
     }
 
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
     fn kill(&mut self, index: usize) {
         if let Some(mut server) = self.members[index].server.take() {
             server.kill_hard();
@@ -196,6 +200,13 @@ impl Cluster {
             server.signal(signal);
         }
     }
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// What the clients share: the history, and what broke read-your-writes.
@@ -616,10 +627,7 @@ fn the_history_checker_finds_violations() {
 #[test]
 fn members_agree_on_the_lead_member_and_list_each_other() {
     let cluster = Cluster::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = current_thread_runtime();
     runtime.block_on(async {
         let mut clients = Vec::new();
         for member in &cluster.members {
@@ -719,11 +727,8 @@ fn a_lead_member_asked_to_stop_hands_over_without_an_election() {
         heartbeat_ms: 100,
         election_ms: 5000,
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
+    let runtime = current_thread_runtime();
+    let endpoints = cluster.endpoints();
     // Who takes writes (the first election takes one election timeout).
     let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(40)));
     let stopped_at = Instant::now();
@@ -777,11 +782,8 @@ fn a_lead_member_asked_to_stop_hands_over_without_an_election() {
 #[test]
 fn a_follower_serves_writes_leases_locks_and_compaction() {
     let cluster = Cluster::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
+    let runtime = current_thread_runtime();
+    let endpoints = cluster.endpoints();
     runtime.block_on(async {
         let lead = settled_lead_member(&endpoints, Duration::from_secs(20)).await;
         let follower = (lead + 1) % MEMBERS;
@@ -892,11 +894,8 @@ fn a_follower_serves_writes_leases_locks_and_compaction() {
 #[test]
 fn a_member_cut_off_from_a_quorum_reports_unhealthy() {
     let cluster = Cluster::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
+    let runtime = current_thread_runtime();
+    let endpoints = cluster.endpoints();
     runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
     let watched = &cluster.members[0];
     let health = |path: &str| {
@@ -968,11 +967,8 @@ fn a_member_cut_off_from_a_quorum_reports_unhealthy() {
 #[test]
 fn a_member_down_past_the_snapshots_catches_up_from_them() {
     let mut cluster = Cluster::start_with_flags(FAST, &["--snapshot-count", "50"]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
+    let runtime = current_thread_runtime();
+    let endpoints = cluster.endpoints();
     let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
     let behind = (lead + 1) % MEMBERS;
     cluster.kill(behind);
@@ -1109,11 +1105,8 @@ fn a_follower_answers_every_call_of_many_concurrent_clients() {
 #[test]
 fn move_leader_moves_the_lead_member() {
     let cluster = Cluster::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let endpoints: Vec<String> = cluster.members.iter().map(Member::endpoint).collect();
+    let runtime = current_thread_runtime();
+    let endpoints = cluster.endpoints();
     runtime.block_on(async {
         let lead = settled_lead_member(&endpoints, Duration::from_secs(20)).await;
         let target = (lead + 1) % MEMBERS;

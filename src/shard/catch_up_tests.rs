@@ -65,17 +65,7 @@ fn a_member_behind_the_released_log_catches_up_from_snapshots() {
     );
     run(async move {
         let cluster = TestCluster::start(&[1, 2, 3], 2, directory.path(), None, 40).await;
-        let network = cluster.clone();
-        monoio::spawn(async move {
-            let mut step = 0u64;
-            loop {
-                monoio::time::sleep(Duration::from_millis(1)).await;
-                step += 1;
-                if !network.deliver().await || (step.is_multiple_of(2) && !network.tick().await) {
-                    return;
-                }
-            }
-        });
+        cluster.run_network();
         let key = |index: u64| format!("key-{index}");
         for round in 0..20 {
             write(

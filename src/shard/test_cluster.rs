@@ -164,6 +164,23 @@ impl TestCluster {
         true
     }
 
+    /// Runs the network and the clock on a task of their own until the
+    /// members stop: a round of delivery every millisecond, a tick every
+    /// two.
+    pub fn run_network(self: &Rc<Self>) {
+        let network = self.clone();
+        monoio::spawn(async move {
+            let mut step = 0u64;
+            loop {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                step += 1;
+                if !network.deliver().await || (step.is_multiple_of(2) && !network.tick().await) {
+                    return;
+                }
+            }
+        });
+    }
+
     /// One tick to every group of every member.
     pub async fn tick(&self) -> bool {
         for shard in self.members.iter().flat_map(|member| member.senders.iter()) {

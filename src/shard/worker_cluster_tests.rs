@@ -118,22 +118,7 @@ fn failover_scenario(name: &str, forwarding: bool) {
         let cluster =
             TestCluster::start(&voters, 2, directory.path(), request_timeout, u64::MAX).await;
         let members = &cluster.members;
-        // The network and the clock: deliver every millisecond, tick every
-        // two, until the test ends (the members stop).
-        let network = cluster.clone();
-        monoio::spawn(async move {
-            let mut step = 0u64;
-            loop {
-                monoio::time::sleep(Duration::from_millis(1)).await;
-                step += 1;
-                if !network.deliver().await {
-                    return;
-                }
-                if step.is_multiple_of(2) && !network.tick().await {
-                    return;
-                }
-            }
-        });
+        cluster.run_network();
 
         // A reader on every member: what it saw at its watermark must be
         // what every member holds at that revision in the end (a read is
