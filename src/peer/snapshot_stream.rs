@@ -34,10 +34,12 @@ pub struct SnapshotChunk {
 pub(super) struct WireSnapshotChunk {
     #[prost(uint32, tag = "1")]
     shard: u32,
-    /// raft-rs's `Message` without its snapshot data; empty after the
-    /// first chunk.
-    #[prost(bytes = "vec", tag = "2")]
-    message: Vec<u8>,
+    /// raft-rs's `Message` without its snapshot data; absent after the
+    /// first chunk. Present-but-empty is a message of all defaults, so
+    /// presence is explicit (found by fuzzing: an empty message came back
+    /// as none).
+    #[prost(bytes = "vec", optional, tag = "2")]
+    message: Option<Vec<u8>>,
     #[prost(uint64, tag = "3")]
     offset: u64,
     #[prost(uint64, tag = "4")]
@@ -50,7 +52,7 @@ impl SnapshotChunk {
     pub(super) fn to_wire(&self) -> WireSnapshotChunk {
         WireSnapshotChunk {
             shard: self.shard,
-            message: self.message.as_ref().map_or_else(Vec::new, |message| {
+            message: self.message.as_ref().map(|message| {
                 message
                     .write_to_bytes()
                     .expect("a raft message always encodes")
@@ -62,13 +64,12 @@ impl SnapshotChunk {
     }
 
     pub(super) fn from_wire(wire: WireSnapshotChunk) -> Result<Self, PeerFrameError> {
-        let message = if wire.message.is_empty() {
-            None
-        } else {
-            Some(
-                Message::parse_from_bytes(&wire.message)
+        let message = match wire.message {
+            None => None,
+            Some(bytes) => Some(
+                Message::parse_from_bytes(&bytes)
                     .map_err(|error| PeerFrameError::Undecodable(error.to_string()))?,
-            )
+            ),
         };
         Ok(Self {
             shard: wire.shard,
@@ -214,6 +215,27 @@ mod tests {
             }
             assert_eq!(done, Some((3, message)), "size {size}");
         }
+    }
+
+    #[test]
+    fn a_message_of_all_defaults_is_not_taken_for_none() {
+        let chunk = SnapshotChunk {
+            shard: 0,
+            message: Some(Message::default()),
+            offset: 0,
+            total: 0,
+            data: Bytes::new(),
+        };
+        let back = SnapshotChunk::from_wire(chunk.to_wire()).expect("decodes");
+        assert_eq!(back, chunk);
+        let none = SnapshotChunk {
+            message: None,
+            ..chunk
+        };
+        assert_eq!(
+            SnapshotChunk::from_wire(none.to_wire()).expect("decodes"),
+            none
+        );
     }
 
     #[test]
