@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::history::{ReadRecord, StoreHistory, WriteEnd, WriteRecord, check};
-use common::{MetastoreServer, free_port, test_seed};
+use common::{MetastoreServer, stable_port, test_seed};
 use etcd_client::{Client, GetOptions, LockOptions, Txn, TxnOp, WatchOptions};
 use rand::{RngExt, SeedableRng};
 
@@ -126,9 +126,11 @@ impl Cluster {
         let members: Vec<Member> = (0..MEMBERS)
             .map(|index| Member {
                 name: format!("m{index}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                metrics_port: free_port(),
+                // Members restart on their ports: keep them out of the
+                // range the others' redials take local ports from.
+                client_port: stable_port(),
+                peer_port: stable_port(),
+                metrics_port: stable_port(),
                 data_dir: tempfile::tempdir().expect("data dir"),
                 server: None,
             })
@@ -176,12 +178,27 @@ impl Cluster {
         cluster
     }
 
+    /// Starts a stopped member again on its ports. A start that finds its
+    /// peer port still taken is tried again for up to 20 s: after SIGKILL
+    /// the kernel may hold the dead process's io_uring listeners for a
+    /// while (seen on this machine's kernel; an open problem, see issue
+    /// 19's notes), which the test is not about.
     fn restart(&mut self, index: usize) {
         let member = &mut self.members[index];
         let arguments = member.arguments(&self.initial_cluster, self.timing, &self.extra);
-        let server =
-            MetastoreServer::start_exact(&arguments, member.client_port, member.metrics_port)
-                .unwrap_or_else(|error| panic!("member {} did not start: {error}", member.name));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let server = loop {
+            match MetastoreServer::start_exact(&arguments, member.client_port, member.metrics_port)
+            {
+                Ok(server) => break server,
+                Err(error)
+                    if error.contains("Address already in use") && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(error) => panic!("member {} did not start: {error}", member.name),
+            }
+        };
         member.server = Some(server);
     }
 

@@ -44,6 +44,31 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A free port below Linux's ephemeral range (32768 and up by default),
+/// for a server that is killed and restarted on the same port: while it
+/// is down, other processes' outgoing connections (cluster members
+/// redialing it) take ephemeral local ports, and one of them may be its
+/// old port, so the restart could not bind. Ports are handed out from a
+/// per-process counter starting at a random offset, each checked free.
+pub fn stable_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(SPAN)) as u16 + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A child process whose stderr (and stdout) are drained into a buffer by a
 /// background thread, so the pipe never fills up and the output can be shown
 /// when something goes wrong.
