@@ -5,8 +5,8 @@
 //! The caller's side is a [`Forwarder`] per core: it numbers each call,
 //! queues it for the lead member and waits for the answer until etcd's
 //! request timeout. The lead member's side is
-//! [`carry_out_forwarded_calls`], one task per core taking from one
-//! shared channel; it answers once a write is readable there. The caller
+//! [`carry_out_forwarded_calls`], one task per core, each with its own
+//! queue ([`CallQueues`]); it answers once a write is readable there. The caller
 //! then waits until the write is readable on its own member too, so a
 //! client reads its own write from the member it wrote through.
 //!
@@ -76,7 +76,8 @@ impl ForwardTable {
     }
 
     /// Callers still waiting.
-    pub fn waiting(&self) -> usize {
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.lock().len()
     }
 

@@ -158,10 +158,11 @@ pub async fn run(
         monoio::time::sleep(interval).await;
         let floor = clock.floor_to_confirm();
         if floor > 0 {
-            match confirm_every_group(&shards, interval * 20).await {
-                Ok(true) => clock.floor_confirmed(floor),
-                Ok(false) => continue,
-                Err(Stop) => return,
+            match super::write_path::confirm_every_group(&shards, interval * 20).await {
+                Ok(()) => clock.floor_confirmed(floor),
+                Err(KvError::ShardUnavailable(_)) => return,
+                // No leader, or none reachable: try again next time.
+                Err(_) => continue,
             }
         }
         if role.is_stopping()
@@ -204,32 +205,6 @@ pub async fn run(
 
 /// This process is stopping.
 struct Stop;
-
-/// Has every group's leader confirm a read (ReadIndex) and waits until
-/// this member applied through the commit index each named; `false` if
-/// some group could not within `limit` (no leader, or none reachable).
-async fn confirm_every_group(
-    shards: &[flume::Sender<ShardCommand>],
-    limit: Duration,
-) -> Result<bool, Stop> {
-    let mut answers = Vec::with_capacity(shards.len());
-    for shard in shards {
-        let (done, confirmed) = oneshot::channel();
-        shard
-            .send_async(ShardCommand::ReadIndex { done })
-            .await
-            .map_err(|_| Stop)?;
-        answers.push(confirmed);
-    }
-    let deadline = std::time::Instant::now() + limit;
-    for confirmed in answers {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if !matches!(monoio::time::timeout(left, confirmed).await, Ok(Ok(()))) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
 
 /// Has every group log the void of `from..=to` and waits until each
 /// applied it (or refused: no longer its leader).

@@ -62,8 +62,7 @@ impl<D: StorageDevice> ShardWorker<D> {
     /// Replaces the shard's state with `snapshot` (durable already, the log
     /// restored after it) before anything committed after it is applied.
     pub(super) async fn install_leader_snapshot(&mut self, snapshot: Snapshot) {
-        let image = Bytes::from(snapshot.data.to_vec());
-        let loaded = match snapshotting::loaded_from_image(image, self.shard) {
+        let loaded = match snapshotting::loaded_from_image(snapshot.data, self.shard) {
             Ok(loaded) => loaded,
             Err(error) => {
                 // Checked on arrival and written as is: unreadable now
@@ -88,10 +87,18 @@ impl<D: StorageDevice> ShardWorker<D> {
         let clock = self.space.clock();
         clock.observe_applied(meta.revision);
         clock.await_floor(meta.revision);
-        self.snapshots.last_snapshot_index = meta.raft_index;
         self.snapshots.logged.clear();
         self.snapshots.entries_since_snapshot = 0;
-        self.release_log_below_snapshot(meta.raft_index).await;
+        // The group wrote it under this name (`RaftGroup::persist`).
+        let newest = self
+            .snapshots
+            .directory
+            .join(crate::snapshot::snapshot_file_name(
+                meta.raft_term,
+                meta.raft_index,
+            ));
+        self.release_log_through(meta.raft_index, newest, Vec::new())
+            .await;
     }
 
     /// The memtable and this shard's leases as `loaded` says, without a
@@ -140,30 +147,6 @@ impl<D: StorageDevice> ShardWorker<D> {
             let compaction = ShardCommandRecord::compaction(meta.compacted_revision);
             super::apply::apply_command(&self.space, self.shard, &compaction, now);
             self.start_compaction(meta.compacted_revision);
-        }
-    }
-
-    /// The WAL below the snapshot is obsolete: release it as after a
-    /// snapshot of this shard's own, and remove older snapshot files.
-    async fn release_log_below_snapshot(&mut self, raft_index: u64) {
-        let released = match self.group.compact_through(raft_index).await {
-            Ok(released) => released,
-            Err(error) => {
-                tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed while releasing the log; aborting");
-                std::process::abort();
-            }
-        };
-        self.remove_released_segments(released, Vec::new());
-        let directory = self.snapshots.directory.clone();
-        let newest = directory.join(crate::snapshot::snapshot_file_name(
-            self.group.term_of(raft_index).unwrap_or_default(),
-            raft_index,
-        ));
-        let spawned = std::thread::Builder::new()
-            .name(format!("metastore-snapshot-cleanup-{}", self.shard))
-            .spawn(move || snapshotting::remove_older_snapshots(&directory, &newest));
-        if let Err(error) = spawned {
-            tracing::warn!(shard = self.shard, %error, "cannot start a thread to remove old snapshots; a later snapshot will");
         }
     }
 }

@@ -163,32 +163,13 @@ impl<D: StorageDevice> ShardWorker<D> {
         // Requesters (Defragment) are answered once the log is released.
         match result {
             Ok(path) => {
-                self.snapshots.last_snapshot_index = raft_index;
-                let released = match self.group.compact_through(raft_index).await {
-                    Ok(released) => released,
-                    Err(error) => {
-                        tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed while releasing the log; aborting");
-                        std::process::abort();
-                    }
-                };
-                self.snapshots
-                    .logged
-                    .retain(|(index, _)| *index > raft_index);
-                // Unlinking a large file takes milliseconds: not on the core.
-                let directory = self.snapshots.directory.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("metastore-snapshot-cleanup-{}", self.shard))
-                    .spawn(move || snapshotting::remove_older_snapshots(&directory, &path));
-                if let Err(error) = spawned {
-                    tracing::warn!(shard = self.shard, %error, "cannot start a thread to remove old snapshots; a later snapshot will");
-                }
+                let answer_to = std::mem::take(&mut self.snapshots.answered_by_in_flight);
+                self.release_log_through(raft_index, path, answer_to).await;
                 tracing::debug!(
                     shard = self.shard,
                     raft_index,
                     "snapshot written; log released"
                 );
-                let answer_to = std::mem::take(&mut self.snapshots.answered_by_in_flight);
-                self.remove_released_segments(released, answer_to);
             }
             Err(failure) => {
                 tracing::warn!(shard = self.shard, error = %failure, "snapshot failed; the log is kept and a later one will be tried");
@@ -202,6 +183,38 @@ impl<D: StorageDevice> ShardWorker<D> {
         }
     }
 
+    /// The snapshot at `newest` covers the log through `raft_index` (one
+    /// this worker wrote, or its leader's, installed): releases the WAL
+    /// below it, removes older snapshot files off the core, and answers
+    /// `answer_to` once the released segments are gone.
+    pub(super) async fn release_log_through(
+        &mut self,
+        raft_index: u64,
+        newest: std::path::PathBuf,
+        answer_to: Vec<oneshot::Sender<Result<(), String>>>,
+    ) {
+        self.snapshots.last_snapshot_index = raft_index;
+        let released = match self.group.compact_through(raft_index).await {
+            Ok(released) => released,
+            Err(error) => {
+                tracing::error!(shard = self.shard, %error, "WAL write or fdatasync failed while releasing the log; aborting");
+                std::process::abort();
+            }
+        };
+        self.snapshots
+            .logged
+            .retain(|(index, _)| *index > raft_index);
+        // Unlinking a large file takes milliseconds: not on the core.
+        let directory = self.snapshots.directory.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("metastore-snapshot-cleanup-{}", self.shard))
+            .spawn(move || snapshotting::remove_older_snapshots(&directory, &newest));
+        if let Err(error) = spawned {
+            tracing::warn!(shard = self.shard, %error, "cannot start a thread to remove old snapshots; a later snapshot will");
+        }
+        self.remove_released_segments(released, answer_to);
+    }
+
     /// Removes released WAL segments on a task of its own, then answers the
     /// requesters (Defragment answers once the space is given back). The
     /// worker does not wait: an unlink plus directory sync took 20-45 ms per
@@ -209,7 +222,7 @@ impl<D: StorageDevice> ShardWorker<D> {
     /// (the whole put p99 at a steady load). Removals stay oldest first
     /// across snapshots (each task waits for the previous one), so a crash
     /// never leaves a gap in the log.
-    pub(super) fn remove_released_segments(
+    fn remove_released_segments(
         &mut self,
         released: ReleasedSegments,
         answer_to: Vec<oneshot::Sender<Result<(), String>>>,

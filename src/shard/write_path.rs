@@ -256,33 +256,7 @@ impl WritePath {
     /// within the readable prefix (`store::applied_revisions`). Asks again
     /// while a group's leader changes; gives up after `limit`.
     pub async fn confirm_reads(&self, limit: std::time::Duration) -> Result<(), KvError> {
-        let deadline = std::time::Instant::now() + limit;
-        // Every group asked at once; a group whose leader changed is asked
-        // again.
-        let mut waiting = Vec::new();
-        for shard in self.space.shard_map().all_shards() {
-            waiting.push((shard, self.ask_read_index(shard).await?));
-        }
-        for (shard, mut confirmed) in waiting {
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match monoio::time::timeout(left, confirmed).await {
-                    Ok(Ok(())) => break,
-                    Ok(Err(_)) if std::time::Instant::now() < deadline => {
-                        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        confirmed = self.ask_read_index(shard).await?;
-                    }
-                    Ok(Err(_)) | Err(_) => return Err(KvError::RequestTimedOut),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn ask_read_index(&self, shard: ShardId) -> Result<oneshot::Receiver<()>, KvError> {
-        let (done, confirmed) = oneshot::channel();
-        self.send(shard, ShardCommand::ReadIndex { done }).await?;
-        Ok(confirmed)
+        confirm_every_group(&self.senders, limit).await
     }
 
     async fn grant_lease_here(&self, id: i64, ttl_seconds: i64) -> Result<(), KvError> {
@@ -474,4 +448,42 @@ fn unexpected(answer: ForwardedAnswer) -> KvError {
         "the lead member answered a call with the wrong kind of answer"
     );
     KvError::RequestTimedOut
+}
+
+/// [`WritePath::confirm_reads`] over the groups whose workers `shards`
+/// reach. `RequestTimedOut` after `limit`; `ShardUnavailable` once a
+/// worker is gone (the member is stopping).
+pub async fn confirm_every_group(
+    shards: &[flume::Sender<ShardCommand>],
+    limit: std::time::Duration,
+) -> Result<(), KvError> {
+    let ask = async |shard: usize| {
+        let (done, confirmed) = oneshot::channel();
+        shards[shard]
+            .send_async(ShardCommand::ReadIndex { done })
+            .await
+            .map_err(|_| KvError::ShardUnavailable(shard))?;
+        Ok::<_, KvError>(confirmed)
+    };
+    let deadline = std::time::Instant::now() + limit;
+    // Every group asked at once; a group whose leader changed is asked
+    // again.
+    let mut waiting = Vec::with_capacity(shards.len());
+    for shard in 0..shards.len() {
+        waiting.push((shard, ask(shard).await?));
+    }
+    for (shard, mut confirmed) in waiting {
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match monoio::time::timeout(left, confirmed).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) if std::time::Instant::now() < deadline => {
+                    monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    confirmed = ask(shard).await?;
+                }
+                Ok(Err(_)) | Err(_) => return Err(KvError::RequestTimedOut),
+            }
+        }
+    }
+    Ok(())
 }
