@@ -79,6 +79,10 @@ pub struct MemberRecord {
     pub id: u64,
     pub name: String,
     pub peer_urls: Vec<String>,
+    /// A learner (`MemberAdd --learner`): receives the log, does not vote,
+    /// until `MemberPromote`. Left out of the file when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_learner: bool,
 }
 
 /// Who a new cluster member's data directory is created for.

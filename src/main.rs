@@ -68,13 +68,54 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    wait_for_shutdown_signal();
+    if wait_for_shutdown(&node) == Shutdown::Removed {
+        // etcd's words; exit status 0: the member did what was asked of the
+        // cluster, and a supervisor must not start it again.
+        tracing::warn!("the member has been permanently removed from the cluster");
+        // Answers in flight (the MemberRemove itself, when asked of this
+        // member) get a moment to go out.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        node.log_summary();
+        return ExitCode::SUCCESS;
+    }
     tracing::info!("received shutdown signal, exiting");
     // A cluster member leading groups hands them on first (bounded, so a
     // member cut off from the others still stops).
     node.hand_off_leadership(std::time::Duration::from_secs(5));
     node.log_summary();
     ExitCode::SUCCESS
+}
+
+#[derive(PartialEq)]
+enum Shutdown {
+    Signal,
+    Removed,
+}
+
+/// Waits for SIGINT or SIGTERM, or for the cluster to remove this member.
+fn wait_for_shutdown(node: &metastore::runtime::Node) -> Shutdown {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot install signal handlers; running until killed or removed");
+            loop {
+                if node.is_removed() {
+                    return Shutdown::Removed;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    loop {
+        if signals.pending().next().is_some() {
+            return Shutdown::Signal;
+        }
+        if node.is_removed() {
+            return Shutdown::Removed;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Runs a tool instead of the server. Exit status 2 for a bad input (a
@@ -154,21 +195,5 @@ fn repair(data_dir: &std::path::Path, apply: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => failed(error),
-    }
-}
-
-/// Blocks the main thread until SIGINT or SIGTERM.
-fn wait_for_shutdown_signal() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut signals) => {
-            let _ = signals.forever().next();
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot install signal handlers; running until killed");
-            loop {
-                std::thread::park();
-            }
-        }
     }
 }

@@ -43,6 +43,8 @@ pub fn kv_error_status(error: &KvError) -> Status {
         KvError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
         KvError::LeaderChanged => (Code::Unavailable, "etcdserver: leader changed"),
         KvError::RequestTimedOut => (Code::Unavailable, "etcdserver: request timed out"),
+        KvError::UnhealthyCluster => (Code::Unavailable, "etcdserver: unhealthy cluster"),
+        KvError::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
     };
     Status::new(code, message)
 }

@@ -1167,3 +1167,136 @@ fn move_leader_moves_the_lead_member() {
             .expect("a write through the old lead member");
     });
 }
+
+/// etcd's MemberRemove, asked of a member that is neither the lead member
+/// nor the one removed: the answer lists the two left, the removed member
+/// exits (status 0, as a removed etcd member stops) and refuses to start
+/// again, a second removal is etcd's "member not found", and the two left
+/// keep serving writes, also after both are SIGKILLed and restarted (the
+/// membership is durable).
+#[test]
+fn a_member_removed_through_a_follower_stops_and_stays_out() {
+    let mut cluster = Cluster::start();
+    let runtime = current_thread_runtime();
+    let endpoints = cluster.endpoints();
+    let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
+    let removed = (lead + 1) % MEMBERS;
+    let asked = (lead + 2) % MEMBERS;
+    let removed_id = runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[removed]], None)
+            .await
+            .expect("connect");
+        client
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .expect("header")
+            .member_id()
+    });
+    runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[asked]], None)
+            .await
+            .expect("connect");
+        client.put("before", "1", None).await.expect("put");
+        let response = client
+            .member_remove(removed_id)
+            .await
+            .expect("member remove");
+        let left: Vec<u64> = response
+            .members()
+            .iter()
+            .map(|member| member.id())
+            .collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "the answer lists the members left: {left:x?}"
+        );
+        assert!(!left.contains(&removed_id));
+        let listed = client.member_list().await.expect("member list");
+        assert_eq!(listed.members().len(), 2);
+        let again = client.member_remove(removed_id).await;
+        match again {
+            Err(etcd_client::Error::GRpcStatus(status)) => {
+                assert_eq!(status.message(), "etcdserver: member not found")
+            }
+            other => panic!("a second removal: {other:?}"),
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let server = cluster.members[removed].server.as_mut().expect("running");
+        if let Some(status) = server.exit_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the removed member did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "a removed member exits with status 0: {status}"
+    );
+    let member = &cluster.members[removed];
+    let arguments = member.arguments(&cluster.initial_cluster, cluster.timing, &cluster.extra);
+    let refused = MetastoreServer::start_exact(&arguments, member.client_port, member.metrics_port)
+        .err()
+        .expect("a removed member must not start again");
+    assert!(
+        refused.contains("permanently removed from the cluster"),
+        "{refused}"
+    );
+    let others: Vec<usize> = (0..MEMBERS).filter(|index| *index != removed).collect();
+    for index in &others {
+        cluster.kill(*index);
+    }
+    // Together: with two voters left, either one is ready (answers a
+    // linearizable read) only once the other is up too.
+    let servers: Vec<MetastoreServer> = std::thread::scope(|scope| {
+        let starts: Vec<_> = others
+            .iter()
+            .map(|index| {
+                let member = &cluster.members[*index];
+                let arguments =
+                    member.arguments(&cluster.initial_cluster, cluster.timing, &cluster.extra);
+                scope.spawn(move || {
+                    MetastoreServer::start_exact(
+                        &arguments,
+                        member.client_port,
+                        member.metrics_port,
+                    )
+                    .unwrap_or_else(|error| panic!("{} did not restart: {error}", member.name))
+                })
+            })
+            .collect();
+        starts
+            .into_iter()
+            .map(|start| start.join().expect("start thread"))
+            .collect()
+    });
+    for (index, server) in others.iter().zip(servers) {
+        cluster.members[*index].server = Some(server);
+    }
+    let endpoints: Vec<String> = others
+        .iter()
+        .map(|index| endpoints[*index].clone())
+        .collect();
+    runtime.block_on(async {
+        let mut client = Client::connect(&endpoints, None).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.put("after", "2", None).await {
+                Ok(_) => break,
+                Err(error) => assert!(
+                    Instant::now() < deadline,
+                    "no write after the restart: {error}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let listed = client.member_list().await.expect("member list");
+        assert_eq!(listed.members().len(), 2, "the removal survives restarts");
+        let before = client.get("before", None).await.expect("get");
+        assert_eq!(before.kvs().len(), 1);
+    });
+}

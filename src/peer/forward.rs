@@ -40,6 +40,10 @@ pub enum ForwardedCall {
     LeaseStatus {
         id: i64,
     },
+    /// MemberRemove: answered `Done` once the removal is applied.
+    RemoveMember {
+        id: u64,
+    },
 }
 
 /// The lead member's answer to a [`ForwardedCall`].
@@ -75,7 +79,7 @@ pub struct ForwardReply {
 pub(super) struct WireCall {
     #[prost(uint64, tag = "1")]
     id: u64,
-    #[prost(oneof = "WireCallKind", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "WireCallKind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     kind: Option<WireCallKind>,
 }
 
@@ -97,6 +101,8 @@ enum WireCallKind {
     RenewLease(i64),
     #[prost(int64, tag = "9")]
     LeaseStatus(i64),
+    #[prost(uint64, tag = "10")]
+    RemoveMember(u64),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -144,7 +150,7 @@ struct WireLeaseStatus {
 /// The wire numbers of the storage layer's errors. Append only: a number
 /// never changes meaning. `ShardUnavailable` travels without its shard
 /// (the caller's member has no use for the other member's shard number).
-const ERROR_CODES: [(u32, KvError); 18] = [
+const ERROR_CODES: [(u32, KvError); 20] = [
     (1, KvError::EmptyKey),
     (2, KvError::KeyNotFound),
     (3, KvError::ValueProvided),
@@ -163,6 +169,8 @@ const ERROR_CODES: [(u32, KvError); 18] = [
     (16, KvError::NotLeader),
     (17, KvError::LeaderChanged),
     (18, KvError::RequestTimedOut),
+    (19, KvError::UnhealthyCluster),
+    (20, KvError::MemberNotFound),
 ];
 
 fn error_code(error: &KvError) -> u32 {
@@ -217,6 +225,7 @@ impl ForwardRequest {
             }
             ForwardedCall::RenewLease { id } => WireCallKind::RenewLease(*id),
             ForwardedCall::LeaseStatus { id } => WireCallKind::LeaseStatus(*id),
+            ForwardedCall::RemoveMember { id } => WireCallKind::RemoveMember(*id),
         };
         WireCall {
             id: self.id,
@@ -242,6 +251,7 @@ impl ForwardRequest {
             },
             WireCallKind::RenewLease(id) => ForwardedCall::RenewLease { id },
             WireCallKind::LeaseStatus(id) => ForwardedCall::LeaseStatus { id },
+            WireCallKind::RemoveMember(id) => ForwardedCall::RemoveMember { id },
         };
         Ok(Self { id: wire.id, call })
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::config::ClusterConfig;
 use crate::data_dir::DataDirMeta;
-use crate::membership::MemberDirectory;
+use crate::membership::{Configurations, MemberDirectory};
 use crate::peer::forward::ForwardRequest;
 use crate::peer::frame::MemberAttributes;
 use crate::peer::transport::{
@@ -44,6 +44,8 @@ pub struct CoreCluster {
     pub request_timeout: Duration,
     /// What the other members announced of themselves.
     pub directory: Arc<MemberDirectory>,
+    /// Every group's configuration and the member list, durable.
+    pub configurations: Arc<Configurations>,
 }
 
 /// The member's peer endpoints (the listeners and the senders' ends of
@@ -65,10 +67,16 @@ pub struct PeerService {
 pub fn prepare(
     config: &ClusterConfig,
     meta: &DataDirMeta,
+    configurations: Arc<Configurations>,
     attributes: MemberAttributes,
     cores: usize,
 ) -> Result<(CoreCluster, PeerService), StartError> {
     let voters: Vec<u64> = meta.members.iter().map(|member| member.id).collect();
+    let members: Vec<u64> = configurations
+        .members()
+        .iter()
+        .map(|member| member.id)
+        .collect();
     let mut listeners = Vec::new();
     for address in &config.listen_peer_addresses {
         let listener = StdTcpListener::bind(address)
@@ -81,8 +89,10 @@ pub fn prepare(
     }
     let mut peer_queues = BTreeMap::new();
     let mut outgoing = Vec::new();
-    for member in meta
-        .members
+    // The members as this member last applied them: a member removed
+    // while this one was down is not dialed again.
+    for member in configurations
+        .members()
         .iter()
         .filter(|member| member.id != meta.member_id)
     {
@@ -121,6 +131,7 @@ pub fn prepare(
             config.heartbeat_interval * election_ticks as u32,
         ),
         directory: Arc::default(),
+        configurations,
     };
     let service = PeerService {
         listeners,
@@ -128,7 +139,7 @@ pub fn prepare(
             cluster_id: meta.cluster_id,
             member_id: meta.member_id,
         },
-        members: voters,
+        members,
         outgoing,
         calls,
         attributes,
@@ -153,6 +164,7 @@ impl CoreCluster {
             queues: Rc::new(self.peer_queues.clone()),
             table: self.forward_table.clone(),
             request_timeout: self.request_timeout,
+            configurations: self.configurations.clone(),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::metrics::CoreMetrics;
 use crate::service::{EtcdServices, MemberIdentity, ServiceContext};
 use crate::shard::SnapshotSchedule;
 use crate::shard::apply::apply_command;
+use crate::shard::conf_change;
 use crate::shard::disk_space::{DiskSpaceGuard, FullDiskReporter};
 use crate::shard::frontier::DurableFrontier;
 use crate::shard::log_entry::{self, ShardCommandRecord};
@@ -260,14 +261,38 @@ async fn serve_core(setup: CoreSetup) -> Result<(), String> {
             &plan,
             cluster.is_none(),
         );
+        let snapshot_index = snapshot_position.map_or(0, |(index, _)| index);
+        let conf_state = cluster.as_ref().map_or_else(
+            || group_config.conf_state(),
+            |cluster| {
+                cluster
+                    .configurations
+                    .at(shard, snapshot_index)
+                    .conf_state()
+            },
+        );
         let mirror = log_mirror(
             snapshot_position,
             &log.entries,
             log.hard_state.clone(),
             &group_config,
+            conf_state,
         )
         .map_err(|error| format!("shard {shard}: {error}"))?;
-        let storage = ShardLogStorage::new(mirror, directories.snapshots.clone());
+        let mut storage = ShardLogStorage::new(mirror, directories.snapshots.clone());
+        if let Some(cluster) = &cluster {
+            // The configuration after everything committed, which recovery
+            // applied: recorded, or recorded now from the log.
+            let applied = storage.mirror().rl().hard_state().commit;
+            let configuration =
+                conf_change::recover(&cluster.configurations, shard, &log.entries, applied)
+                    .map_err(|error| format!("shard {shard}: {error}"))?;
+            storage
+                .mirror()
+                .wl()
+                .set_conf_state(configuration.conf_state());
+            storage = storage.with_configurations(cluster.configurations.clone(), shard);
+        }
         let entry_records = log.entry_records();
         let wal = log
             .reading

@@ -74,6 +74,12 @@ pub enum StartError {
     },
     #[error("{0}")]
     Config(String),
+    /// The data directory's member was removed from its cluster (etcd
+    /// refuses to start such a member with these words).
+    #[error(
+        "member {member_id:x}: the member has been permanently removed from the cluster; start a new member with an empty --data-dir (add it with `etcdctl member add` first)"
+    )]
+    Removed { member_id: u64 },
     #[error(transparent)]
     Alarms(#[from] crate::service::alarm::AlarmError),
     #[error("recovery failed: {0}")]
@@ -182,6 +188,14 @@ impl Node {
         }
     }
 
+    /// Whether this member was removed from its cluster (`MemberRemove`):
+    /// it must stop, as a removed etcd member does.
+    pub fn is_removed(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|(role, _)| role.is_removed())
+    }
+
     /// Logs entries per fsync for every shard (group commit effectiveness).
     pub fn log_summary(&self) {
         for (shard, stats) in self.log_stats.iter().enumerate() {
@@ -208,17 +222,43 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
         .as_ref()
         .map(|cluster| crate::membership::bootstrap(cluster, &config.name));
     let data_dir = DataDir::open_member(&config.data_dir, config.shards, config.cores, bootstrap)?;
-    let (member, mut peer_service) = match &config.cluster {
-        Some(cluster) => {
+    let configurations = match &config.cluster {
+        Some(_) => Some(Arc::new(
+            crate::membership::Configurations::open(
+                &config.data_dir,
+                data_dir.meta.shard_count,
+                &data_dir.meta.members,
+            )
+            .map_err(|error| StartError::Config(error.to_string()))?,
+        )),
+        None => None,
+    };
+    if let Some(configurations) = &configurations
+        && !configurations
+            .members()
+            .iter()
+            .any(|member| member.id == data_dir.meta.member_id)
+    {
+        return Err(StartError::Removed {
+            member_id: data_dir.meta.member_id,
+        });
+    }
+    let (member, mut peer_service) = match (&config.cluster, &configurations) {
+        (Some(cluster), Some(configurations)) => {
             let attributes = crate::peer::frame::MemberAttributes {
                 name: config.name.clone(),
                 client_urls: config.advertise_client_urls.clone(),
             };
-            let (member, service) =
-                cluster::prepare(cluster, &data_dir.meta, attributes, config.cores)?;
+            let (member, service) = cluster::prepare(
+                cluster,
+                &data_dir.meta,
+                configurations.clone(),
+                attributes,
+                config.cores,
+            )?;
             (Some(member), Some(service))
         }
-        None => (None, None),
+        _ => (None, None),
     };
     let shard_map = ShardMap::new(data_dir.meta.shard_count, config.cores);
     let alarms = crate::service::alarm::AlarmSet::open(&config.data_dir)?;
@@ -227,7 +267,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
         cluster_id: data_dir.meta.cluster_id,
         member_id: data_dir.meta.member_id,
         client_urls: config.advertise_client_urls.clone(),
-        members: data_dir.meta.members.clone(),
+        configurations,
         role: member.as_ref().map(|member| member.role.clone()),
         directory: member.as_ref().map(|member| member.directory.clone()),
     };

@@ -1,12 +1,15 @@
-//! `etcdserverpb.Cluster`: MemberList (every member of a cluster as
-//! bootstrapped, with the client URLs each announced over the peer
-//! connections; a server alone lists itself).
+//! `etcdserverpb.Cluster`: MemberList (every member of the cluster as this
+//! member applied the membership, with the client URLs each announced over
+//! the peer connections; a server alone lists itself) and MemberRemove
+//! (through the lead member, `shard::conf_change`).
 
 use super::{ServiceContext, missing_method, unary};
 use crate::grpc::{RequestStream, ResponseSink, Status};
-use crate::proto::etcdserverpb::{Member, MemberListRequest, MemberListResponse};
+use crate::proto::etcdserverpb::{
+    Member, MemberListRequest, MemberListResponse, MemberRemoveRequest, MemberRemoveResponse,
+};
 
-const NOT_YET_SERVED: &[&str] = &["MemberAdd", "MemberRemove", "MemberUpdate", "MemberPromote"];
+const NOT_YET_SERVED: &[&str] = &["MemberAdd", "MemberUpdate", "MemberPromote"];
 
 pub async fn call(
     context: &ServiceContext,
@@ -21,6 +24,12 @@ pub async fn call(
             })
             .await
         }
+        "MemberRemove" => {
+            unary(requests, responses, async |request: MemberRemoveRequest| {
+                member_remove(context, request).await
+            })
+            .await
+        }
         other => Err(missing_method(
             "etcdserverpb.Cluster",
             other,
@@ -31,7 +40,8 @@ pub async fn call(
 
 fn member_list(context: &ServiceContext) -> MemberListResponse {
     let identity = &context.identity;
-    let members = if identity.members.is_empty() {
+    let recorded = identity.members();
+    let members = if recorded.is_empty() {
         vec![Member {
             id: identity.member_id,
             name: identity.name.clone(),
@@ -41,8 +51,7 @@ fn member_list(context: &ServiceContext) -> MemberListResponse {
             is_learner: false,
         }]
     } else {
-        identity
-            .members
+        recorded
             .iter()
             .map(|member| Member {
                 id: member.id,
@@ -60,7 +69,7 @@ fn member_list(context: &ServiceContext) -> MemberListResponse {
                         .and_then(|directory| directory.client_urls(member.id))
                         .unwrap_or_default()
                 },
-                is_learner: false,
+                is_learner: member.is_learner,
             })
             .collect()
     };
@@ -70,4 +79,36 @@ fn member_list(context: &ServiceContext) -> MemberListResponse {
     };
     context.fill_header(&mut response.header);
     response
+}
+
+/// etcd's MemberRemove. A server alone cannot remove itself (etcd's
+/// answer for its only member is "not enough started members"; there is
+/// no other member to name). The answer lists the members after the
+/// removal, as etcd's does.
+async fn member_remove(
+    context: &ServiceContext,
+    request: MemberRemoveRequest,
+) -> Result<MemberRemoveResponse, Status> {
+    if context.identity.configurations.is_none() {
+        return Err(if request.id == context.identity.member_id {
+            Status::failed_precondition(
+                "etcdserver: re-configuration failed due to not enough started members",
+            )
+        } else {
+            Status::not_found("etcdserver: member not found")
+        });
+    }
+    context.write_path.remove_member(request.id).await?;
+    let mut response = MemberRemoveResponse {
+        header: None,
+        // This member may not have applied the removal yet if it was
+        // carried out by another: the answer is the list after it.
+        members: member_list(context)
+            .members
+            .into_iter()
+            .filter(|member| member.id != request.id)
+            .collect(),
+    };
+    context.fill_header(&mut response.header);
+    Ok(response)
 }

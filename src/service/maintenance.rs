@@ -194,7 +194,10 @@ async fn move_leader(
     let target = request.target_id;
     let known = match &identity.role {
         None => target == identity.member_id,
-        Some(_) => identity.members.iter().any(|member| member.id == target),
+        Some(_) => identity
+            .members()
+            .iter()
+            .any(|member| member.id == target && !member.is_learner),
     };
     if !known {
         return Err(Status::failed_precondition(

@@ -33,8 +33,9 @@ pub struct MemberIdentity {
     pub cluster_id: u64,
     pub member_id: u64,
     pub client_urls: Vec<String>,
-    /// A cluster member's members as bootstrapped (empty alone).
-    pub members: Vec<crate::data_dir::MemberRecord>,
+    /// A cluster member's membership (who belongs to the cluster and to
+    /// each group, as applied here); `None` alone.
+    pub configurations: Option<std::sync::Arc<crate::membership::Configurations>>,
     /// A cluster member's role (who the lead member is); `None` alone.
     pub role: Option<std::sync::Arc<crate::shard::lead_member::MemberRole>>,
     /// What the other members announced of themselves (their client
@@ -43,6 +44,14 @@ pub struct MemberIdentity {
 }
 
 impl MemberIdentity {
+    /// The cluster's members as this member applied them (empty alone).
+    pub fn members(&self) -> Vec<crate::data_dir::MemberRecord> {
+        self.configurations
+            .as_ref()
+            .map(|configurations| configurations.members())
+            .unwrap_or_default()
+    }
+
     /// The lead member's ID as this member knows it (0: none known); a
     /// server alone is its own leader.
     pub fn leader(&self) -> u64 {

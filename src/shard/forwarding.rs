@@ -122,6 +122,8 @@ pub struct Forwarder {
     /// How long a call may take in all, retries and waits included
     /// ([`request_timeout`]).
     pub request_timeout: Duration,
+    /// The member's membership, which member changes consult and wait on.
+    pub configurations: Arc<crate::membership::Configurations>,
 }
 
 impl Forwarder {
@@ -308,6 +310,7 @@ mod tests {
             queues: Rc::default(),
             table: ForwardTable::new(),
             request_timeout: Duration::from_secs(1),
+            configurations: Arc::new(crate::membership::Configurations::in_memory(1, &[])),
         };
         assert_eq!(forwarder.route(), Route::Wait);
         role.note_group(0, 3, false);

@@ -66,8 +66,14 @@ impl Member {
         let log = read_shard_log(0, self.device.clone(), 0)
             .await
             .expect("a member's log reads back");
-        let mirror =
-            log_mirror(None, &log.entries, log.hard_state.clone(), &config).expect("mirror");
+        let mirror = log_mirror(
+            None,
+            &log.entries,
+            log.hard_state.clone(),
+            &config,
+            config.conf_state(),
+        )
+        .expect("mirror");
         let committed = raft::Storage::initial_state(&mirror)
             .expect("state")
             .hard_state

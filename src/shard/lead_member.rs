@@ -48,6 +48,9 @@ pub struct MemberRole {
     /// group's leadership moves to (0: none). Meanwhile this member takes
     /// no writes.
     moving_to: AtomicU64,
+    /// Group 0 applied this member's removal (`MemberRemove`): it takes no
+    /// writes and the process stops, as a removed etcd member does.
+    removed: AtomicBool,
 }
 
 impl MemberRole {
@@ -60,7 +63,19 @@ impl MemberRole {
             stopping: AtomicBool::new(false),
             lead_member_changes: AtomicU64::new(0),
             moving_to: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
         })
+    }
+
+    /// Group 0 applied this member's removal.
+    pub fn note_removed(&self) {
+        self.removed.store(true, Ordering::SeqCst);
+        self.stop_leading();
+    }
+
+    /// Whether this member was removed from the cluster.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
     }
 
     /// The member is shutting down (`runtime::Node::hand_off_leadership`).

@@ -8,11 +8,13 @@
 //! the newest snapshot file, whose bytes become the Raft snapshot's data.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use raft::eraftpb::{Entry, Snapshot};
 use raft::storage::{MemStorage, RaftState};
 use raft::{GetEntriesContext, Storage, StorageError};
 
+use crate::membership::Configurations;
 use crate::snapshot::{SnapshotView, load_newest_snapshot};
 
 pub struct ShardLogStorage {
@@ -20,6 +22,10 @@ pub struct ShardLogStorage {
     mirror: MemStorage,
     /// The shard's snapshot directory; `snapshot()` serves its newest file.
     snapshot_directory: PathBuf,
+    /// On a cluster member, every group's configurations by index and this
+    /// group's number in them: a snapshot carries the configuration as of
+    /// its own index, which may be older than the mirror's. `None` alone.
+    configurations: Option<(Arc<Configurations>, usize)>,
 }
 
 impl ShardLogStorage {
@@ -27,7 +33,23 @@ impl ShardLogStorage {
         Self {
             mirror,
             snapshot_directory,
+            configurations: None,
         }
+    }
+
+    /// The storage of group `group` of a cluster member.
+    pub fn with_configurations(
+        mut self,
+        configurations: Arc<Configurations>,
+        group: usize,
+    ) -> Self {
+        self.configurations = Some((configurations, group));
+        self
+    }
+
+    /// Where this group's configurations are recorded (`None` alone).
+    pub fn configurations(&self) -> Option<&(Arc<Configurations>, usize)> {
+        self.configurations.as_ref()
     }
 
     /// The in-memory mirror, for the group to keep in step with the WAL.
@@ -86,7 +108,13 @@ impl Storage for ShardLogStorage {
         let metadata = snapshot.mut_metadata();
         metadata.index = meta.raft_index;
         metadata.term = meta.raft_term;
-        metadata.set_conf_state(self.mirror.initial_state()?.conf_state);
+        let conf_state = match &self.configurations {
+            Some((configurations, group)) => {
+                configurations.at(*group, meta.raft_index).conf_state()
+            }
+            None => self.mirror.initial_state()?.conf_state,
+        };
+        metadata.set_conf_state(conf_state);
         snapshot.data = bytes.into();
         Ok(snapshot)
     }

@@ -14,6 +14,7 @@ mod apply_tests;
 #[cfg(test)]
 mod catch_up_tests;
 pub mod compacting;
+pub mod conf_change;
 pub mod disk_space;
 #[cfg(test)]
 mod disk_space_tests;
@@ -25,6 +26,8 @@ mod group_twin_tests;
 pub mod lead_member;
 pub mod log_entry;
 pub mod log_storage;
+#[cfg(test)]
+mod membership_tests;
 pub mod peers;
 pub mod raft_group;
 mod read_index;
@@ -138,6 +141,12 @@ pub enum ShardCommand {
     /// streamed it, or could not): Raft resumes replicating to `to`, or
     /// sends another after a heartbeat.
     SnapshotReport { to: u64, finished: bool },
+    /// A member-level change, proposed in group 0 on the lead member
+    /// (`conf_change`): answered once applied here, or refused.
+    ChangeMembers {
+        change: raft::eraftpb::ConfChange,
+        done: oneshot::Sender<Result<(), KvError>>,
+    },
     /// The lead member's decision that revisions `from..=to` are void
     /// (`lead_member`): log it and answer once it is applied here, or
     /// refuse if this member does not lead the group.
@@ -282,6 +291,8 @@ pub struct ShardWorker<D: StorageDevice> {
     role: Option<std::sync::Arc<lead_member::MemberRole>>,
     /// Linearizable reads waiting on the group's ReadIndex.
     reads: read_index::ReadIndexWaits,
+    /// Member-level changes proposed here (group 0) waiting to apply.
+    conf_waits: conf_change::ConfChangeWaits,
 }
 
 impl<D: StorageDevice> ShardWorker<D> {
@@ -312,6 +323,7 @@ impl<D: StorageDevice> ShardWorker<D> {
             ready_to_lead_at: 0,
             role: None,
             reads: Default::default(),
+            conf_waits: Default::default(),
         };
         worker.note_role();
         worker
@@ -677,6 +689,10 @@ impl<D: StorageDevice> ShardWorker<D> {
                 self.group.tick();
                 self.note_role();
                 self.follow_lead_member();
+                self.converge_membership();
+            }
+            ShardCommand::ChangeMembers { change, done } => {
+                self.propose_member_change(change, done);
             }
             ShardCommand::HandOffLeadership => {
                 if let Some(role) = &self.role {
@@ -751,6 +767,9 @@ impl<D: StorageDevice> ShardWorker<D> {
             .is_some_and(|(index, term, _)| *index == entry.index && *term == entry.term);
         let command = if own {
             self.proposals.pop_front().map(|(_, _, command)| command)
+        } else if entry.entry_type == raft::eraftpb::EntryType::EntryConfChange {
+            self.apply_conf_change(entry);
+            None
         } else if entry.data.is_empty() {
             // A new leader's empty entry.
             None
@@ -820,6 +839,7 @@ impl<D: StorageDevice> ShardWorker<D> {
         if let Some(last) = persisted.committed.last() {
             self.group.applied_through(last.index);
         }
+        self.settle_member_changes(self.group.applied_index());
         self.reads.applied_through(self.group.applied_index());
         self.note_role();
     }

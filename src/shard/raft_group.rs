@@ -55,7 +55,8 @@ impl GroupConfig {
         self.voters.len() == 1
     }
 
-    fn conf_state(&self) -> ConfState {
+    /// The bootstrap configuration: every voter, no learner.
+    pub fn conf_state(&self) -> ConfState {
         ConfState::from((self.voters.clone(), vec![]))
     }
 }
@@ -77,6 +78,9 @@ pub enum GroupError {
     /// The leader's snapshot could not be made durable here.
     #[error("storing the leader's snapshot through Raft index {index}: {source}")]
     StoringSnapshot { index: u64, source: std::io::Error },
+    /// A configuration could not be recorded durably.
+    #[error("recording the group's configuration: {0}")]
+    RecordingConfiguration(String),
 }
 
 /// Counters for one shard's log, written only by its core.
@@ -147,7 +151,8 @@ pub struct RaftGroup<D: StorageDevice> {
 }
 
 /// The in-memory log mirror for a group recovered from a snapshot covering
-/// `(index, term)` (or none) and the WAL `entries` after it. With a single
+/// `(index, term)` (or none) and the WAL `entries` after it, whose
+/// configuration after applying what is committed is `conf_state`. With a single
 /// voter every durable entry is committed, so the commit index is the last
 /// entry's; with several, only what the logged hard state says was
 /// committed is (the rest may yet be replaced by a new leader's entries).
@@ -156,8 +161,8 @@ pub fn log_mirror(
     entries: &[Entry],
     hard_state: Option<HardState>,
     config: &GroupConfig,
+    conf_state: ConfState,
 ) -> Result<MemStorage, raft::Error> {
-    let conf_state = config.conf_state();
     let storage = MemStorage::new_with_conf_state(conf_state.clone());
     {
         let mut writable = storage.wl();
@@ -166,10 +171,11 @@ pub fn log_mirror(
             let metadata = snapshot.mut_metadata();
             metadata.index = index;
             metadata.term = term;
-            metadata.set_conf_state(conf_state);
+            metadata.set_conf_state(conf_state.clone());
             writable.apply_snapshot(snapshot)?;
         }
         writable.append(entries)?;
+        writable.set_conf_state(conf_state);
         // The last hard-state record may predate the newest snapshot (the
         // process died after writing the snapshot, before re-logging the
         // hard state), and Raft requires snapshot index <= commit <= last
@@ -191,6 +197,38 @@ pub fn log_mirror(
         writable.set_hardstate(hard_state);
     }
     Ok(storage)
+}
+
+/// The member list a snapshot of group 0 implies: the members it names,
+/// with the records this member knows of them (a member added while this
+/// one was behind is listed by ID until it announces itself).
+fn members_of(
+    known: &[crate::data_dir::MemberRecord],
+    conf_state: &ConfState,
+) -> Vec<crate::data_dir::MemberRecord> {
+    let named = conf_state
+        .voters
+        .iter()
+        .map(|id| (*id, false))
+        .chain(conf_state.learners.iter().map(|id| (*id, true)));
+    let mut members: Vec<crate::data_dir::MemberRecord> = named
+        .map(|(id, is_learner)| {
+            let mut record = known
+                .iter()
+                .find(|record| record.id == id)
+                .cloned()
+                .unwrap_or_else(|| crate::data_dir::MemberRecord {
+                    id,
+                    name: String::new(),
+                    peer_urls: Vec::new(),
+                    is_learner,
+                });
+            record.is_learner = is_learner;
+            record
+        })
+        .collect();
+    members.sort_by_key(|record| record.id);
+    members
 }
 
 impl<D: StorageDevice> RaftGroup<D> {
@@ -345,6 +383,56 @@ impl<D: StorageDevice> RaftGroup<D> {
     pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, GroupError> {
         self.node.propose(Vec::new(), data)?;
         Ok(self.node.raft.raft_log.last_index())
+    }
+
+    /// Appends a single-member configuration change to the log (not yet
+    /// durable); returns its index and term.
+    pub fn propose_conf_change(
+        &mut self,
+        change: raft::eraftpb::ConfChange,
+    ) -> Result<(u64, u64), GroupError> {
+        self.node.propose_conf_change(Vec::new(), change)?;
+        let index = self.node.raft.raft_log.last_index();
+        Ok((index, self.node.raft.term))
+    }
+
+    /// Whether a configuration change is in the log and not yet applied
+    /// (raft-rs takes one at a time: it would turn a second into an empty
+    /// entry).
+    pub fn has_pending_conf_change(&self) -> bool {
+        self.node.raft.pending_conf_index > self.node.raft.raft_log.applied
+    }
+
+    /// Applies the committed configuration change at `index`: Raft's
+    /// progress tracking, the mirror's configuration and, on a cluster
+    /// member, the durable record (group 0 also records the member list).
+    pub fn apply_conf_change(
+        &mut self,
+        index: u64,
+        change: &raft::eraftpb::ConfChange,
+    ) -> Result<ConfState, GroupError> {
+        let conf_state = self.node.apply_conf_change(change)?;
+        self.node
+            .store()
+            .mirror()
+            .wl()
+            .set_conf_state(conf_state.clone());
+        if let Some((configurations, group)) = self.node.store().configurations() {
+            let members = (*group == 0)
+                .then(|| super::conf_change::apply_to_members(&configurations.members(), change));
+            configurations
+                .record(*group, index, &conf_state, members)
+                .map_err(|error| GroupError::RecordingConfiguration(error.to_string()))?;
+        }
+        Ok(conf_state)
+    }
+
+    /// Where this group's configurations are recorded (`None` alone) and
+    /// its number among them.
+    pub fn configurations(
+        &self,
+    ) -> Option<(std::sync::Arc<crate::membership::Configurations>, usize)> {
+        self.node.store().configurations().cloned()
     }
 
     /// The index of the last entry applied.
@@ -507,6 +595,15 @@ impl<D: StorageDevice> RaftGroup<D> {
     ) -> Result<(), GroupError> {
         let metadata = snapshot.get_metadata();
         let index = metadata.index;
+        // Before the file: a crash after it must find the configuration
+        // the snapshot's position has (`membership::configurations`).
+        if let Some((configurations, group)) = self.node.store().configurations() {
+            let members = (*group == 0)
+                .then(|| members_of(&configurations.members(), metadata.get_conf_state()));
+            configurations
+                .record(*group, index, metadata.get_conf_state(), members)
+                .map_err(|error| GroupError::RecordingConfiguration(error.to_string()))?;
+        }
         let stored = crate::snapshot::SnapshotView::open(&snapshot.data)
             .map_err(|error| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
@@ -611,7 +708,14 @@ mod tests {
             let (wal, _) = crate::wal::Wal::open(crate::wal::MemoryDevice::new(), options)
                 .await
                 .expect("wal");
-            let mirror = log_mirror(None, &[], None, &GroupConfig::single_voter()).expect("mirror");
+            let mirror = log_mirror(
+                None,
+                &[],
+                None,
+                &GroupConfig::single_voter(),
+                GroupConfig::single_voter().conf_state(),
+            )
+            .expect("mirror");
             let storage = ShardLogStorage::new(mirror, std::env::temp_dir());
             let stats = std::sync::Arc::new(LogStats::default());
             let frontier = std::sync::Arc::new(DurableFrontier::new([(wal.log_id(), 0)]));
@@ -674,6 +778,7 @@ mod tests {
             &[],
             Some(stale.clone()),
             &GroupConfig::single_voter(),
+            GroupConfig::single_voter().conf_state(),
         )
         .expect("mirror");
         let state = storage.initial_state().expect("state");
@@ -683,6 +788,7 @@ mod tests {
             &[entry(71, 3), entry(72, 4)],
             Some(stale),
             &GroupConfig::single_voter(),
+            GroupConfig::single_voter().conf_state(),
         )
         .expect("mirror");
         assert_eq!(

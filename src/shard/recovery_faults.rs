@@ -77,6 +77,7 @@ impl TwinNode {
                 &frontier,
                 &std::env::temp_dir(),
                 &GroupConfig::single_voter(),
+                None,
             )
             .await;
             node.groups.push(group);

@@ -38,6 +38,8 @@ pub struct TestMember {
     pub senders: Arc<[flume::Sender<ShardCommand>]>,
     pub write_path: Rc<WritePath>,
     pub role: Arc<MemberRole>,
+    /// The member's membership as its groups applied it.
+    pub configurations: Arc<crate::membership::Configurations>,
     /// Where the network hands what other members sent it.
     inbox: PeerInbox,
 }
@@ -232,10 +234,32 @@ async fn start_member(
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..shard_count).map(|_| flume::bounded(1024)).unzip();
     let senders: Arc<[flume::Sender<ShardCommand>]> = senders.into();
+    let records: Vec<crate::data_dir::MemberRecord> = config
+        .voters
+        .iter()
+        .map(|id| crate::data_dir::MemberRecord {
+            id: *id,
+            name: format!("member-{id}"),
+            peer_urls: vec![format!("http://member-{id}:2380")],
+            is_learner: false,
+        })
+        .collect();
+    let configurations = Arc::new(crate::membership::Configurations::in_memory(
+        shard_count,
+        &records,
+    ));
     for (shard, (wal, commands)) in wals.into_iter().zip(receivers).enumerate() {
         let directory = snapshots.join(format!("shard-{shard}"));
         std::fs::create_dir_all(&directory).expect("snapshot directory");
-        let group = start_empty_group(wal, shard, &frontier, &directory, config).await;
+        let group = start_empty_group(
+            wal,
+            shard,
+            &frontier,
+            &directory,
+            config,
+            Some(&configurations),
+        )
+        .await;
         let schedule = SnapshotSchedule::new(snapshot_every, directory, senders[shard].clone());
         let outbox = PeerRoutes {
             shard: shard as u32,
@@ -267,6 +291,7 @@ async fn start_member(
         queues: queues.clone(),
         table: table.clone(),
         request_timeout,
+        configurations: configurations.clone(),
     });
     let write_path = WritePath::new(space.clone(), senders.clone(), slot, forwarder);
     let (calls, forwarded_calls) = flume::unbounded();
@@ -288,5 +313,6 @@ async fn start_member(
         senders,
         write_path,
         role,
+        configurations,
     }
 }

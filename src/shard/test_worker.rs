@@ -51,7 +51,14 @@ pub async fn new_member_worker(
     let wal = log.reading.resume(OPTIONS).await.expect("resume");
     let frontier = Arc::new(DurableFrontier::new([(wal.log_id(), 0)]));
     let storage = ShardLogStorage::new(
-        log_mirror(None, &log.entries, log.hard_state, config).expect("mirror"),
+        log_mirror(
+            None,
+            &log.entries,
+            log.hard_state,
+            config,
+            config.conf_state(),
+        )
+        .expect("mirror"),
         snapshots.to_owned(),
     );
     let group = RaftGroup::start(
@@ -102,11 +109,15 @@ pub async fn start_empty_group(
     frontier: &Arc<DurableFrontier>,
     snapshots: &std::path::Path,
     config: &GroupConfig,
+    configurations: Option<&Arc<crate::membership::Configurations>>,
 ) -> RaftGroup<MemoryDevice> {
-    let storage = ShardLogStorage::new(
-        log_mirror(None, &[], None, config).expect("mirror"),
+    let mut storage = ShardLogStorage::new(
+        log_mirror(None, &[], None, config, config.conf_state()).expect("mirror"),
         snapshots.to_owned(),
     );
+    if let Some(configurations) = configurations {
+        storage = storage.with_configurations(configurations.clone(), shard);
+    }
     RaftGroup::start(
         storage,
         wal,

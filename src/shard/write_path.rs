@@ -200,7 +200,30 @@ impl WritePath {
             ForwardedCall::LeaseStatus { id } => {
                 ForwardedAnswer::LeaseStatus(leases.status(id, Instant::now()))
             }
+            ForwardedCall::RemoveMember { id } => {
+                let Some(forwarder) = &self.forwarder else {
+                    return Err(KvError::NotLeader);
+                };
+                super::conf_change::remove_member_here(
+                    &self.senders[0],
+                    &forwarder.configurations,
+                    (forwarder.role.member_id, id),
+                    Instant::now() + forwarder.request_timeout,
+                )
+                .await?;
+                ForwardedAnswer::Done
+            }
         })
+    }
+
+    /// etcd's MemberRemove, carried out by the lead member: answered once
+    /// every group of the lead member applied it. `MemberNotFound` for an
+    /// ID that is no member (or was removed already).
+    pub async fn remove_member(self: &Rc<Self>, id: u64) -> Result<(), KvError> {
+        match self.carry_out(ForwardedCall::RemoveMember { id }).await? {
+            ForwardedAnswer::Done => Ok(()),
+            _ => Err(KvError::RequestTimedOut),
+        }
     }
 
     /// Runs `request` on this member's shards (see [`Self::write`]).

@@ -51,4 +51,12 @@ pub enum KvError {
     /// groups' leaders in time (no leader, or none reachable).
     #[error("request timed out")]
     RequestTimedOut,
+    /// A membership change could not be made now: another is still being
+    /// carried to every group, or it would leave the cluster without a
+    /// healthy quorum (`--strict-reconfig-check`).
+    #[error("unhealthy cluster")]
+    UnhealthyCluster,
+    /// A membership call named an ID that is no member (or was removed).
+    #[error("member not found")]
+    MemberNotFound,
 }

@@ -415,6 +415,11 @@ impl MetastoreServer {
         self.proc_.exited().is_none()
     }
 
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.proc_.exited()
+    }
+
     /// SIGKILLs the server and waits for it: a crash, not a shutdown.
     pub fn kill_hard(&mut self) {
         self.proc_.kill();

@@ -13,6 +13,10 @@
 
 use sha1::{Digest, Sha1};
 
+pub mod configurations;
+
+pub use configurations::{Configurations, GroupConfiguration};
+
 /// etcd's default `--initial-cluster-token`.
 pub const DEFAULT_CLUSTER_TOKEN: &str = "etcd-cluster";
 
@@ -64,6 +68,7 @@ pub fn bootstrap(
                 id: member_id(&urls, &config.token, None),
                 name: member.name.clone(),
                 peer_urls: member.peer_urls.clone(),
+                is_learner: false,
             }
         })
         .collect();

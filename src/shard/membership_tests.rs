@@ -1,0 +1,166 @@
+//! Member removal across every group (`conf_change`), on three members of
+//! three shards in one process (`test_cluster`): a removal asked of any
+//! member reaches the lead member, is applied in group 0 and then carried
+//! to the other groups; the removed member learns it; writes go on with
+//! the two left. When the lead member removes itself it stops at once
+//! (only group 0 has applied the removal), and the next lead member
+//! finishes carrying it to the other groups: the change survives the loss
+//! of the member that began it.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::test_cluster::TestCluster;
+use crate::proto::etcdserverpb::{PutRequest, RequestOp, request_op};
+use crate::store::error::KvError;
+use crate::store::write::WriteRequest;
+use crate::test_support::run_on_monoio as run;
+
+const SHARDS: usize = 3;
+
+fn put(key: &str) -> WriteRequest {
+    WriteRequest::Txn(crate::proto::etcdserverpb::TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: Bytes::from(key.to_owned()),
+                value: Bytes::from_static(b"value"),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    })
+}
+
+/// Waits (bounded) until `condition` holds.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    for _ in 0..20_000 {
+        if condition() {
+            return;
+        }
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn lead_member(cluster: &TestCluster) -> Option<u64> {
+    cluster
+        .members
+        .iter()
+        .find(|member| member.role.takes_writes())
+        .map(|member| member.id)
+}
+
+/// Whether member `at` has every group without `removed` and the member
+/// list without it.
+fn applied_everywhere(cluster: &TestCluster, at: u64, removed: u64) -> bool {
+    let configurations = &cluster.members[cluster.index_of(at)].configurations;
+    let gone = !configurations
+        .members()
+        .iter()
+        .any(|member| member.id == removed);
+    gone && (0..SHARDS).all(|group| !configurations.latest(group).voters.contains(&removed))
+}
+
+async fn write_through(cluster: &TestCluster, member: u64, key: &str) -> Result<(), KvError> {
+    let member = &cluster.members[cluster.index_of(member)];
+    member.write_path.write(put(key)).await.map(|_| ())
+}
+
+fn start(directory: &std::path::Path) -> impl std::future::Future<Output = Rc<TestCluster>> {
+    TestCluster::start(
+        &[1, 2, 3],
+        SHARDS,
+        directory,
+        Some(Duration::from_secs(2)),
+        1_000,
+    )
+}
+
+#[test]
+fn a_removal_asked_of_any_member_reaches_every_group() {
+    let directory = tempfile::tempdir().expect("dir");
+    run(async {
+        let cluster = start(directory.path()).await;
+        cluster.run_network();
+        eventually("a lead member", || lead_member(&cluster).is_some()).await;
+        let lead = lead_member(&cluster).expect("lead");
+        write_through(&cluster, lead, "before").await.expect("put");
+        // Asked of a member that is not the lead member and not the one
+        // removed: forwarded.
+        let removed = [1, 2, 3].into_iter().find(|id| *id != lead).expect("other");
+        let asked = [1, 2, 3]
+            .into_iter()
+            .find(|id| *id != lead && *id != removed)
+            .expect("third");
+        let asking = &cluster.members[cluster.index_of(asked)];
+        asking
+            .write_path
+            .remove_member(removed)
+            .await
+            .expect("removed");
+        assert!(
+            applied_everywhere(&cluster, lead, removed),
+            "the lead member answers once every group of its applied it"
+        );
+        eventually("the other member applies it", || {
+            applied_everywhere(&cluster, asked, removed)
+        })
+        .await;
+        let removed_member = &cluster.members[cluster.index_of(removed)];
+        eventually("the removed member learns it", || {
+            removed_member.role.is_removed()
+        })
+        .await;
+        assert!(!removed_member.role.takes_writes());
+        // It would stop now; cut off, the two left go on.
+        cluster.isolated.borrow_mut().insert(removed);
+        for index in 0..20 {
+            write_through(&cluster, asked, &format!("after-{index}"))
+                .await
+                .expect("writes go on with two members");
+        }
+        assert_eq!(
+            asking.write_path.remove_member(removed).await,
+            Err(KvError::MemberNotFound),
+            "etcd: member not found"
+        );
+    });
+}
+
+#[test]
+fn the_next_lead_member_finishes_a_removal_of_the_lead_member() {
+    let directory = tempfile::tempdir().expect("dir");
+    run(async {
+        let cluster = start(directory.path()).await;
+        cluster.run_network();
+        eventually("a lead member", || lead_member(&cluster).is_some()).await;
+        let lead = lead_member(&cluster).expect("lead");
+        write_through(&cluster, lead, "before").await.expect("put");
+        let member = &cluster.members[cluster.index_of(lead)];
+        member
+            .write_path
+            .remove_member(lead)
+            .await
+            .expect("removed itself");
+        assert!(member.role.is_removed());
+        // It stops as soon as group 0 applied the removal: the other
+        // groups may not have it yet.
+        cluster.isolated.borrow_mut().insert(lead);
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != lead).collect();
+        eventually("a new lead member", || {
+            lead_member(&cluster).is_some_and(|id| id != lead)
+        })
+        .await;
+        for member in &others {
+            eventually("the removal reaches every group", || {
+                applied_everywhere(&cluster, *member, lead)
+            })
+            .await;
+        }
+        write_through(&cluster, others[0], "after")
+            .await
+            .expect("writes go on");
+    });
+}
