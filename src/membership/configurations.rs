@@ -292,18 +292,21 @@ fn parse(path: &Path, bytes: &[u8], shard_count: usize) -> Result<Recorded, Conf
     Ok(recorded)
 }
 
+/// A member record for tests: name `m<id>`, one peer URL.
+#[cfg(test)]
+pub(crate) fn test_member(id: u64, is_learner: bool) -> MemberRecord {
+    MemberRecord {
+        id,
+        name: format!("m{id}"),
+        peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
+        is_learner,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_member as member;
     use super::*;
-
-    fn member(id: u64, is_learner: bool) -> MemberRecord {
-        MemberRecord {
-            id,
-            name: format!("m{id}"),
-            peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
-            is_learner,
-        }
-    }
 
     #[test]
     fn configurations_survive_reopening_and_answer_by_index() {

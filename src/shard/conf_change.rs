@@ -331,15 +331,7 @@ impl<D: StorageDevice> ShardWorker<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn member(id: u64, is_learner: bool) -> MemberRecord {
-        MemberRecord {
-            id,
-            name: format!("m{id}"),
-            peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
-            is_learner,
-        }
-    }
+    use crate::membership::configurations::test_member as member;
 
     #[test]
     fn groups_converge_one_change_at_a_time() {

@@ -68,25 +68,29 @@ async fn write_through(cluster: &TestCluster, member: u64, key: &str) -> Result<
     member.write_path.write(put(key)).await.map(|_| ())
 }
 
-fn start(directory: &std::path::Path) -> impl std::future::Future<Output = Rc<TestCluster>> {
-    TestCluster::start(
+/// Three members with forwarding, once a lead member took a write;
+/// returns the cluster and the lead member.
+async fn started_with_a_write(directory: &std::path::Path) -> (Rc<TestCluster>, u64) {
+    let cluster = TestCluster::start(
         &[1, 2, 3],
         SHARDS,
         directory,
         Some(Duration::from_secs(2)),
         1_000,
     )
+    .await;
+    cluster.run_network();
+    eventually("a lead member", || lead_member(&cluster).is_some()).await;
+    let lead = lead_member(&cluster).expect("lead");
+    write_through(&cluster, lead, "before").await.expect("put");
+    (cluster, lead)
 }
 
 #[test]
 fn a_removal_asked_of_any_member_reaches_every_group() {
     let directory = tempfile::tempdir().expect("dir");
     run(async {
-        let cluster = start(directory.path()).await;
-        cluster.run_network();
-        eventually("a lead member", || lead_member(&cluster).is_some()).await;
-        let lead = lead_member(&cluster).expect("lead");
-        write_through(&cluster, lead, "before").await.expect("put");
+        let (cluster, lead) = started_with_a_write(directory.path()).await;
         // Asked of a member that is not the lead member and not the one
         // removed: forwarded.
         let removed = [1, 2, 3].into_iter().find(|id| *id != lead).expect("other");
@@ -133,11 +137,7 @@ fn a_removal_asked_of_any_member_reaches_every_group() {
 fn the_next_lead_member_finishes_a_removal_of_the_lead_member() {
     let directory = tempfile::tempdir().expect("dir");
     run(async {
-        let cluster = start(directory.path()).await;
-        cluster.run_network();
-        eventually("a lead member", || lead_member(&cluster).is_some()).await;
-        let lead = lead_member(&cluster).expect("lead");
-        write_through(&cluster, lead, "before").await.expect("put");
+        let (cluster, lead) = started_with_a_write(directory.path()).await;
         let member = &cluster.members[cluster.index_of(lead)];
         member
             .write_path
