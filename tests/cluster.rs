@@ -179,10 +179,11 @@ impl Cluster {
     }
 
     /// Starts a stopped member again on its ports. A start that finds its
-    /// peer port still taken is tried again for up to 20 s: after SIGKILL
-    /// the kernel may hold the dead process's io_uring listeners for a
-    /// while (seen on this machine's kernel; an open problem, see issue
-    /// 19's notes), which the test is not about.
+    /// peer port still taken is tried again for up to 20 s, a guard for a
+    /// port another process took meanwhile (the failures that led to it
+    /// came from other members' redials taking ports in the ephemeral
+    /// range as local ports; a SIGKILLed member's listeners were gone
+    /// within a second in every later trial), which the test is not about.
     fn restart(&mut self, index: usize) {
         let member = &mut self.members[index];
         let arguments = member.arguments(&self.initial_cluster, self.timing, &self.extra);
