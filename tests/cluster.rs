@@ -148,13 +148,22 @@ impl Cluster {
         };
         // All at once: a member answers a linearizable read (the readiness
         // probe) only once a quorum is up.
+        cluster.start_together(&(0..MEMBERS).collect::<Vec<_>>());
+        cluster
+    }
+
+    /// Starts the members at `indexes` at the same time and waits until
+    /// each is ready: a member answers a linearizable read (the readiness
+    /// probe) only once a quorum of its groups is up, so members started
+    /// one after another could wait on each other.
+    fn start_together(&mut self, indexes: &[usize]) {
         let servers: Vec<MetastoreServer> = std::thread::scope(|scope| {
-            let starts: Vec<_> = cluster
-                .members
+            let starts: Vec<_> = indexes
                 .iter()
-                .map(|member| {
+                .map(|index| {
+                    let member = &self.members[*index];
                     let arguments =
-                        member.arguments(&cluster.initial_cluster, timing, &cluster.extra);
+                        member.arguments(&self.initial_cluster, self.timing, &self.extra);
                     scope.spawn(move || {
                         MetastoreServer::start_exact(
                             &arguments,
@@ -172,10 +181,26 @@ impl Cluster {
                 .map(|start| start.join().expect("start thread"))
                 .collect()
         });
-        for (member, server) in cluster.members.iter_mut().zip(servers) {
-            member.server = Some(server);
+        for (index, server) in indexes.iter().zip(servers) {
+            self.members[*index].server = Some(server);
         }
-        cluster
+    }
+
+    /// Waits (at most `limit`) until member `index`'s process exits by
+    /// itself, and returns how it ended.
+    fn wait_for_exit(&mut self, index: usize, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let server = self.members[index].server.as_mut().expect("started");
+        loop {
+            if let Some(status) = server.exit_status() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {index} did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts a stopped member again on its ports. A start that finds its
@@ -778,18 +803,7 @@ fn a_lead_member_asked_to_stop_hands_over_without_an_election() {
     });
     println!("another member took writes {taken_after:?} after the lead member's SIGTERM");
     // The stopped member exits by itself after the hand-off.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cluster.members[lead]
-        .server
-        .as_mut()
-        .is_some_and(MetastoreServer::is_running)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the member did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.wait_for_exit(lead, Duration::from_secs(10));
 }
 
 /// A client that only talks to a follower gets everything a client of
@@ -1225,15 +1239,7 @@ fn a_member_removed_through_a_follower_stops_and_stays_out() {
             other => panic!("a second removal: {other:?}"),
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let server = cluster.members[removed].server.as_mut().expect("running");
-        if let Some(status) = server.exit_status() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the removed member did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = cluster.wait_for_exit(removed, Duration::from_secs(10));
     assert!(
         status.success(),
         "a removed member exits with status 0: {status}"
@@ -1251,33 +1257,9 @@ fn a_member_removed_through_a_follower_stops_and_stays_out() {
     for index in &others {
         cluster.kill(*index);
     }
-    // Together: with two voters left, either one is ready (answers a
-    // linearizable read) only once the other is up too.
-    let servers: Vec<MetastoreServer> = std::thread::scope(|scope| {
-        let starts: Vec<_> = others
-            .iter()
-            .map(|index| {
-                let member = &cluster.members[*index];
-                let arguments =
-                    member.arguments(&cluster.initial_cluster, cluster.timing, &cluster.extra);
-                scope.spawn(move || {
-                    MetastoreServer::start_exact(
-                        &arguments,
-                        member.client_port,
-                        member.metrics_port,
-                    )
-                    .unwrap_or_else(|error| panic!("{} did not restart: {error}", member.name))
-                })
-            })
-            .collect();
-        starts
-            .into_iter()
-            .map(|start| start.join().expect("start thread"))
-            .collect()
-    });
-    for (index, server) in others.iter().zip(servers) {
-        cluster.members[*index].server = Some(server);
-    }
+    // Together: with two voters left, neither is ready until the other
+    // is up.
+    cluster.start_together(&others);
     let endpoints: Vec<String> = others
         .iter()
         .map(|index| endpoints[*index].clone())

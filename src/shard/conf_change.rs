@@ -89,6 +89,38 @@ pub fn apply_to_members(members: &[MemberRecord], change: &ConfChange) -> Vec<Me
     updated
 }
 
+/// The member list a snapshot of group 0 implies: the members it names,
+/// with the records this member knows of them (a member added while this
+/// one was behind is listed by ID until it announces itself).
+pub fn members_of(
+    known: &[MemberRecord],
+    conf_state: &raft::eraftpb::ConfState,
+) -> Vec<MemberRecord> {
+    let named = conf_state
+        .voters
+        .iter()
+        .map(|id| (*id, false))
+        .chain(conf_state.learners.iter().map(|id| (*id, true)));
+    let mut members: Vec<MemberRecord> = named
+        .map(|(id, is_learner)| {
+            let mut record = known
+                .iter()
+                .find(|record| record.id == id)
+                .cloned()
+                .unwrap_or_else(|| MemberRecord {
+                    id,
+                    name: String::new(),
+                    peer_urls: Vec::new(),
+                    is_learner,
+                });
+            record.is_learner = is_learner;
+            record
+        })
+        .collect();
+    members.sort_by_key(|record| record.id);
+    members
+}
+
 /// The next single change that brings `configuration` toward `members`
 /// (group 0's), if any: additions and promotions first, then removals.
 pub fn next_step(

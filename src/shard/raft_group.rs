@@ -199,38 +199,6 @@ pub fn log_mirror(
     Ok(storage)
 }
 
-/// The member list a snapshot of group 0 implies: the members it names,
-/// with the records this member knows of them (a member added while this
-/// one was behind is listed by ID until it announces itself).
-fn members_of(
-    known: &[crate::data_dir::MemberRecord],
-    conf_state: &ConfState,
-) -> Vec<crate::data_dir::MemberRecord> {
-    let named = conf_state
-        .voters
-        .iter()
-        .map(|id| (*id, false))
-        .chain(conf_state.learners.iter().map(|id| (*id, true)));
-    let mut members: Vec<crate::data_dir::MemberRecord> = named
-        .map(|(id, is_learner)| {
-            let mut record = known
-                .iter()
-                .find(|record| record.id == id)
-                .cloned()
-                .unwrap_or_else(|| crate::data_dir::MemberRecord {
-                    id,
-                    name: String::new(),
-                    peer_urls: Vec::new(),
-                    is_learner,
-                });
-            record.is_learner = is_learner;
-            record
-        })
-        .collect();
-    members.sort_by_key(|record| record.id);
-    members
-}
-
 impl<D: StorageDevice> RaftGroup<D> {
     /// Starts the group on a recovered log (everything committed in it is
     /// applied already). A single voter campaigns until it leads; a member
@@ -598,8 +566,9 @@ impl<D: StorageDevice> RaftGroup<D> {
         // Before the file: a crash after it must find the configuration
         // the snapshot's position has (`membership::configurations`).
         if let Some((configurations, group)) = self.node.store().configurations() {
-            let members = (*group == 0)
-                .then(|| members_of(&configurations.members(), metadata.get_conf_state()));
+            let members = (*group == 0).then(|| {
+                super::conf_change::members_of(&configurations.members(), metadata.get_conf_state())
+            });
             configurations
                 .record(*group, index, metadata.get_conf_state(), members)
                 .map_err(|error| GroupError::RecordingConfiguration(error.to_string()))?;
