@@ -51,9 +51,7 @@ pub fn hash_kv(space: &KeySpace, requested: i64, current: i64) -> Result<KeySpac
             return Err(KvError::FutureRevision);
         }
         let at = if requested > 0 { requested } else { current };
-        let hash = hash_versions(space, at, |revision, newest_of_key, version| {
-            revision > compacted || (newest_of_key && !version.is_tombstone())
-        });
+        let hash = hash_history(space, at, compacted);
         // A compaction that moved meanwhile may have freed versions this
         // hash counted or needed; hash again against the new point.
         if space.compacted_revision() == compacted {
@@ -65,6 +63,15 @@ pub fn hash_kv(space: &KeySpace, requested: i64, current: i64) -> Result<KeySpac
         }
     }
     Err(KvError::Compacted)
+}
+
+/// The logical history at `at` as a compaction at `compacted` leaves it
+/// (the versions `hash_kv` counts): the same whether or not that
+/// compaction has been applied, or has freed its versions yet, here.
+pub fn hash_history(space: &KeySpace, at: i64, compacted: i64) -> u32 {
+    hash_versions(space, at, |revision, newest_of_key, version| {
+        revision > compacted || (newest_of_key && !version.is_tombstone())
+    })
 }
 
 /// `Hash`: every version stored at or below `at`, whether or not a
