@@ -45,6 +45,30 @@ pub fn kv_error_status(error: &KvError) -> Status {
         KvError::RequestTimedOut => (Code::Unavailable, "etcdserver: request timed out"),
         KvError::UnhealthyCluster => (Code::Unavailable, "etcdserver: unhealthy cluster"),
         KvError::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
+        KvError::MemberExists => (
+            Code::FailedPrecondition,
+            "etcdserver: member ID already exist",
+        ),
+        KvError::PeerUrlExists => (
+            Code::FailedPrecondition,
+            "etcdserver: Peer URLs already exists",
+        ),
+        KvError::NotEnoughStartedMembers => (
+            Code::FailedPrecondition,
+            "etcdserver: re-configuration failed due to not enough started members",
+        ),
+        KvError::MemberNotLearner => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member",
+        ),
+        KvError::LearnerNotReady => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        ),
+        KvError::TooManyLearners => (
+            Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster",
+        ),
     };
     Status::new(code, message)
 }

@@ -44,6 +44,9 @@ pub struct ClusterFlags {
     /// Reject reconfiguration requests that would cause quorum loss.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
+    /// The most learners (non-voting members) the cluster may have.
+    #[arg(long, default_value_t = 1)]
+    pub max_learners: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,9 +76,14 @@ pub struct ClusterConfig {
     /// bound of raft-rs's randomized election timeout).
     pub election_ticks: usize,
     pub pre_vote: bool,
-    /// Kept for membership changes, which are not built yet: nothing reads
-    /// it until then.
+    /// Refuse membership changes that would cost the quorum (etcd's
+    /// checks, `shard::member_change`).
     pub strict_reconfig_check: bool,
+    pub max_learners: usize,
+    /// `existing`: this member was added to a running cluster (MemberAdd)
+    /// and learns the cluster from its peers on its first start
+    /// (`membership::join`).
+    pub initial_cluster_state: InitialClusterState,
 }
 
 /// Parses `name=url,name=url,...`; a name may appear more than once (a
@@ -174,12 +182,6 @@ pub fn cluster_config(flags: &ClusterFlags, name: &str) -> Result<Option<Cluster
     if members.len() == 1 {
         return Ok(None);
     }
-    if flags.initial_cluster_state == InitialClusterState::Existing {
-        return Err(
-            "--initial-cluster-state=existing: joining a running cluster (after MemberAdd) is not supported yet; bootstrap every member with --initial-cluster-state=new"
-                .to_owned(),
-        );
-    }
     let election_ticks = (flags.election_timeout / flags.heartbeat_interval) as usize;
     Ok(Some(ClusterConfig {
         members,
@@ -193,6 +195,8 @@ pub fn cluster_config(flags: &ClusterFlags, name: &str) -> Result<Option<Cluster
         election_ticks,
         pre_vote: flags.pre_vote,
         strict_reconfig_check: flags.strict_reconfig_check,
+        max_learners: flags.max_learners,
+        initial_cluster_state: flags.initial_cluster_state,
     }))
 }
 

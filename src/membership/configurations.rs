@@ -147,6 +147,27 @@ impl Configurations {
         })
     }
 
+    /// A member added to a running cluster, on its first start (`join`):
+    /// every group starts from the bootstrap configuration (`initial`;
+    /// its log replays the changes since, or a snapshot replaces it), and
+    /// the member list is the running cluster's `members`, so every member
+    /// is reached at once. Written to `directory` (`None`: memory only).
+    pub fn create_joined(
+        directory: Option<&Path>,
+        shard_count: usize,
+        initial: &[MemberRecord],
+        members: &[MemberRecord],
+    ) -> Result<Self, ConfigurationsError> {
+        let mut recorded = bootstrap(shard_count, initial);
+        recorded.members = members.to_vec();
+        let configurations = Self {
+            directory: directory.map(Path::to_owned),
+            recorded: Mutex::new(recorded),
+        };
+        configurations.write(&configurations.lock())?;
+        Ok(configurations)
+    }
+
     /// Kept in memory only (tests).
     pub fn in_memory(shard_count: usize, initial: &[MemberRecord]) -> Self {
         Self {

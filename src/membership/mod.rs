@@ -104,6 +104,13 @@ impl MemberDirectory {
         self.lock().insert(member, attributes);
     }
 
+    /// The name `member` announced, if it did.
+    pub fn name(&self, member: u64) -> Option<String> {
+        self.lock()
+            .get(&member)
+            .map(|attributes| attributes.name.clone())
+    }
+
     /// The client URLs `member` announced, if it did.
     pub fn client_urls(&self, member: u64) -> Option<Vec<String>> {
         self.lock()

@@ -7,12 +7,15 @@
 //! what the client sent; an answer carries etcd's response message, or
 //! one of the storage layer's errors by a stable number.
 
+use crate::data_dir::MemberRecord;
 use crate::lease::table::LeaseStatus;
 use crate::proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
     LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
+use crate::proto::etcdserverpb::{Member, MemberUpdateRequest};
 use crate::shard::WriteOutcome;
+use crate::shard::member_change::MemberChange;
 use crate::store::error::KvError;
 use crate::store::write::{WriteRequest, WriteResponse};
 
@@ -40,10 +43,9 @@ pub enum ForwardedCall {
     LeaseStatus {
         id: i64,
     },
-    /// MemberRemove: answered `Done` once the removal is applied.
-    RemoveMember {
-        id: u64,
-    },
+    /// MemberAdd, MemberRemove or MemberPromote: answered `Done` once the
+    /// change is applied.
+    ChangeMember(MemberChange),
 }
 
 /// The lead member's answer to a [`ForwardedCall`].
@@ -79,7 +81,10 @@ pub struct ForwardReply {
 pub(super) struct WireCall {
     #[prost(uint64, tag = "1")]
     id: u64,
-    #[prost(oneof = "WireCallKind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(
+        oneof = "WireCallKind",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13"
+    )]
     kind: Option<WireCallKind>,
 }
 
@@ -103,6 +108,14 @@ enum WireCallKind {
     LeaseStatus(i64),
     #[prost(uint64, tag = "10")]
     RemoveMember(u64),
+    /// etcd's own `Member` (its client URLs unused).
+    #[prost(message, tag = "11")]
+    AddMember(Member),
+    #[prost(uint64, tag = "12")]
+    PromoteMember(u64),
+    /// etcd's own request.
+    #[prost(message, tag = "13")]
+    UpdateMember(MemberUpdateRequest),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -150,7 +163,7 @@ struct WireLeaseStatus {
 /// The wire numbers of the storage layer's errors. Append only: a number
 /// never changes meaning. `ShardUnavailable` travels without its shard
 /// (the caller's member has no use for the other member's shard number).
-const ERROR_CODES: [(u32, KvError); 20] = [
+const ERROR_CODES: [(u32, KvError); 26] = [
     (1, KvError::EmptyKey),
     (2, KvError::KeyNotFound),
     (3, KvError::ValueProvided),
@@ -171,6 +184,12 @@ const ERROR_CODES: [(u32, KvError); 20] = [
     (18, KvError::RequestTimedOut),
     (19, KvError::UnhealthyCluster),
     (20, KvError::MemberNotFound),
+    (21, KvError::MemberExists),
+    (22, KvError::PeerUrlExists),
+    (23, KvError::NotEnoughStartedMembers),
+    (24, KvError::MemberNotLearner),
+    (25, KvError::LearnerNotReady),
+    (26, KvError::TooManyLearners),
 ];
 
 fn error_code(error: &KvError) -> u32 {
@@ -225,7 +244,27 @@ impl ForwardRequest {
             }
             ForwardedCall::RenewLease { id } => WireCallKind::RenewLease(*id),
             ForwardedCall::LeaseStatus { id } => WireCallKind::LeaseStatus(*id),
-            ForwardedCall::RemoveMember { id } => WireCallKind::RemoveMember(*id),
+            ForwardedCall::ChangeMember(MemberChange::Remove(id)) => {
+                WireCallKind::RemoveMember(*id)
+            }
+            ForwardedCall::ChangeMember(MemberChange::Promote(id)) => {
+                WireCallKind::PromoteMember(*id)
+            }
+            ForwardedCall::ChangeMember(MemberChange::Update { id, peer_urls }) => {
+                WireCallKind::UpdateMember(MemberUpdateRequest {
+                    id: *id,
+                    peer_ur_ls: peer_urls.clone(),
+                })
+            }
+            ForwardedCall::ChangeMember(MemberChange::Add(record)) => {
+                WireCallKind::AddMember(Member {
+                    id: record.id,
+                    name: record.name.clone(),
+                    peer_ur_ls: record.peer_urls.clone(),
+                    client_ur_ls: Vec::new(),
+                    is_learner: record.is_learner,
+                })
+            }
         };
         WireCall {
             id: self.id,
@@ -251,7 +290,24 @@ impl ForwardRequest {
             },
             WireCallKind::RenewLease(id) => ForwardedCall::RenewLease { id },
             WireCallKind::LeaseStatus(id) => ForwardedCall::LeaseStatus { id },
-            WireCallKind::RemoveMember(id) => ForwardedCall::RemoveMember { id },
+            WireCallKind::RemoveMember(id) => ForwardedCall::ChangeMember(MemberChange::Remove(id)),
+            WireCallKind::PromoteMember(id) => {
+                ForwardedCall::ChangeMember(MemberChange::Promote(id))
+            }
+            WireCallKind::UpdateMember(request) => {
+                ForwardedCall::ChangeMember(MemberChange::Update {
+                    id: request.id,
+                    peer_urls: request.peer_ur_ls,
+                })
+            }
+            WireCallKind::AddMember(member) => {
+                ForwardedCall::ChangeMember(MemberChange::Add(MemberRecord {
+                    id: member.id,
+                    name: member.name,
+                    peer_urls: member.peer_ur_ls,
+                    is_learner: member.is_learner,
+                }))
+            }
         };
         Ok(Self { id: wire.id, call })
     }
@@ -355,6 +411,18 @@ mod tests {
             },
             ForwardedCall::RenewLease { id: 4 },
             ForwardedCall::LeaseStatus { id: 5 },
+            ForwardedCall::ChangeMember(MemberChange::Remove(6)),
+            ForwardedCall::ChangeMember(MemberChange::Promote(7)),
+            ForwardedCall::ChangeMember(MemberChange::Update {
+                id: 9,
+                peer_urls: vec!["http://10.0.0.9:2380".to_owned()],
+            }),
+            ForwardedCall::ChangeMember(MemberChange::Add(MemberRecord {
+                id: 8,
+                name: String::new(),
+                peer_urls: vec!["http://10.0.0.8:2380".to_owned()],
+                is_learner: true,
+            })),
         ];
         for (id, call) in calls.into_iter().enumerate() {
             let request = ForwardRequest {

@@ -4,6 +4,8 @@
 
 pub mod forward;
 pub mod frame;
+pub mod join;
+pub mod queues;
 pub mod snapshot_stream;
 pub mod transport;
 #[cfg(test)]

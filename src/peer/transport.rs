@@ -10,7 +10,6 @@
 //! drops messages, and the sender redials with a backoff.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,8 +24,11 @@ use super::forward::{ForwardReply, ForwardRequest};
 use super::frame::{
     BATCH_TARGET_BYTES, Batch, Hello, HelloAnswer, MemberAttributes, PeerFrameError,
 };
+use super::join::{ClusterDescription, JOIN_QUESTION};
+use super::queues::{PeerQueueTable, PeerQueues};
 use super::snapshot_stream::{SnapshotAssembly, is_snapshot, split};
-use crate::membership::MemberDirectory;
+use crate::data_dir::MemberRecord;
+use crate::membership::{Configurations, MemberDirectory};
 use crate::shard::ShardCommand;
 use crate::shard::forwarding::{CallQueues, ForwardTable};
 use crate::shard::peers::PeerOutbox;
@@ -80,18 +82,18 @@ impl Outgoing {
 /// they are addressed to.
 pub struct PeerRoutes {
     pub shard: u32,
-    pub queues: Rc<BTreeMap<u64, flume::Sender<Outgoing>>>,
+    pub queues: PeerQueues,
     /// Messages dropped because a queue was full or no route existed.
     pub dropped: Rc<Cell<u64>>,
 }
 
 impl PeerOutbox for PeerRoutes {
     fn send(&self, message: Message) {
-        let Some(queue) = self.queues.get(&message.to) else {
-            self.dropped.set(self.dropped.get() + 1);
-            return;
-        };
-        if queue.try_send(Outgoing::Raft(self.shard, message)).is_err() {
+        let to = message.to;
+        if !self
+            .queues
+            .try_send(to, Outgoing::Raft(self.shard, message))
+        {
             self.dropped.set(self.dropped.get() + 1);
         }
     }
@@ -106,9 +108,9 @@ impl PeerOutbox for PeerRoutes {
 /// does a frame every [`ANNOUNCE_INTERVAL`] (one of its own when idle).
 pub async fn send_to_peer(
     identity: PeerIdentity,
-    to: u64,
-    address: SocketAddr,
+    (to, address): (u64, SocketAddr),
     queue: flume::Receiver<Outgoing>,
+    table: Arc<PeerQueueTable>,
     shards: Rc<[flume::Sender<ShardCommand>]>,
     attributes: Rc<MemberAttributes>,
 ) {
@@ -139,6 +141,10 @@ pub async fn send_to_peer(
         let first = match monoio::time::timeout(ANNOUNCE_INTERVAL / 10, queue.recv_async()).await {
             Ok(Ok(first)) => divert(first),
             Ok(Err(_)) => return,
+            // The member was removed (or moved): copies of its queue may
+            // linger on cores that have not sent since, but nothing is
+            // for it any more.
+            Err(_) if !table.contains(to) => return,
             // Nothing to send, but the member should hear who this one is
             // (two followers may never exchange a Raft message).
             Err(_) if announce_due => None,
@@ -358,30 +364,60 @@ impl PeerInbox {
     }
 }
 
+/// Who may connect (the members as this one applied them, read at each
+/// handshake, so a member added since is accepted and one removed is
+/// not), and what a member joining the cluster is told (`super::join`).
+pub struct Acceptance {
+    pub configurations: Arc<Configurations>,
+    /// The members the cluster was bootstrapped with.
+    pub initial_members: Vec<MemberRecord>,
+    pub shard_count: usize,
+}
+
+impl Acceptance {
+    fn members(&self) -> Vec<u64> {
+        self.configurations
+            .members()
+            .iter()
+            .map(|member| member.id)
+            .collect()
+    }
+
+    fn describe(&self, cluster_id: u64) -> ClusterDescription {
+        ClusterDescription {
+            cluster_id,
+            shard_count: self.shard_count,
+            initial_members: self.initial_members.clone(),
+            members: self.configurations.members(),
+        }
+    }
+}
+
 /// Accepts other members' connections and hands on what they send
 /// (`PeerInbox::deliver`). Runs until the listener fails.
 pub async fn serve_peers(
     listener: TcpListener,
     identity: PeerIdentity,
-    members: Rc<[u64]>,
+    acceptance: Rc<Acceptance>,
     inbox: PeerInbox,
 ) -> std::io::Result<()> {
     loop {
         let (stream, address) = listener.accept().await?;
-        let (members, inbox) = (members.clone(), inbox.clone());
+        let (acceptance, inbox) = (acceptance.clone(), inbox.clone());
         monoio::spawn(async move {
-            if let Err(error) = receive_from_peer(stream, identity, &members, &inbox).await {
+            if let Err(error) = receive_from_peer(stream, identity, &acceptance, &inbox).await {
                 tracing::warn!(%address, %error, "peer connection ended");
             }
         });
     }
 }
 
-/// One accepted connection: the handshake, then frames until it closes.
+/// One accepted connection: the handshake, then frames until it closes
+/// (or, for a member joining, the cluster's description).
 async fn receive_from_peer(
     stream: TcpStream,
     identity: PeerIdentity,
-    members: &[u64],
+    acceptance: &Acceptance,
     inbox: &PeerInbox,
 ) -> Result<(), PeerError> {
     let mut reader = Reader {
@@ -396,7 +432,15 @@ async fn receive_from_peer(
         reader.read_more().await?;
     };
     reader.buffered.drain(..Hello::LEN);
-    let answer = HelloAnswer::judge(&hello, identity.cluster_id, identity.member_id, members);
+    if hello == JOIN_QUESTION {
+        let mut answer = vec![HelloAnswer::Accepted as u8];
+        acceptance.describe(identity.cluster_id).encode(&mut answer);
+        let (written, _) = reader.stream.write_all(answer).await;
+        written?;
+        return Ok(());
+    }
+    let members = acceptance.members();
+    let answer = HelloAnswer::judge(&hello, identity.cluster_id, identity.member_id, &members);
     let (written, _) = reader.stream.write_all(vec![answer as u8]).await;
     written?;
     if answer != HelloAnswer::Accepted {

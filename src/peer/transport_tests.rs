@@ -11,10 +11,13 @@ use bytes::Bytes;
 use monoio::net::TcpListener;
 
 use super::frame::HelloAnswer;
+use super::join::{ClusterDescription, JOIN_QUESTION};
+use super::queues::PeerQueueTable;
 use super::transport::{
-    PEER_QUEUE_CAPACITY, PeerError, PeerIdentity, PeerInbox, PeerRoutes, dial, send_to_peer,
-    serve_peers,
+    Acceptance, PEER_QUEUE_CAPACITY, PeerError, PeerIdentity, PeerInbox, PeerRoutes, dial,
+    send_to_peer, serve_peers,
 };
+use crate::membership::configurations::test_member;
 use crate::proto::etcdserverpb::PutRequest;
 use crate::shard::ShardCommand;
 use crate::shard::forwarding::{CallQueues, ForwardTable};
@@ -28,6 +31,18 @@ use crate::wal::MemoryDevice;
 const CLUSTER: u64 = 0x5eed;
 
 /// What a member of one shard receives into (nobody forwards calls here).
+/// Members `members` of a cluster bootstrapped with them, one shard.
+fn acceptance(members: &[u64]) -> Rc<Acceptance> {
+    let records: Vec<_> = members.iter().map(|id| test_member(*id, false)).collect();
+    Rc::new(Acceptance {
+        configurations: std::sync::Arc::new(crate::membership::Configurations::in_memory(
+            1, &records,
+        )),
+        initial_members: records,
+        shard_count: 1,
+    })
+}
+
 fn inbox(shard: flume::Sender<ShardCommand>) -> PeerInbox {
     PeerInbox {
         shards: Rc::from(vec![shard]),
@@ -50,7 +65,7 @@ fn handshakes_refuse_other_clusters_and_strangers() {
         monoio::spawn(serve_peers(
             listener,
             identity,
-            Rc::from(vec![1, 2, 3]),
+            acceptance(&[1, 2, 3]),
             inbox(shard),
         ));
         let from = |cluster_id, member_id| PeerIdentity {
@@ -78,6 +93,74 @@ fn handshakes_refuse_other_clusters_and_strangers() {
 }
 
 #[test]
+fn a_member_joining_is_told_the_cluster_and_then_accepted() {
+    use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRentExt};
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (shard, _commands) = flume::bounded(8);
+        let identity = PeerIdentity {
+            cluster_id: CLUSTER,
+            member_id: 1,
+        };
+        let acceptance = acceptance(&[1, 2]);
+        monoio::spawn(serve_peers(
+            listener,
+            identity,
+            acceptance.clone(),
+            inbox(shard),
+        ));
+        let joining = PeerIdentity {
+            cluster_id: CLUSTER,
+            member_id: 9,
+        };
+        assert!(
+            matches!(
+                dial(joining, 1, address).await,
+                Err(PeerError::Refused(HelloAnswer::UnknownMember))
+            ),
+            "not a member yet"
+        );
+        let mut stream = monoio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let mut question = Vec::new();
+        JOIN_QUESTION.encode(&mut question);
+        let (written, _) = stream.write_all(question).await;
+        written.expect("ask");
+        let mut answer = Vec::new();
+        loop {
+            let (read, chunk) = stream.read(vec![0u8; 4096]).await;
+            let read = read.expect("read");
+            assert!(read > 0, "closed before the whole description");
+            answer.extend_from_slice(&chunk[..read]);
+            if let Some(description) = ClusterDescription::decode(&answer[1..]).expect("valid") {
+                assert_eq!(answer[0], HelloAnswer::Accepted as u8);
+                assert_eq!(description.cluster_id, CLUSTER);
+                assert_eq!(description.members.len(), 2);
+                assert_eq!(description.initial_members, description.members);
+                break;
+            }
+        }
+        // Once the member list holds it, the new member's connection is
+        // accepted: the list is read at each handshake.
+        let mut members = acceptance.configurations.members();
+        members.push(test_member(9, true));
+        acceptance
+            .configurations
+            .record(
+                0,
+                5,
+                &raft::eraftpb::ConfState::from((vec![1, 2], vec![9])),
+                Some(members),
+            )
+            .expect("record");
+        assert!(dial(joining, 1, address).await.is_ok());
+        let _ = stream.read_exact(vec![0u8; 1]).await;
+    });
+}
+
+#[test]
 fn three_workers_replicate_writes_over_loopback_tcp() {
     let directory = tempfile::tempdir().expect("temp dir");
     run(async {
@@ -100,14 +183,19 @@ fn three_workers_replicate_writes_over_loopback_tcp() {
                 member_id: id,
             };
             let mut queues = BTreeMap::new();
+            let mut receivers = Vec::new();
             for peer in members.iter().copied().filter(|peer| *peer != id) {
                 let (queue, outgoing) = flume::bounded(PEER_QUEUE_CAPACITY);
                 queues.insert(peer, queue);
+                receivers.push((peer, outgoing));
+            }
+            let table = PeerQueueTable::new(queues);
+            for (peer, outgoing) in receivers {
                 monoio::spawn(send_to_peer(
                     identity,
-                    peer,
-                    addresses[&peer],
+                    (peer, addresses[&peer]),
                     outgoing,
+                    table.clone(),
                     Rc::from(Vec::new()),
                     Rc::default(),
                 ));
@@ -127,7 +215,7 @@ fn three_workers_replicate_writes_over_loopback_tcp() {
             .await;
             let worker = shard.worker.with_peers(Box::new(PeerRoutes {
                 shard: 0,
-                queues: Rc::new(queues),
+                queues: table.view(),
                 dropped: dropped.clone(),
             }));
             monoio::spawn(worker.run(shard.commands));
@@ -135,7 +223,7 @@ fn three_workers_replicate_writes_over_loopback_tcp() {
             monoio::spawn(serve_peers(
                 listener,
                 identity,
-                Rc::from(members.to_vec()),
+                acceptance(&members),
                 inbox(shard.sender.clone()),
             ));
             senders.push(shard.sender);

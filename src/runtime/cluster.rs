@@ -15,12 +15,15 @@ use crate::data_dir::DataDirMeta;
 use crate::membership::{Configurations, MemberDirectory};
 use crate::peer::forward::ForwardRequest;
 use crate::peer::frame::MemberAttributes;
+use crate::peer::queues::PeerQueueTable;
 use crate::peer::transport::{
-    Outgoing, PEER_QUEUE_CAPACITY, PeerIdentity, PeerInbox, PeerRoutes, send_to_peer, serve_peers,
+    Acceptance, Outgoing, PEER_QUEUE_CAPACITY, PeerIdentity, PeerInbox, PeerRoutes, send_to_peer,
+    serve_peers,
 };
 use crate::shard::ShardCommand;
 use crate::shard::forwarding::{self, CallQueues, ForwardTable, Forwarder};
 use crate::shard::lead_member::{self, MemberRole};
+use crate::shard::member_change::ReconfigPolicy;
 use crate::shard::raft_group::GroupConfig;
 use crate::shard::write_path::WritePath;
 use crate::store::key_space::KeySpace;
@@ -33,8 +36,9 @@ pub struct CoreCluster {
     pub role: Arc<MemberRole>,
     /// The same voters and timing for every group.
     pub group_config: GroupConfig,
-    /// Each other member's outgoing queue (its sender runs on core 0).
-    pub peer_queues: BTreeMap<u64, flume::Sender<Outgoing>>,
+    /// Each other member's outgoing queue (its sender runs on core 0),
+    /// following the membership.
+    pub peer_queues: Arc<PeerQueueTable>,
     pub heartbeat_interval: Duration,
     /// This member's callers waiting for the lead member's answers.
     pub forward_table: Arc<ForwardTable>,
@@ -46,6 +50,8 @@ pub struct CoreCluster {
     pub directory: Arc<MemberDirectory>,
     /// Every group's configuration and the member list, durable.
     pub configurations: Arc<Configurations>,
+    /// `--strict-reconfig-check` and `--max-learners`.
+    pub reconfig: ReconfigPolicy,
 }
 
 /// The member's peer endpoints (the listeners and the senders' ends of
@@ -53,7 +59,8 @@ pub struct CoreCluster {
 pub struct PeerService {
     listeners: Vec<StdTcpListener>,
     identity: PeerIdentity,
-    members: Vec<u64>,
+    /// Who may connect, and what a member joining is told.
+    acceptance: Acceptance,
     outgoing: Vec<(u64, SocketAddr, flume::Receiver<Outgoing>)>,
     /// Where received calls go (see `CoreCluster::forwarded_calls`).
     calls: Vec<flume::Sender<(u64, ForwardRequest)>>,
@@ -72,11 +79,6 @@ pub fn prepare(
     cores: usize,
 ) -> Result<(CoreCluster, PeerService), StartError> {
     let voters: Vec<u64> = meta.members.iter().map(|member| member.id).collect();
-    let members: Vec<u64> = configurations
-        .members()
-        .iter()
-        .map(|member| member.id)
-        .collect();
     let mut listeners = Vec::new();
     for address in &config.listen_peer_addresses {
         let listener = StdTcpListener::bind(address)
@@ -96,17 +98,7 @@ pub fn prepare(
         .iter()
         .filter(|member| member.id != meta.member_id)
     {
-        let address = member
-            .peer_urls
-            .iter()
-            .find_map(|url| crate::config::parse_client_url(url).ok())
-            .map(|url| url.address)
-            .ok_or_else(|| {
-                StartError::Config(format!(
-                    "member {} ({:x}): none of its peer URLs {:?} resolves",
-                    member.name, member.id, member.peer_urls
-                ))
-            })?;
+        let address = peer_address(member).map_err(StartError::Config)?;
         let (queue, receiver) = flume::bounded(PEER_QUEUE_CAPACITY);
         peer_queues.insert(member.id, queue);
         outgoing.push((member.id, address, receiver));
@@ -123,7 +115,7 @@ pub fn prepare(
             election_ticks: election_ticks..2 * election_ticks,
             pre_vote: config.pre_vote,
         },
-        peer_queues,
+        peer_queues: PeerQueueTable::new(peer_queues),
         heartbeat_interval: config.heartbeat_interval,
         forward_table: ForwardTable::new(),
         forwarded_calls,
@@ -131,7 +123,11 @@ pub fn prepare(
             config.heartbeat_interval * election_ticks as u32,
         ),
         directory: Arc::default(),
-        configurations,
+        configurations: configurations.clone(),
+        reconfig: ReconfigPolicy {
+            strict: config.strict_reconfig_check,
+            max_learners: config.max_learners,
+        },
     };
     let service = PeerService {
         listeners,
@@ -139,7 +135,11 @@ pub fn prepare(
             cluster_id: meta.cluster_id,
             member_id: meta.member_id,
         },
-        members,
+        acceptance: Acceptance {
+            configurations,
+            initial_members: meta.members.clone(),
+            shard_count: meta.shard_count,
+        },
         outgoing,
         calls,
         attributes,
@@ -152,7 +152,7 @@ impl CoreCluster {
     pub fn outbox(&self, shard: usize) -> PeerRoutes {
         PeerRoutes {
             shard: shard as u32,
-            queues: Rc::new(self.peer_queues.clone()),
+            queues: self.peer_queues.view(),
             dropped: Rc::new(Cell::new(0)),
         }
     }
@@ -161,10 +161,11 @@ impl CoreCluster {
     pub fn forwarder(&self) -> Forwarder {
         Forwarder {
             role: self.role.clone(),
-            queues: Rc::new(self.peer_queues.clone()),
+            queues: self.peer_queues.view(),
             table: self.forward_table.clone(),
             request_timeout: self.request_timeout,
             configurations: self.configurations.clone(),
+            reconfig: self.reconfig,
         }
     }
 
@@ -177,7 +178,7 @@ impl CoreCluster {
         monoio::spawn(forwarding::carry_out_forwarded_calls(
             write_path,
             calls.clone(),
-            Rc::new(self.peer_queues.clone()),
+            self.peer_queues.view(),
             self.request_timeout,
         ));
     }
@@ -204,28 +205,35 @@ impl CoreCluster {
             waiting: self.forward_table.clone(),
             directory: self.directory.clone(),
         };
-        let members: Rc<[u64]> = service.members.into();
+        let acceptance = Rc::new(service.acceptance);
         let attributes = Rc::new(service.attributes);
         for listener in service.listeners {
             let listener = monoio::net::TcpListener::from_std(listener)
                 .map_err(|error| format!("cannot serve the peer listener: {error}"))?;
-            let (identity, members, inbox) = (service.identity, members.clone(), inbox.clone());
+            let (identity, acceptance, inbox) =
+                (service.identity, acceptance.clone(), inbox.clone());
             monoio::spawn(async move {
-                if let Err(error) = serve_peers(listener, identity, members, inbox).await {
+                if let Err(error) = serve_peers(listener, identity, acceptance, inbox).await {
                     tracing::error!(%error, "the peer listener failed");
                 }
             });
         }
+        let senders = PeerSenders {
+            identity: service.identity,
+            table: self.peer_queues.clone(),
+            shards: shards.clone(),
+            attributes,
+        };
+        let mut addresses = BTreeMap::new();
         for (member, address, queue) in service.outgoing {
-            monoio::spawn(send_to_peer(
-                service.identity,
-                member,
-                address,
-                queue,
-                shards.clone(),
-                attributes.clone(),
-            ));
+            senders.spawn(member, address, queue);
+            addresses.insert(member, address);
         }
+        monoio::spawn(follow_membership(
+            senders,
+            self.configurations.clone(),
+            addresses,
+        ));
         monoio::spawn(lead_member::run(
             self.role.clone(),
             space,
@@ -246,6 +254,94 @@ async fn tick(shards: Vec<flume::Sender<ShardCommand>>, interval: Duration) {
             if let Err(flume::TrySendError::Disconnected(_)) = shard.try_send(ShardCommand::Tick) {
                 return;
             }
+        }
+    }
+}
+
+/// Where a member's peer URLs lead: the first that parses.
+fn peer_address(member: &crate::data_dir::MemberRecord) -> Result<SocketAddr, String> {
+    member
+        .peer_urls
+        .iter()
+        .find_map(|url| crate::config::parse_client_url(url).ok())
+        .map(|url| url.address)
+        .ok_or_else(|| {
+            format!(
+                "member {} ({:x}): none of its peer URLs {:?} resolves",
+                member.name, member.id, member.peer_urls
+            )
+        })
+}
+
+/// What starting a sender to another member takes (core 0).
+struct PeerSenders {
+    identity: PeerIdentity,
+    table: Arc<PeerQueueTable>,
+    shards: Rc<[flume::Sender<ShardCommand>]>,
+    attributes: Rc<MemberAttributes>,
+}
+
+impl PeerSenders {
+    fn spawn(&self, member: u64, address: SocketAddr, queue: flume::Receiver<Outgoing>) {
+        monoio::spawn(send_to_peer(
+            self.identity,
+            (member, address),
+            queue,
+            self.table.clone(),
+            self.shards.clone(),
+            self.attributes.clone(),
+        ));
+    }
+}
+
+/// How often core 0 compares the peer queues with the applied membership.
+const MEMBERSHIP_POLL: Duration = Duration::from_millis(100);
+
+/// Keeps one queue and sender per other member as the membership changes:
+/// a member added gets both as soon as group 0 here applied its addition
+/// (before it starts, so Raft can reach it once it does), a member removed
+/// loses them, and a member whose peer URLs moved is redialed at the new
+/// address. `addresses` are the senders running now.
+async fn follow_membership(
+    senders: PeerSenders,
+    configurations: Arc<Configurations>,
+    mut addresses: BTreeMap<u64, SocketAddr>,
+) {
+    let own = senders.identity.member_id;
+    loop {
+        monoio::time::sleep(MEMBERSHIP_POLL).await;
+        let members = configurations.members();
+        for member in members.iter().filter(|member| member.id != own) {
+            let address = match peer_address(member) {
+                Ok(address) => address,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reach a member");
+                    continue;
+                }
+            };
+            if addresses.get(&member.id) == Some(&address) {
+                continue;
+            }
+            // New, or moved: the old sender stops with its queue.
+            senders.table.remove(member.id);
+            let (queue, receiver) = flume::bounded(PEER_QUEUE_CAPACITY);
+            senders.table.insert(member.id, queue);
+            senders.spawn(member.id, address, receiver);
+            addresses.insert(member.id, address);
+            tracing::info!(member = format!("{:x}", member.id), %address, "sending to a member");
+        }
+        let gone: Vec<u64> = addresses
+            .keys()
+            .copied()
+            .filter(|id| !members.iter().any(|member| member.id == *id))
+            .collect();
+        for id in gone {
+            senders.table.remove(id);
+            addresses.remove(&id);
+            tracing::info!(
+                member = format!("{id:x}"),
+                "no longer sending to a removed member"
+            );
         }
     }
 }

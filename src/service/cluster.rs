@@ -1,15 +1,18 @@
 //! `etcdserverpb.Cluster`: MemberList (every member of the cluster as this
-//! member applied the membership, with the client URLs each announced over
-//! the peer connections; a server alone lists itself) and MemberRemove
-//! (through the lead member, `shard::conf_change`).
+//! member applied the membership, with the name and client URLs each
+//! announced over the peer connections; a server alone lists itself), and
+//! MemberAdd, MemberRemove, MemberUpdate and MemberPromote (carried out by
+//! the lead member, `shard::member_change` and `shard::conf_change`).
 
 use super::{ServiceContext, missing_method, unary};
+use crate::data_dir::MemberRecord;
 use crate::grpc::{RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb::{
-    Member, MemberListRequest, MemberListResponse, MemberRemoveRequest, MemberRemoveResponse,
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse,
 };
-
-const NOT_YET_SERVED: &[&str] = &["MemberAdd", "MemberUpdate", "MemberPromote"];
+use crate::shard::member_change::MemberChange;
 
 pub async fn call(
     context: &ServiceContext,
@@ -24,17 +27,51 @@ pub async fn call(
             })
             .await
         }
+        "MemberAdd" => {
+            unary(requests, responses, async |request: MemberAddRequest| {
+                member_add(context, request).await
+            })
+            .await
+        }
         "MemberRemove" => {
             unary(requests, responses, async |request: MemberRemoveRequest| {
                 member_remove(context, request).await
             })
             .await
         }
-        other => Err(missing_method(
-            "etcdserverpb.Cluster",
-            other,
-            NOT_YET_SERVED,
-        )),
+        "MemberUpdate" => {
+            unary(requests, responses, async |request: MemberUpdateRequest| {
+                let change = MemberChange::Update {
+                    id: request.id,
+                    peer_urls: peer_urls(&request.peer_ur_ls)?,
+                };
+                let members = change_member(context, change).await?;
+                let mut response = MemberUpdateResponse {
+                    header: None,
+                    members,
+                };
+                context.fill_header(&mut response.header);
+                Ok(response)
+            })
+            .await
+        }
+        "MemberPromote" => {
+            unary(
+                requests,
+                responses,
+                async |request: MemberPromoteRequest| {
+                    let members = change_member(context, MemberChange::Promote(request.id)).await?;
+                    let mut response = MemberPromoteResponse {
+                        header: None,
+                        members,
+                    };
+                    context.fill_header(&mut response.header);
+                    Ok(response)
+                },
+            )
+            .await
+        }
+        other => Err(missing_method("etcdserverpb.Cluster", other, &[])),
     }
 }
 
@@ -55,7 +92,19 @@ fn member_list(context: &ServiceContext) -> MemberListResponse {
             .iter()
             .map(|member| Member {
                 id: member.id,
-                name: member.name.clone(),
+                // A member added at runtime is named once it starts and
+                // announces itself (etcd: once it publishes its name).
+                name: if member.id == identity.member_id {
+                    identity.name.clone()
+                } else if member.name.is_empty() {
+                    identity
+                        .directory
+                        .as_ref()
+                        .and_then(|directory| directory.name(member.id))
+                        .unwrap_or_default()
+                } else {
+                    member.name.clone()
+                },
                 peer_ur_ls: member.peer_urls.clone(),
                 // Others' as they announced them when they connected
                 // (etcd publishes them through Raft); none from a member
@@ -81,6 +130,49 @@ fn member_list(context: &ServiceContext) -> MemberListResponse {
     response
 }
 
+/// etcd's MemberAdd: the new member's ID is drawn as etcd draws it (its
+/// peer URLs and the time; no name until it starts and announces one).
+async fn member_add(
+    context: &ServiceContext,
+    request: MemberAddRequest,
+) -> Result<MemberAddResponse, Status> {
+    let urls = peer_urls(&request.peer_ur_ls)?;
+    if context.identity.configurations.is_none() {
+        // A server alone has no peer listener for a new member to reach.
+        return Err(not_enough_started());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64);
+    let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let record = MemberRecord {
+        id: crate::membership::member_id(&url_refs, "", Some(now)),
+        name: String::new(),
+        peer_urls: urls,
+        is_learner: request.is_learner,
+    };
+    let member = Member {
+        id: record.id,
+        name: String::new(),
+        peer_ur_ls: record.peer_urls.clone(),
+        client_ur_ls: Vec::new(),
+        is_learner: record.is_learner,
+    };
+    let mut members = change_member(context, MemberChange::Add(record)).await?;
+    // This member may not have applied the addition yet if another
+    // carried it out: the answer is the list after it.
+    if !members.iter().any(|listed| listed.id == member.id) {
+        members.push(member.clone());
+    }
+    let mut response = MemberAddResponse {
+        header: None,
+        member: Some(member),
+        members,
+    };
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
 /// etcd's MemberRemove. A server alone cannot remove itself (etcd's
 /// answer for its only member is "not enough started members"; there is
 /// no other member to name). The answer lists the members after the
@@ -89,26 +181,56 @@ async fn member_remove(
     context: &ServiceContext,
     request: MemberRemoveRequest,
 ) -> Result<MemberRemoveResponse, Status> {
+    let members = change_member(context, MemberChange::Remove(request.id))
+        .await?
+        .into_iter()
+        .filter(|member| member.id != request.id)
+        .collect();
+    let mut response = MemberRemoveResponse {
+        header: None,
+        members,
+    };
+    context.fill_header(&mut response.header);
+    Ok(response)
+}
+
+/// Has the lead member carry out `change`; the member list after it as
+/// this member knows it. On a server alone every change names an unknown
+/// member or this one, which cannot change.
+async fn change_member(
+    context: &ServiceContext,
+    change: MemberChange,
+) -> Result<Vec<Member>, Status> {
     if context.identity.configurations.is_none() {
-        return Err(if request.id == context.identity.member_id {
-            Status::failed_precondition(
-                "etcdserver: re-configuration failed due to not enough started members",
-            )
+        return Err(if change.member_id() == context.identity.member_id {
+            not_enough_started()
         } else {
             Status::not_found("etcdserver: member not found")
         });
     }
-    context.write_path.remove_member(request.id).await?;
-    let mut response = MemberRemoveResponse {
-        header: None,
-        // This member may not have applied the removal yet if it was
-        // carried out by another: the answer is the list after it.
-        members: member_list(context)
-            .members
-            .into_iter()
-            .filter(|member| member.id != request.id)
-            .collect(),
-    };
-    context.fill_header(&mut response.header);
-    Ok(response)
+    context.write_path.change_member(change).await?;
+    Ok(member_list(context).members)
+}
+
+fn not_enough_started() -> Status {
+    Status::failed_precondition(
+        "etcdserver: re-configuration failed due to not enough started members",
+    )
+}
+
+/// etcd's check of a member's peer URLs (`types.NewURLs`), normalized as
+/// `--initial-cluster`'s are.
+fn peer_urls(given: &[String]) -> Result<Vec<String>, Status> {
+    let bad = || Status::invalid_argument("etcdserver: given member URLs are invalid");
+    if given.is_empty() {
+        return Err(bad());
+    }
+    given
+        .iter()
+        .map(|url| {
+            crate::config::parse_client_url(url)
+                .map(|_| url.trim_end_matches('/').to_owned())
+                .map_err(|_| bad())
+        })
+        .collect()
 }

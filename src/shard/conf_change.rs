@@ -18,6 +18,7 @@
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType};
 
 use super::ShardWorker;
+use super::member_change::{MemberChange, ReconfigPolicy, check_quorum_safety};
 use crate::data_dir::MemberRecord;
 use crate::membership::{Configurations, GroupConfiguration};
 use crate::store::error::KvError;
@@ -30,6 +31,7 @@ pub fn decode(entry: &Entry) -> Result<ConfChange, String> {
 }
 
 /// The change that removes `member` (group 0 records it in the member list).
+#[cfg(test)]
 pub fn removal(member: u64) -> ConfChange {
     let mut change = ConfChange::default();
     change.set_change_type(ConfChangeType::RemoveNode);
@@ -183,29 +185,27 @@ pub fn recover(
     Ok(configurations.latest(group))
 }
 
-/// MemberRemove on the lead member: waits (until `deadline`) for any
-/// change still being carried to the groups, proposes the removal in
-/// group 0, then waits until every group applied it here.
-pub async fn remove_member_here(
+/// A member-level change on the lead member: waits (until `deadline`) for
+/// any change still being carried to the groups, checks it against the
+/// member list, proposes it in group 0, then waits until every group
+/// applied it here (not for a removal of this member: it stops, and the
+/// next lead member carries the removal on).
+pub async fn change_member_here(
     group_zero: &flume::Sender<super::ShardCommand>,
     configurations: &Configurations,
-    (own_id, member): (u64, u64),
+    (own_id, change): (u64, &MemberChange),
+    policy: ReconfigPolicy,
     deadline: std::time::Instant,
 ) -> Result<(), KvError> {
     let expired = || KvError::RequestTimedOut;
     converged_by(configurations, deadline)
         .await
         .map_err(|()| expired())?;
-    if !configurations
-        .members()
-        .iter()
-        .any(|record| record.id == member)
-    {
-        return Err(KvError::MemberNotFound);
-    }
+    let conf_change = change.conf_change(&configurations.members(), policy)?;
     let (done, applied) = futures_channel::oneshot::channel();
     let command = super::ShardCommand::ChangeMembers {
-        change: removal(member),
+        change: conf_change,
+        strict: policy.strict,
         done,
     };
     group_zero
@@ -217,9 +217,7 @@ pub async fn remove_member_here(
         .await
         .map_err(|_| expired())?
         .map_err(|_| KvError::ShardUnavailable(0))??;
-    if member == own_id {
-        // Removed itself: it stops now, and the next lead member carries
-        // the removal to the other groups.
+    if *change == MemberChange::Remove(own_id) {
         return Ok(());
     }
     converged_by(configurations, deadline)
@@ -291,6 +289,7 @@ impl<D: StorageDevice> ShardWorker<D> {
     pub(super) fn propose_member_change(
         &mut self,
         change: ConfChange,
+        strict: bool,
         done: futures_channel::oneshot::Sender<Result<(), KvError>>,
     ) {
         if !self.takes_writes() {
@@ -300,6 +299,15 @@ impl<D: StorageDevice> ShardWorker<D> {
         if self.group.has_pending_conf_change() {
             let _ = done.send(Err(KvError::UnhealthyCluster));
             return;
+        }
+        if let Some((configurations, _)) = self.group.configurations() {
+            let members = configurations.members();
+            let progress = self.group.member_progress();
+            let own = self.group.leader_id();
+            if let Err(error) = check_quorum_safety(&change, &members, &progress, own, strict) {
+                let _ = done.send(Err(error));
+                return;
+            }
         }
         match self.group.propose_conf_change(change) {
             Ok(entry) => self.conf_waits.wait(entry, done),
@@ -344,6 +352,7 @@ impl<D: StorageDevice> ShardWorker<D> {
             tracing::error!(shard = self.shard, index = entry.index, %error, "cannot apply a membership change; aborting");
             std::process::abort();
         }
+        self.snapshots.logged_conf_change(entry.index);
         self.conf_waits.applied(entry.index, entry.term);
         if let Some(role) = &self.role
             && change.get_change_type() == ConfChangeType::RemoveNode

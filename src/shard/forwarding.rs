@@ -14,7 +14,7 @@
 //! answered before anything was evaluated or proposed: a retried call can
 //! never happen twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,7 @@ use futures_channel::oneshot;
 use super::lead_member::MemberRole;
 use super::write_path::WritePath;
 use crate::peer::forward::{ForwardReply, ForwardRequest, ForwardedAnswer, ForwardedCall};
+use crate::peer::queues::PeerQueues;
 use crate::peer::transport::Outgoing;
 use crate::store::error::KvError;
 
@@ -117,13 +118,16 @@ pub enum Route {
 pub struct Forwarder {
     pub role: Arc<MemberRole>,
     /// Each other member's outgoing queue.
-    pub queues: Rc<BTreeMap<u64, flume::Sender<Outgoing>>>,
+    pub queues: PeerQueues,
     pub table: Arc<ForwardTable>,
     /// How long a call may take in all, retries and waits included
     /// ([`request_timeout`]).
     pub request_timeout: Duration,
     /// The member's membership, which member changes consult and wait on.
     pub configurations: Arc<crate::membership::Configurations>,
+    /// The operator's limits on membership changes (used on the lead
+    /// member).
+    pub reconfig: super::member_change::ReconfigPolicy,
 }
 
 impl Forwarder {
@@ -148,15 +152,14 @@ impl Forwarder {
         call: ForwardedCall,
         deadline: Instant,
     ) -> Result<ForwardedAnswer, KvError> {
-        let queue = self.queues.get(&lead).ok_or(KvError::NotLeader)?;
         let (id, answered) = self.table.register();
         let _registration = Registration {
             table: &self.table,
             id,
         };
-        if queue
-            .try_send(Outgoing::Request(ForwardRequest { id, call }))
-            .is_err()
+        if !self
+            .queues
+            .try_send(lead, Outgoing::Request(ForwardRequest { id, call }))
         {
             return Err(KvError::NotLeader);
         }
@@ -216,7 +219,7 @@ impl CallQueues {
 pub async fn carry_out_forwarded_calls(
     write_path: Rc<WritePath>,
     calls: flume::Receiver<(u64, ForwardRequest)>,
-    queues: Rc<BTreeMap<u64, flume::Sender<Outgoing>>>,
+    queues: PeerQueues,
     request_timeout: Duration,
 ) {
     while let Ok((from, request)) = calls.recv_async().await {
@@ -230,13 +233,11 @@ pub async fn carry_out_forwarded_calls(
                 Ok(Err(error)) => ForwardedAnswer::Failed(error),
                 Err(_) => ForwardedAnswer::Failed(KvError::RequestTimedOut),
             };
-            if let Some(queue) = queues.get(&from) {
-                let reply = ForwardReply {
-                    id: request.id,
-                    answer,
-                };
-                let _ = queue.try_send(Outgoing::Reply(reply));
-            }
+            let reply = ForwardReply {
+                id: request.id,
+                answer,
+            };
+            let _ = queues.try_send(from, Outgoing::Reply(reply));
         });
     }
 }
@@ -307,10 +308,11 @@ mod tests {
         let role = MemberRole::new(2, 1);
         let forwarder = Forwarder {
             role: role.clone(),
-            queues: Rc::default(),
+            queues: crate::peer::queues::PeerQueueTable::new(Default::default()).view(),
             table: ForwardTable::new(),
             request_timeout: Duration::from_secs(1),
             configurations: Arc::new(crate::membership::Configurations::in_memory(1, &[])),
+            reconfig: Default::default(),
         };
         assert_eq!(forwarder.route(), Route::Wait);
         role.note_group(0, 3, false);

@@ -26,6 +26,10 @@ pub struct ShardLogStorage {
     /// group's number in them: a snapshot carries the configuration as of
     /// its own index, which may be older than the mirror's. `None` alone.
     configurations: Option<(Arc<Configurations>, usize)>,
+    /// Raft asked for a snapshot for a member the newest one does not name
+    /// (added since): raft-rs on that member would refuse it, so none is
+    /// sent, and the worker writes a newer one (`take_snapshot_wanted`).
+    snapshot_wanted: std::cell::Cell<bool>,
 }
 
 impl ShardLogStorage {
@@ -34,7 +38,13 @@ impl ShardLogStorage {
             mirror,
             snapshot_directory,
             configurations: None,
+            snapshot_wanted: std::cell::Cell::new(false),
         }
+    }
+
+    /// Whether a newer snapshot is wanted (and forgets it was).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
     }
 
     /// The storage of group `group` of a cluster member.
@@ -93,7 +103,7 @@ impl Storage for ShardLogStorage {
     /// Reads the newest snapshot file (blocking: only a lagging follower
     /// asks, rarely). A snapshot older than `request_index` is "temporarily
     /// unavailable": the shard writes a newer one soon.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
         let Ok(Some((_, bytes))) = load_newest_snapshot(&self.snapshot_directory) else {
             return Err(unavailable());
@@ -114,6 +124,12 @@ impl Storage for ShardLogStorage {
             }
             None => self.mirror.initial_state()?.conf_state,
         };
+        // raft-rs restores only a snapshot whose configuration names the
+        // member (a member added after it was written).
+        if !conf_state.voters.contains(&to) && !conf_state.learners.contains(&to) {
+            self.snapshot_wanted.set(true);
+            return Err(unavailable());
+        }
         metadata.set_conf_state(conf_state);
         snapshot.data = bytes.into();
         Ok(snapshot)
@@ -134,7 +150,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&directory);
         std::fs::create_dir_all(&directory).expect("mkdir");
         let storage = ShardLogStorage::new(
-            MemStorage::new_with_conf_state(ConfState::from((vec![LOCAL_MEMBER], vec![]))),
+            MemStorage::new_with_conf_state(ConfState::from((vec![LOCAL_MEMBER, 2], vec![]))),
             directory.clone(),
         );
         assert!(storage.snapshot(0, 2).is_err(), "no snapshot file yet");
@@ -163,6 +179,12 @@ mod tests {
             storage.snapshot(41, 2).is_err(),
             "older than requested: temporarily unavailable"
         );
+        assert!(!storage.take_snapshot_wanted());
+        assert!(
+            storage.snapshot(30, 3).is_err(),
+            "a member the snapshot's configuration does not name would refuse it"
+        );
+        assert!(storage.take_snapshot_wanted(), "a newer one is wanted");
         std::fs::remove_dir_all(&directory).expect("cleanup");
     }
 }

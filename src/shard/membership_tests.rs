@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::test_cluster::TestCluster;
+use super::member_change::MemberChange;
+use super::test_cluster::{TestCluster, test_record};
 use crate::proto::etcdserverpb::{PutRequest, RequestOp, request_op};
 use crate::store::error::KvError;
 use crate::store::write::WriteRequest;
@@ -101,7 +102,7 @@ fn a_removal_asked_of_any_member_reaches_every_group() {
         let asking = &cluster.members[cluster.index_of(asked)];
         asking
             .write_path
-            .remove_member(removed)
+            .change_member(MemberChange::Remove(removed))
             .await
             .expect("removed");
         assert!(
@@ -126,7 +127,10 @@ fn a_removal_asked_of_any_member_reaches_every_group() {
                 .expect("writes go on with two members");
         }
         assert_eq!(
-            asking.write_path.remove_member(removed).await,
+            asking
+                .write_path
+                .change_member(MemberChange::Remove(removed))
+                .await,
             Err(KvError::MemberNotFound),
             "etcd: member not found"
         );
@@ -141,7 +145,7 @@ fn the_next_lead_member_finishes_a_removal_of_the_lead_member() {
         let member = &cluster.members[cluster.index_of(lead)];
         member
             .write_path
-            .remove_member(lead)
+            .change_member(MemberChange::Remove(lead))
             .await
             .expect("removed itself");
         assert!(member.role.is_removed());
@@ -162,5 +166,140 @@ fn the_next_lead_member_finishes_a_removal_of_the_lead_member() {
         write_through(&cluster, others[0], "after")
             .await
             .expect("writes go on");
+    });
+}
+
+/// Whether member `at` has every group with `member` voting (or learning).
+fn member_everywhere(cluster: &TestCluster, at: u64, member: u64, voting: bool) -> bool {
+    let configurations = &cluster.members[cluster.index_of(at)].configurations;
+    (0..SHARDS).all(|group| {
+        let latest = configurations.latest(group);
+        if voting {
+            latest.voters.contains(&member)
+        } else {
+            latest.learners.contains(&member)
+        }
+    })
+}
+
+#[test]
+fn a_member_added_as_a_learner_catches_up_and_is_promoted() {
+    let directory = tempfile::tempdir().expect("dir");
+    run(async {
+        // Groups snapshot every 30 entries (releasing their logs), so the
+        // new member catches up from snapshots as well as from entries.
+        let cluster = TestCluster::start_joining(
+            (&[1, 2, 3], &[4]),
+            SHARDS,
+            directory.path(),
+            Some(Duration::from_secs(2)),
+            30,
+        )
+        .await;
+        cluster.run_network();
+        eventually("a lead member", || lead_member(&cluster).is_some()).await;
+        let lead = lead_member(&cluster).expect("lead");
+        for index in 0..150 {
+            write_through(&cluster, lead, &format!("before-{index}"))
+                .await
+                .expect("put");
+        }
+        let asked = [1, 2, 3].into_iter().find(|id| *id != lead).expect("other");
+        let asking = &cluster.members[cluster.index_of(asked)];
+        // A voter cut off: strict checks refuse to add even a learner
+        // while not every voter is connected (etcd: unhealthy cluster).
+        let cut = [1, 2, 3]
+            .into_iter()
+            .find(|id| *id != lead && *id != asked)
+            .expect("third");
+        cluster.isolated.borrow_mut().insert(cut);
+        cluster.isolated.borrow_mut().insert(4);
+        // Long enough for the lead member to stop hearing from it.
+        monoio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            asking
+                .write_path
+                .change_member(MemberChange::Add(test_record(4, true)))
+                .await,
+            Err(KvError::UnhealthyCluster)
+        );
+        cluster.isolated.borrow_mut().remove(&cut);
+        monoio::time::sleep(Duration::from_millis(100)).await;
+        asking
+            .write_path
+            .change_member(MemberChange::Add(test_record(4, true)))
+            .await
+            .expect("added as a learner");
+        assert!(member_everywhere(&cluster, lead, 4, false));
+        assert_eq!(
+            asking
+                .write_path
+                .change_member(MemberChange::Add(test_record(5, true)))
+                .await,
+            Err(KvError::TooManyLearners)
+        );
+        // Not reachable yet: far behind, so not promoted.
+        assert_eq!(
+            asking
+                .write_path
+                .change_member(MemberChange::Promote(4))
+                .await,
+            Err(KvError::LearnerNotReady)
+        );
+        cluster.isolated.borrow_mut().remove(&4);
+        let joined = &cluster.members[cluster.index_of(4)];
+        let lead_space = &cluster.members[cluster.index_of(lead)].space;
+        let target = lead_space.clock().watermark();
+        monoio::time::timeout(
+            Duration::from_secs(20),
+            joined.space.clock().wait_applied(target),
+        )
+        .await
+        .expect("the new member catches up");
+        for shard in 0..SHARDS {
+            let installed = std::fs::read_dir(
+                directory
+                    .path()
+                    .join("member-4")
+                    .join(format!("shard-{shard}")),
+            )
+            .expect("snapshot directory")
+            .count();
+            assert!(installed > 0, "shard {shard} caught up without a snapshot");
+        }
+        let mut promoted = Err(KvError::LearnerNotReady);
+        for _ in 0..200 {
+            promoted = asking
+                .write_path
+                .change_member(MemberChange::Promote(4))
+                .await;
+            if promoted != Err(KvError::LearnerNotReady) {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        promoted.expect("promoted once caught up");
+        for member in [1, 2, 3, 4] {
+            eventually("every member has four voters in every group", || {
+                member_everywhere(&cluster, member, 4, true)
+            })
+            .await;
+        }
+        // Four voters: one cut off leaves a quorum of three, which
+        // includes the new member.
+        cluster.isolated.borrow_mut().insert(cut);
+        for index in 0..20 {
+            write_through(&cluster, 4, &format!("after-{index}"))
+                .await
+                .expect("writes go on through the new member");
+        }
+        let target = lead_space.clock().watermark();
+        joined.space.clock().wait_applied(target).await;
+        let hash = |space: &crate::store::key_space::KeySpace| {
+            crate::store::content_hash::hash_kv(space, target, target)
+                .expect("hash")
+                .hash
+        };
+        assert_eq!(hash(&joined.space), hash(lead_space), "the same history");
     });
 }

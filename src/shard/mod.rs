@@ -26,6 +26,7 @@ mod group_twin_tests;
 pub mod lead_member;
 pub mod log_entry;
 pub mod log_storage;
+pub mod member_change;
 #[cfg(test)]
 mod membership_tests;
 pub mod peers;
@@ -145,6 +146,8 @@ pub enum ShardCommand {
     /// (`conf_change`): answered once applied here, or refused.
     ChangeMembers {
         change: raft::eraftpb::ConfChange,
+        /// `--strict-reconfig-check` (`member_change::check_quorum_safety`).
+        strict: bool,
         done: oneshot::Sender<Result<(), KvError>>,
     },
     /// The lead member's decision that revisions `from..=to` are void
@@ -687,12 +690,20 @@ impl<D: StorageDevice> ShardWorker<D> {
             }
             ShardCommand::Tick => {
                 self.group.tick();
+                if self.group.take_snapshot_wanted() {
+                    self.snapshots.request();
+                    self.maybe_snapshot();
+                }
                 self.note_role();
                 self.follow_lead_member();
                 self.converge_membership();
             }
-            ShardCommand::ChangeMembers { change, done } => {
-                self.propose_member_change(change, done);
+            ShardCommand::ChangeMembers {
+                change,
+                strict,
+                done,
+            } => {
+                self.propose_member_change(change, strict, done);
             }
             ShardCommand::HandOffLeadership => {
                 if let Some(role) = &self.role {

@@ -148,6 +148,12 @@ pub struct RaftGroup<D: StorageDevice> {
     /// `(raft index, WAL record sequence)` of each entry written since the
     /// last snapshot, so a snapshot at an index can release the WAL below it.
     entry_records: std::collections::VecDeque<(u64, u64)>,
+    /// Ticks since the group started, and the tick each other member was
+    /// last heard from: whether a member is connected now, for the checks
+    /// that keep a membership change from costing the quorum (raft-rs's
+    /// own `recent_active` is cleared every election timeout).
+    ticks: u64,
+    heard_at_tick: std::collections::HashMap<u64, u64>,
 }
 
 /// The in-memory log mirror for a group recovered from a snapshot covering
@@ -242,6 +248,8 @@ impl<D: StorageDevice> RaftGroup<D> {
             frontier,
             stats,
             entry_records,
+            ticks: 0,
+            heard_at_tick: std::collections::HashMap::new(),
         };
         if several {
             return Ok(group);
@@ -272,13 +280,46 @@ impl<D: StorageDevice> RaftGroup<D> {
     /// Advances the group's logical clock by one tick (heartbeats,
     /// elections).
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.node.tick();
     }
 
     /// Hands the group a message from a peer. A message Raft refuses (a
     /// local type, a response from an unknown peer) changes nothing.
     pub fn step(&mut self, message: Message) -> Result<(), GroupError> {
+        self.heard_at_tick.insert(message.from, self.ticks);
         Ok(self.node.step(message)?)
+    }
+
+    /// Whether Raft wanted a snapshot newer than the newest (one naming a
+    /// member added since); forgets it did.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.node.store().take_snapshot_wanted()
+    }
+
+    /// What this member, leading the group, knows of every member of it:
+    /// how much of the log each holds, and whether it was heard from
+    /// within an election timeout. Empty on a follower.
+    pub fn member_progress(&self) -> Vec<super::member_change::MemberProgress> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let own = self.node.raft.id;
+        let window = self.node.raft.election_timeout() as u64;
+        self.node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, progress)| super::member_change::MemberProgress {
+                id: *id,
+                matched: progress.matched,
+                active: *id == own
+                    || self
+                        .heard_at_tick
+                        .get(id)
+                        .is_some_and(|heard| self.ticks - heard <= window),
+            })
+            .collect()
     }
 
     /// Whether Raft has anything for `persist` to handle.
@@ -320,11 +361,13 @@ impl<D: StorageDevice> RaftGroup<D> {
             return None;
         }
         let own = self.node.raft.id;
+        let voters = self.node.raft.prs().conf().voters().ids();
         self.node
             .raft
             .prs()
             .iter()
-            .filter(|(id, _)| **id != own)
+            // A learner cannot lead.
+            .filter(|(id, _)| **id != own && voters.contains(**id))
             .max_by_key(|(_, progress)| progress.matched)
             .map(|(id, _)| *id)
     }

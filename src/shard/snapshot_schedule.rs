@@ -78,6 +78,29 @@ impl SnapshotSchedule {
         self.entries_since_snapshot += 1;
     }
 
+    /// A configuration change applied at `index`: a snapshot may cover it
+    /// as soon as it covers what precedes it (it changes no key), so a
+    /// snapshot for a member just added can name it. Kept in index order.
+    pub(super) fn logged_conf_change(&mut self, index: u64) {
+        if index <= self.last_snapshot_index {
+            return;
+        }
+        let position = self.logged.partition_point(|(logged, _)| *logged < index);
+        if self
+            .logged
+            .get(position)
+            .is_none_or(|(logged, _)| *logged != index)
+        {
+            self.logged.insert(position, (index, 0));
+        }
+    }
+
+    /// Asks for a snapshot as soon as one can start (none is answered).
+    pub(super) fn request(&mut self) {
+        let (done, _) = oneshot::channel();
+        self.requested.push(done);
+    }
+
     /// Records the Raft index the snapshot loaded at startup covers.
     pub fn after_snapshot(mut self, raft_index: u64) -> Self {
         self.last_snapshot_index = raft_index;

@@ -21,9 +21,11 @@ use super::recovery::read_shard_log;
 use super::test_worker::{OPTIONS, start_empty_group};
 use super::write_path::WritePath;
 use super::{ShardCommand, ShardWorker, SnapshotSchedule};
+use crate::data_dir::MemberRecord;
 use crate::lease::table::LeaseTable;
 use crate::metrics::CoreMetrics;
 use crate::peer::frame::Batch;
+use crate::peer::queues::{PeerQueueTable, PeerQueues};
 use crate::peer::snapshot_stream::{SnapshotAssembly, is_snapshot};
 use crate::peer::transport::{Outgoing, PeerInbox, PeerRoutes};
 use crate::store::key_space::KeySpace;
@@ -74,11 +76,35 @@ impl TestCluster {
         request_timeout: Option<Duration>,
         snapshot_every: u64,
     ) -> Rc<Self> {
+        Self::start_joining(
+            (voters, &[]),
+            shard_count,
+            snapshots,
+            request_timeout,
+            snapshot_every,
+        )
+        .await
+    }
+
+    /// As [`Self::start`], with members `joining` started as a member
+    /// added to the running cluster starts (`membership::join`): its
+    /// groups begin with the bootstrap configuration, which does not hold
+    /// it, and its member list is the cluster's with itself a learner. Its
+    /// addition is the test's to make (MemberAdd with `joining_record`).
+    pub async fn start_joining(
+        (voters, joining): (&[u64], &[u64]),
+        shard_count: usize,
+        snapshots: &std::path::Path,
+        request_timeout: Option<Duration>,
+        snapshot_every: u64,
+    ) -> Rc<Self> {
         let mut links = Vec::new();
         let mut members = Vec::new();
-        for &member_id in voters {
+        let everyone: Vec<u64> = voters.iter().chain(joining).copied().collect();
+        let initial: Vec<MemberRecord> = voters.iter().map(|id| test_record(*id, false)).collect();
+        for &member_id in &everyone {
             let mut queues = BTreeMap::new();
-            for &to in voters.iter().filter(|to| **to != member_id) {
+            for &to in everyone.iter().filter(|to| **to != member_id) {
                 let (queue, receiver) = flume::unbounded();
                 queues.insert(to, queue);
                 links.push((member_id, to, receiver));
@@ -89,12 +115,25 @@ impl TestCluster {
                 election_ticks: ELECTION_TICKS,
                 pre_vote: true,
             };
+            let configurations = if joining.contains(&member_id) {
+                let mut members = initial.clone();
+                members.push(test_record(member_id, true));
+                crate::membership::Configurations::create_joined(
+                    None,
+                    shard_count,
+                    &initial,
+                    &members,
+                )
+                .expect("in memory")
+            } else {
+                crate::membership::Configurations::in_memory(shard_count, &initial)
+            };
             members.push(
                 start_member(
                     &config,
-                    shard_count,
+                    (shard_count, Arc::new(configurations)),
                     &snapshots.join(format!("member-{member_id}")),
-                    Rc::new(queues),
+                    PeerQueueTable::new(queues).view(),
                     request_timeout,
                     snapshot_every,
                 )
@@ -205,9 +244,9 @@ impl TestCluster {
 /// duty, and (with `request_timeout`) its forwarding both ways.
 async fn start_member(
     config: &GroupConfig,
-    shard_count: usize,
+    (shard_count, configurations): (usize, Arc<crate::membership::Configurations>),
     snapshots: &std::path::Path,
-    queues: Rc<BTreeMap<u64, flume::Sender<Outgoing>>>,
+    queues: PeerQueues,
     request_timeout: Option<Duration>,
     snapshot_every: u64,
 ) -> TestMember {
@@ -234,20 +273,6 @@ async fn start_member(
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..shard_count).map(|_| flume::bounded(1024)).unzip();
     let senders: Arc<[flume::Sender<ShardCommand>]> = senders.into();
-    let records: Vec<crate::data_dir::MemberRecord> = config
-        .voters
-        .iter()
-        .map(|id| crate::data_dir::MemberRecord {
-            id: *id,
-            name: format!("member-{id}"),
-            peer_urls: vec![format!("http://member-{id}:2380")],
-            is_learner: false,
-        })
-        .collect();
-    let configurations = Arc::new(crate::membership::Configurations::in_memory(
-        shard_count,
-        &records,
-    ));
     for (shard, (wal, commands)) in wals.into_iter().zip(receivers).enumerate() {
         let directory = snapshots.join(format!("shard-{shard}"));
         std::fs::create_dir_all(&directory).expect("snapshot directory");
@@ -292,6 +317,7 @@ async fn start_member(
         table: table.clone(),
         request_timeout,
         configurations: configurations.clone(),
+        reconfig: Default::default(),
     });
     let write_path = WritePath::new(space.clone(), senders.clone(), slot, forwarder);
     let (calls, forwarded_calls) = flume::unbounded();
@@ -314,5 +340,15 @@ async fn start_member(
         write_path,
         role,
         configurations,
+    }
+}
+
+/// The record of test member `id` (what MemberAdd of it carries).
+pub fn test_record(id: u64, is_learner: bool) -> MemberRecord {
+    MemberRecord {
+        id,
+        name: format!("member-{id}"),
+        peer_urls: vec![format!("http://member-{id}:2380")],
+        is_learner,
     }
 }

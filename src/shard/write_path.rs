@@ -10,6 +10,7 @@ use std::time::Instant;
 use futures_channel::oneshot;
 
 use super::forwarding::{Forwarder, RETRY_PAUSE, Route};
+use super::member_change::MemberChange;
 use super::{HeldCommand, ShardCommand, WriteOutcome, run_write};
 use crate::lease::table::LeaseStatus;
 use crate::peer::forward::{ForwardedAnswer, ForwardedCall};
@@ -200,14 +201,15 @@ impl WritePath {
             ForwardedCall::LeaseStatus { id } => {
                 ForwardedAnswer::LeaseStatus(leases.status(id, Instant::now()))
             }
-            ForwardedCall::RemoveMember { id } => {
+            ForwardedCall::ChangeMember(change) => {
                 let Some(forwarder) = &self.forwarder else {
                     return Err(KvError::NotLeader);
                 };
-                super::conf_change::remove_member_here(
+                super::conf_change::change_member_here(
                     &self.senders[0],
                     &forwarder.configurations,
-                    (forwarder.role.member_id, id),
+                    (forwarder.role.member_id, &change),
+                    forwarder.reconfig,
                     Instant::now() + forwarder.request_timeout,
                 )
                 .await?;
@@ -216,11 +218,11 @@ impl WritePath {
         })
     }
 
-    /// etcd's MemberRemove, carried out by the lead member: answered once
-    /// every group of the lead member applied it. `MemberNotFound` for an
-    /// ID that is no member (or was removed already).
-    pub async fn remove_member(self: &Rc<Self>, id: u64) -> Result<(), KvError> {
-        match self.carry_out(ForwardedCall::RemoveMember { id }).await? {
+    /// etcd's MemberAdd, MemberRemove and MemberPromote, carried out by
+    /// the lead member: answered once every group of the lead member
+    /// applied the change (see `member_change` for what refuses one).
+    pub async fn change_member(self: &Rc<Self>, change: MemberChange) -> Result<(), KvError> {
+        match self.carry_out(ForwardedCall::ChangeMember(change)).await? {
             ForwardedAnswer::Done => Ok(()),
             _ => Err(KvError::RequestTimedOut),
         }

@@ -59,4 +59,23 @@ pub enum KvError {
     /// A membership call named an ID that is no member (or was removed).
     #[error("member not found")]
     MemberNotFound,
+    /// MemberAdd drew an ID a member already has.
+    #[error("member ID already exist")]
+    MemberExists,
+    /// MemberAdd named a peer URL a member already has.
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    /// The change would leave fewer started voters than a quorum
+    /// (`--strict-reconfig-check`).
+    #[error("re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    /// MemberPromote of a voter.
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
+    /// MemberPromote of a learner whose log is not yet near the leader's.
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// MemberAdd of a learner beyond `--max-learners`.
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
 }
