@@ -233,6 +233,12 @@ impl DataDir {
         })
     }
 
+    /// Whether `path` holds a data directory already (made by an earlier
+    /// start).
+    pub fn exists(path: &Path) -> bool {
+        path.join(META_FILE).is_file()
+    }
+
     /// Opens a data directory that must already exist (for offline tools:
     /// they must not create one where the operator mistyped a path).
     pub fn open_existing(path: &Path) -> Result<Self, DataDirError> {

@@ -14,6 +14,7 @@
 use sha1::{Digest, Sha1};
 
 pub mod configurations;
+pub mod join;
 
 pub use configurations::{Configurations, GroupConfiguration};
 

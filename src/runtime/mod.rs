@@ -217,11 +217,29 @@ impl Node {
 /// all-or-nothing), and returns once all cores serve. The threads run for
 /// the life of the process.
 pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
-    let bootstrap = config
-        .cluster
-        .as_ref()
-        .map(|cluster| crate::membership::bootstrap(cluster, &config.name));
-    let data_dir = DataDir::open_member(&config.data_dir, config.shards, config.cores, bootstrap)?;
+    let (bootstrap, shards) = match &config.cluster {
+        // A member added to a running cluster, on its first start (etcd
+        // ignores --initial-cluster-state once the data directory exists).
+        Some(cluster)
+            if cluster.initial_cluster_state == crate::config::InitialClusterState::Existing
+                && !DataDir::exists(&config.data_dir) =>
+        {
+            let joined = crate::membership::join::join(
+                cluster,
+                &config.name,
+                &config.data_dir,
+                config.shards,
+            )
+            .map_err(StartError::Config)?;
+            (Some(joined.bootstrap), Some(joined.shard_count))
+        }
+        Some(cluster) => (
+            Some(crate::membership::bootstrap(cluster, &config.name)),
+            config.shards,
+        ),
+        None => (None, config.shards),
+    };
+    let data_dir = DataDir::open_member(&config.data_dir, shards, config.cores, bootstrap)?;
     let configurations = match &config.cluster {
         Some(_) => Some(Arc::new(
             crate::membership::Configurations::open(

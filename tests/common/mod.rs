@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub mod cluster;
 pub mod history;
 pub mod orphaned_lock;
 pub mod raw_client;

@@ -1,0 +1,302 @@
+//! Membership changes on real `metastore` processes over loopback, with
+//! the `etcd-client` crate: a member removed through a follower stops and
+//! stays out; a member added as a learner joins a running cluster from
+//! its peers (`--initial-cluster-state existing`), catches up, is
+//! promoted, takes writes with an old member down, and restarts as a
+//! member of the cluster.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::MetastoreServer;
+use common::cluster::{Cluster, FAST, MEMBERS, current_thread_runtime, settled_lead_member};
+use etcd_client::{Client, GetOptions, MemberAddOptions};
+
+/// Retries `call` until it succeeds or `limit` passes (the cluster may be
+/// electing, or a member catching up).
+async fn eventually<T, F>(what: &str, limit: Duration, mut call: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(error) => assert!(Instant::now() < deadline, "{what}: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn status_message(result: Result<impl std::fmt::Debug, etcd_client::Error>) -> String {
+    match result {
+        Err(etcd_client::Error::GRpcStatus(status)) => status.message().to_owned(),
+        other => panic!("expected an error status: {other:?}"),
+    }
+}
+
+#[test]
+fn a_learner_joins_catches_up_is_promoted_and_takes_writes() {
+    // Snapshots every 50 entries: the learner catches up from the
+    // leaders' snapshots, which must name it (written after its addition).
+    let mut cluster = Cluster::start_with_flags(FAST, &["--snapshot-count", "50"]);
+    let runtime = current_thread_runtime();
+    let endpoints = cluster.endpoints();
+    let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
+    let follower = (lead + 1) % MEMBERS;
+    let joining = cluster.new_member("m3");
+    let peer_url = cluster.members[joining].peer_url();
+    let new_id = runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[follower]], None)
+            .await
+            .expect("connect");
+        for index in 0..300 {
+            client
+                .put(format!("key-{index:03}"), format!("value-{index}"), None)
+                .await
+                .expect("put");
+        }
+        let added = client
+            .member_add(
+                [peer_url.as_str()],
+                Some(MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .expect("member add through a follower");
+        let member = added.member().expect("the new member");
+        assert!(member.is_learner());
+        assert_eq!(member.peer_urls(), std::slice::from_ref(&peer_url));
+        assert_eq!(added.member_list().len(), MEMBERS + 1);
+        // A new ID is drawn from the peer URLs and the second (etcd's
+        // way): in the same second the ID itself is taken, as in etcd.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            status_message(client.member_add([peer_url.as_str()], None).await),
+            "etcdserver: Peer URLs already exists"
+        );
+        assert_eq!(
+            status_message(
+                client
+                    .member_add(
+                        ["http://127.0.0.1:1"],
+                        Some(MemberAddOptions::new().with_is_learner())
+                    )
+                    .await
+            ),
+            "etcdserver: too many learner members in cluster"
+        );
+        member.id()
+    });
+    cluster
+        .start_joining(joining)
+        .unwrap_or_else(|error| panic!("the new member did not start: {error}"));
+    let new_endpoint = cluster.members[joining].endpoint();
+    runtime.block_on(async {
+        let mut client = Client::connect([&new_endpoint], None)
+            .await
+            .expect("connect");
+        let status = client.status().await.expect("status");
+        assert_eq!(
+            status.header().expect("header").member_id(),
+            new_id,
+            "the new member took the ID MemberAdd gave it"
+        );
+        let serializable = || GetOptions::new().with_prefix().with_serializable();
+        let caught_up = eventually("the learner catches up", Duration::from_secs(30), || {
+            let mut client = client.clone();
+            async move {
+                let response = client.get("key-", Some(serializable())).await?;
+                if response.kvs().len() == 300 {
+                    Ok(response)
+                } else {
+                    Err(etcd_client::Error::InvalidArgs(format!(
+                        "{} keys",
+                        response.kvs().len()
+                    )))
+                }
+            }
+        })
+        .await;
+        assert_eq!(caught_up.kvs()[299].value(), b"value-299");
+        let log = cluster.members[joining]
+            .server
+            .as_ref()
+            .expect("started")
+            .output_tail(1 << 20);
+        assert!(
+            log.contains("installing the leader's snapshot"),
+            "the learner caught up without a snapshot:\n{log}"
+        );
+        let promoted = eventually("the learner is promoted", Duration::from_secs(30), || {
+            let mut client = client.clone();
+            async move { client.member_promote(new_id).await }
+        })
+        .await;
+        assert!(promoted.members().iter().all(|member| !member.is_learner()));
+        assert_eq!(
+            status_message(client.member_promote(new_id).await),
+            "etcdserver: can only promote a learner member"
+        );
+        let named = eventually(
+            "every member lists the new one by name",
+            Duration::from_secs(20),
+            || {
+                let endpoint = endpoints[lead].clone();
+                async move {
+                    let mut client = Client::connect([&endpoint], None).await?;
+                    let listed = client.member_list().await?;
+                    let named = listed
+                        .members()
+                        .iter()
+                        .any(|member| member.id() == new_id && member.name() == "m3");
+                    if named {
+                        Ok(listed)
+                    } else {
+                        Err(etcd_client::Error::InvalidArgs("unnamed".to_owned()))
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(named.members().len(), MEMBERS + 1);
+    });
+    // Four voters: with an old member down, three make the quorum, and
+    // one of them is the new member.
+    cluster.kill(follower);
+    runtime.block_on(async {
+        let client = Client::connect([&new_endpoint], None)
+            .await
+            .expect("connect");
+        eventually(
+            "a write through the new member",
+            Duration::from_secs(20),
+            || {
+                let mut client = client.clone();
+                async move { client.put("after", "joined", None).await }
+            },
+        )
+        .await;
+    });
+    cluster.restart(follower);
+    cluster.kill(joining);
+    cluster.restart(joining);
+    runtime.block_on(async {
+        let mut client = Client::connect([&new_endpoint], None)
+            .await
+            .expect("connect");
+        let after = eventually(
+            "the new member after its restart",
+            Duration::from_secs(20),
+            || {
+                let mut client = client.clone();
+                async move { client.get("after", None).await }
+            },
+        )
+        .await;
+        assert_eq!(after.kvs()[0].value(), b"joined");
+        let listed = client.member_list().await.expect("member list");
+        assert_eq!(listed.members().len(), MEMBERS + 1);
+    });
+}
+
+/// etcd's MemberRemove, asked of a member that is neither the lead member
+/// nor the one removed: the answer lists the two left, the removed member
+/// exits (status 0, as a removed etcd member stops) and refuses to start
+/// again, a second removal is etcd's "member not found", and the two left
+/// keep serving writes, also after both are SIGKILLed and restarted (the
+/// membership is durable).
+#[test]
+fn a_member_removed_through_a_follower_stops_and_stays_out() {
+    let mut cluster = Cluster::start();
+    let runtime = current_thread_runtime();
+    let endpoints = cluster.endpoints();
+    let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
+    let removed = (lead + 1) % MEMBERS;
+    let asked = (lead + 2) % MEMBERS;
+    let removed_id = runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[removed]], None)
+            .await
+            .expect("connect");
+        client
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .expect("header")
+            .member_id()
+    });
+    runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[asked]], None)
+            .await
+            .expect("connect");
+        client.put("before", "1", None).await.expect("put");
+        let response = client
+            .member_remove(removed_id)
+            .await
+            .expect("member remove");
+        let left: Vec<u64> = response
+            .members()
+            .iter()
+            .map(|member| member.id())
+            .collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "the answer lists the members left: {left:x?}"
+        );
+        assert!(!left.contains(&removed_id));
+        let listed = client.member_list().await.expect("member list");
+        assert_eq!(listed.members().len(), 2);
+        let again = client.member_remove(removed_id).await;
+        match again {
+            Err(etcd_client::Error::GRpcStatus(status)) => {
+                assert_eq!(status.message(), "etcdserver: member not found")
+            }
+            other => panic!("a second removal: {other:?}"),
+        }
+    });
+    let status = cluster.wait_for_exit(removed, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "a removed member exits with status 0: {status}"
+    );
+    let member = &cluster.members[removed];
+    let arguments = member.arguments(&cluster.initial_cluster, cluster.timing, &cluster.extra);
+    let refused = MetastoreServer::start_exact(&arguments, member.client_port, member.metrics_port)
+        .err()
+        .expect("a removed member must not start again");
+    assert!(
+        refused.contains("permanently removed from the cluster"),
+        "{refused}"
+    );
+    let others: Vec<usize> = (0..MEMBERS).filter(|index| *index != removed).collect();
+    for index in &others {
+        cluster.kill(*index);
+    }
+    // Together: with two voters left, neither is ready until the other
+    // is up.
+    cluster.start_together(&others);
+    let endpoints: Vec<String> = others
+        .iter()
+        .map(|index| endpoints[*index].clone())
+        .collect();
+    runtime.block_on(async {
+        let mut client = Client::connect(&endpoints, None).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.put("after", "2", None).await {
+                Ok(_) => break,
+                Err(error) => assert!(
+                    Instant::now() < deadline,
+                    "no write after the restart: {error}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let listed = client.member_list().await.expect("member list");
+        assert_eq!(listed.members().len(), 2, "the removal survives restarts");
+        let before = client.get("before", None).await.expect("get");
+        assert_eq!(before.kvs().len(), 1);
+    });
+}
