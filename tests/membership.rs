@@ -300,3 +300,81 @@ fn a_member_removed_through_a_follower_stops_and_stays_out() {
         assert_eq!(before.kvs().len(), 1);
     });
 }
+
+/// etcd's MemberUpdate: a member's peer URLs move; restarted on its new
+/// URLs (with its old `--initial-cluster`, which counts only at
+/// bootstrap) it is reached there: with the third member down, writes
+/// need it.
+#[test]
+fn a_member_whose_peer_urls_moved_is_reached_at_the_new_ones() {
+    let mut cluster = Cluster::start();
+    let runtime = current_thread_runtime();
+    let endpoints = cluster.endpoints();
+    let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
+    let (moved, third) = ((lead + 1) % MEMBERS, (lead + 2) % MEMBERS);
+    let new_port = common::stable_port();
+    let new_url = format!("http://127.0.0.1:{new_port}");
+    runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[moved]], None)
+            .await
+            .expect("connect");
+        let moved_id = client
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .expect("header")
+            .member_id();
+        let taken = cluster.members[third].peer_url();
+        assert_eq!(
+            status_message(client.member_update(moved_id, [taken]).await),
+            "etcdserver: Peer URLs already exists"
+        );
+        assert_eq!(
+            status_message(client.member_update(0x1234, [new_url.clone()]).await),
+            "etcdserver: member not found"
+        );
+        let updated = client
+            .member_update(moved_id, [new_url.clone()])
+            .await
+            .expect("member update");
+        let listed = updated
+            .members()
+            .iter()
+            .find(|member| member.id() == moved_id)
+            .expect("still a member");
+        assert_eq!(listed.peer_urls(), std::slice::from_ref(&new_url));
+    });
+    cluster.kill(moved);
+    cluster.members[moved].peer_port = new_port;
+    cluster.restart(moved);
+    cluster.kill(third);
+    runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[moved]], None)
+            .await
+            .expect("connect");
+        eventually(
+            "a write needing the moved member",
+            Duration::from_secs(20),
+            || {
+                let mut client = client.clone();
+                async move { client.put("moved", "yes", None).await }
+            },
+        )
+        .await;
+    });
+    cluster.restart(third);
+    runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[third]], None)
+            .await
+            .expect("connect");
+        let listed = client.member_list().await.expect("member list");
+        assert!(
+            listed
+                .members()
+                .iter()
+                .any(|member| member.peer_urls() == std::slice::from_ref(&new_url)),
+            "the update is durable"
+        );
+    });
+}

@@ -80,6 +80,8 @@ pub struct ClusterConfig {
     /// checks, `shard::member_change`).
     pub strict_reconfig_check: bool,
     pub max_learners: usize,
+    /// `--initial-advertise-peer-urls`, normalized.
+    pub advertised_peer_urls: Vec<String>,
     /// `existing`: this member was added to a running cluster (MemberAdd)
     /// and learns the cluster from its peers on its first start
     /// (`membership::join`).
@@ -159,27 +161,8 @@ pub fn cluster_config(flags: &ClusterFlags, name: &str) -> Result<Option<Cluster
             peer_urls: advertised.clone(),
         }],
     };
-    let Some(local) = members.iter().find(|member| member.name == name) else {
-        return Err(format!(
-            "couldn't find local name {name:?} in the initial cluster configuration"
-        ));
-    };
-    let mut listed = local.peer_urls.clone();
-    let mut given = advertised.clone();
-    listed.sort();
-    given.sort();
-    if listed != given {
-        return Err(format!(
-            "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={} (\"{}\"(resolved from {:?}) != \"{}\"(resolved from {:?}))",
-            local.peer_urls.join(","),
-            advertised.join(","),
-            listed.join(","),
-            local.peer_urls,
-            given.join(","),
-            advertised,
-        ));
-    }
     if members.len() == 1 {
+        verify_bootstrap(&members, name, &advertised)?;
         return Ok(None);
     }
     let election_ticks = (flags.election_timeout / flags.heartbeat_interval) as usize;
@@ -197,7 +180,48 @@ pub fn cluster_config(flags: &ClusterFlags, name: &str) -> Result<Option<Cluster
         strict_reconfig_check: flags.strict_reconfig_check,
         max_learners: flags.max_learners,
         initial_cluster_state: flags.initial_cluster_state,
+        advertised_peer_urls: advertised,
     }))
+}
+
+impl ClusterConfig {
+    /// etcd's `VerifyBootstrap`, for a member's first start only: once its
+    /// data directory exists the cluster's membership is what counts, so a
+    /// member whose peer URLs moved (MemberUpdate) restarts with its new
+    /// URLs whatever `--initial-cluster` still says.
+    pub fn verify_bootstrap(&self, name: &str) -> Result<(), String> {
+        verify_bootstrap(&self.members, name, &self.advertised_peer_urls)
+    }
+}
+
+/// This member is in `members` under `name`, with the peer URLs it
+/// advertises.
+fn verify_bootstrap(
+    members: &[InitialMember],
+    name: &str,
+    advertised: &[String],
+) -> Result<(), String> {
+    let Some(local) = members.iter().find(|member| member.name == name) else {
+        return Err(format!(
+            "couldn't find local name {name:?} in the initial cluster configuration"
+        ));
+    };
+    let mut listed = local.peer_urls.clone();
+    let mut given = advertised.to_vec();
+    listed.sort();
+    given.sort();
+    if listed != given {
+        return Err(format!(
+            "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={} (\"{}\"(resolved from {:?}) != \"{}\"(resolved from {:?}))",
+            local.peer_urls.join(","),
+            advertised.join(","),
+            listed.join(","),
+            local.peer_urls,
+            given.join(","),
+            advertised,
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -257,12 +281,23 @@ mod tests {
     #[test]
     fn etcd_errors() {
         let cluster = "a=http://127.0.0.1:2380,b=http://127.0.0.2:2380";
-        let error = cluster_config(&flags(&["--initial-cluster", cluster]), "c").unwrap_err();
+        let verified = |name: &str| {
+            cluster_config(&flags(&["--initial-cluster", cluster]), name)
+                .expect("checked at bootstrap only")
+                .expect("a cluster")
+                .verify_bootstrap(name)
+        };
+        let error = verified("c").unwrap_err();
         assert!(error.contains("couldn't find local name \"c\""), "{error}");
-        let error = cluster_config(&flags(&["--initial-cluster", cluster]), "a").unwrap_err();
+        let error = verified("a").unwrap_err();
         assert!(
             error.contains("missing from --initial-advertise-peer-urls"),
             "{error}"
+        );
+        let error = cluster_config(&flags(&[]), "a").unwrap_err();
+        assert!(
+            error.contains("couldn't find local name"),
+            "alone, checked at once: {error}"
         );
         let error = cluster_config(
             &flags(&["--heartbeat-interval", "300", "--election-timeout", "1000"]),

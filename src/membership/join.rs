@@ -47,6 +47,7 @@ pub fn join(
     data_dir: &Path,
     shards: Option<usize>,
 ) -> Result<Joined, String> {
+    config.verify_bootstrap(name)?;
     let own = config
         .members
         .iter()

@@ -233,10 +233,17 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
             .map_err(StartError::Config)?;
             (Some(joined.bootstrap), Some(joined.shard_count))
         }
-        Some(cluster) => (
-            Some(crate::membership::bootstrap(cluster, &config.name)),
-            config.shards,
-        ),
+        Some(cluster) => {
+            if !DataDir::exists(&config.data_dir) {
+                cluster
+                    .verify_bootstrap(&config.name)
+                    .map_err(StartError::Config)?;
+            }
+            (
+                Some(crate::membership::bootstrap(cluster, &config.name)),
+                config.shards,
+            )
+        }
         None => (None, config.shards),
     };
     let data_dir = DataDir::open_member(&config.data_dir, shards, config.cores, bootstrap)?;

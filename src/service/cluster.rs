@@ -208,9 +208,22 @@ async fn change_member(
             Status::not_found("etcdserver: member not found")
         });
     }
-    context.write_path.change_member(change).await?;
+    context.write_path.change_member(change.clone()).await?;
+    // The lead member answered once its groups applied the change; the
+    // answer lists the members as this member knows them, so wait (a
+    // little) until it applied the change too.
+    let deadline = std::time::Instant::now() + MEMBER_LIST_CATCH_UP;
+    while !change.is_reflected_in(&context.identity.members())
+        && std::time::Instant::now() < deadline
+    {
+        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     Ok(member_list(context).members)
 }
+
+/// How long a member that forwarded a membership change waits to apply it
+/// before answering with the list it has.
+const MEMBER_LIST_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn not_enough_started() -> Status {
     Status::failed_precondition(

@@ -133,6 +133,22 @@ impl MemberChange {
     }
 }
 
+impl MemberChange {
+    /// Whether `members` (a member's list as its group 0 applied it) show
+    /// this change made.
+    pub fn is_reflected_in(&self, members: &[MemberRecord]) -> bool {
+        let record = members.iter().find(|record| record.id == self.member_id());
+        match self {
+            MemberChange::Add(_) => record.is_some(),
+            MemberChange::Remove(_) => record.is_none(),
+            MemberChange::Promote(_) => record.is_some_and(|record| !record.is_learner),
+            MemberChange::Update { peer_urls, .. } => {
+                record.is_some_and(|record| record.peer_urls == *peer_urls)
+            }
+        }
+    }
+}
+
 /// Whether a member other than `id` has one of `peer_urls`.
 fn urls_taken(members: &[MemberRecord], id: u64, peer_urls: &[String]) -> bool {
     members
@@ -302,6 +318,54 @@ mod tests {
             .conf_change(&with_learner, policy)
             .expect("a voter may join beside a learner");
         assert_eq!(added.get_change_type(), ConfChangeType::AddNode);
+    }
+
+    #[test]
+    fn an_update_keeps_the_role_and_takes_the_new_urls() {
+        let mut members = three();
+        members.push(member(4, true));
+        let policy = ReconfigPolicy::default();
+        let moved = vec!["http://10.9.9.9:2380".to_owned()];
+        let update = |id: u64, peer_urls: Vec<String>| MemberChange::Update { id, peer_urls };
+        let change = update(4, moved.clone())
+            .conf_change(&members, policy)
+            .expect("valid");
+        assert_eq!(change.get_change_type(), ConfChangeType::AddLearnerNode);
+        let carried: MemberRecord = serde_json::from_slice(&change.context).expect("record");
+        assert_eq!(
+            (carried.peer_urls, carried.is_learner),
+            (moved.clone(), true)
+        );
+        assert_eq!(
+            check_quorum_safety(&change, &members, &[], 1, true),
+            Ok(()),
+            "no configuration changes"
+        );
+        let voter = update(2, moved.clone())
+            .conf_change(&members, policy)
+            .expect("valid");
+        assert_eq!(voter.get_change_type(), ConfChangeType::AddNode);
+        assert_eq!(check_quorum_safety(&voter, &members, &[], 1, true), Ok(()));
+        assert_eq!(
+            update(2, members[0].peer_urls.clone()).conf_change(&members, policy),
+            Err(KvError::PeerUrlExists)
+        );
+        assert_eq!(
+            update(2, members[1].peer_urls.clone())
+                .conf_change(&members, policy)
+                .map(|change| change.node_id),
+            Ok(2),
+            "its own URLs again"
+        );
+        assert_eq!(
+            update(9, moved.clone()).conf_change(&members, policy),
+            Err(KvError::MemberNotFound)
+        );
+        assert!(!update(4, moved.clone()).is_reflected_in(&members));
+        members[3].peer_urls = moved.clone();
+        assert!(update(4, moved).is_reflected_in(&members));
+        assert!(!MemberChange::Promote(4).is_reflected_in(&members));
+        assert!(MemberChange::Remove(9).is_reflected_in(&members));
     }
 
     #[test]
