@@ -350,7 +350,7 @@ fn a_member_whose_peer_urls_moved_is_reached_at_the_new_ones() {
     cluster.restart(moved);
     cluster.kill(third);
     runtime.block_on(async {
-        let mut client = Client::connect([&endpoints[moved]], None)
+        let client = Client::connect([&endpoints[moved]], None)
             .await
             .expect("connect");
         eventually(

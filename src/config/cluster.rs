@@ -294,7 +294,11 @@ mod tests {
             error.contains("missing from --initial-advertise-peer-urls"),
             "{error}"
         );
-        let error = cluster_config(&flags(&[]), "a").unwrap_err();
+        let error = cluster_config(
+            &flags(&["--initial-cluster", "b=http://127.0.0.2:2380"]),
+            "a",
+        )
+        .unwrap_err();
         assert!(
             error.contains("couldn't find local name"),
             "alone, checked at once: {error}"
