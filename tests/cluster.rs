@@ -12,8 +12,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
@@ -21,203 +20,10 @@ use common::cluster::{
 };
 use common::history::{ReadRecord, StoreHistory, WriteEnd, WriteRecord, check};
 use common::test_seed;
-use etcd_client::{Client, GetOptions, LockOptions, Txn, TxnOp, WatchOptions};
-use rand::{RngExt, SeedableRng};
-
-const WRITERS: usize = 3;
-const READERS: usize = 2;
-const KEYS: usize = 16;
-
-/// What the clients share: the history, and what broke read-your-writes.
-struct Shared {
-    stop: AtomicBool,
-    writes: Mutex<Vec<WriteRecord>>,
-    reads: Mutex<Vec<ReadRecord>>,
-    /// `(member, acknowledged revision, revision a read there saw next)`.
-    stale_after_write: Mutex<Vec<(usize, i64, i64)>>,
-    /// Writes acknowledged by a member that did not take writes itself.
-    forwarded: AtomicUsize,
-}
-
-fn is_definite_failure(error: &etcd_client::Error) -> bool {
-    match error {
-        etcd_client::Error::GRpcStatus(status) => {
-            let message = status.message();
-            message.contains("not leader") || message.contains("leader changed")
-        }
-        _ => false,
-    }
-}
-
-async fn writer(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>, seed: u64) {
-    let mut random = rand::rngs::StdRng::seed_from_u64(seed ^ id as u64);
-    let mut clients: Vec<Option<Client>> = (0..MEMBERS).map(|_| None).collect();
-    let mut sequence = 0;
-    while !shared.stop.load(Ordering::SeqCst) {
-        let member = random.random_range(0..MEMBERS);
-        if clients[member].is_none() {
-            match tokio::time::timeout(CALL_LIMIT, Client::connect([&endpoints[member]], None))
-                .await
-            {
-                Ok(Ok(client)) => clients[member] = Some(client),
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            }
-        }
-        let client = clients[member].as_mut().expect("connected");
-        sequence += 1;
-        let value = format!("w{id}-{sequence}");
-        let mut keys: Vec<String> = (0..random.random_range(1..=2))
-            .map(|_| format!("key{}", random.random_range(0..KEYS)))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        let invoked = Instant::now();
-        let operations: Vec<TxnOp> = keys
-            .iter()
-            .map(|key| TxnOp::put(key.as_str(), value.as_str(), None))
-            .collect();
-        let outcome =
-            tokio::time::timeout(CALL_LIMIT, client.txn(Txn::new().and_then(operations))).await;
-        let end = match outcome {
-            Ok(Ok(response)) => {
-                WriteEnd::Acknowledged(response.header().map_or(0, |header| header.revision()))
-            }
-            Ok(Err(error)) if is_definite_failure(&error) => WriteEnd::Failed,
-            Ok(Err(_)) | Err(_) => {
-                clients[member] = None;
-                WriteEnd::Unknown
-            }
-        };
-        if let WriteEnd::Acknowledged(revision) = end {
-            read_own_write(client_of(&mut clients, member), member, revision, &shared).await;
-        }
-        let failed = end == WriteEnd::Failed;
-        shared.writes.lock().expect("writes").push(WriteRecord {
-            keys,
-            value,
-            invoked,
-            completed: Instant::now(),
-            end,
-        });
-        if failed {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-fn client_of(clients: &mut [Option<Client>], member: usize) -> &mut Client {
-    clients[member].as_mut().expect("connected")
-}
-
-/// A serializable read through the member that acknowledged `revision`
-/// must see it (the member answers only once it applied the write).
-async fn read_own_write(client: &mut Client, member: usize, revision: i64, shared: &Shared) {
-    let options = GetOptions::new().with_serializable();
-    if let Ok(Ok(response)) =
-        tokio::time::timeout(CALL_LIMIT, client.get("key0", Some(options))).await
-    {
-        let read_at = response.header().map_or(0, |header| header.revision());
-        if read_at < revision {
-            let stale = (member, revision, read_at);
-            shared.stale_after_write.lock().expect("stale").push(stale);
-        }
-        if let Ok(Ok(status)) = tokio::time::timeout(CALL_LIMIT, client.status()).await
-            && status.header().map(|header| header.member_id()) != Some(status.leader())
-        {
-            shared.forwarded.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-async fn reader(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>, seed: u64) {
-    let mut random = rand::rngs::StdRng::seed_from_u64(seed ^ (100 + id as u64));
-    let mut clients: Vec<Option<Client>> = (0..MEMBERS).map(|_| None).collect();
-    while !shared.stop.load(Ordering::SeqCst) {
-        let member = random.random_range(0..MEMBERS);
-        if clients[member].is_none() {
-            match tokio::time::timeout(CALL_LIMIT, Client::connect([&endpoints[member]], None))
-                .await
-            {
-                Ok(Ok(client)) => clients[member] = Some(client),
-                _ => continue,
-            }
-        }
-        let client = clients[member].as_mut().expect("connected");
-        let key = format!("key{}", random.random_range(0..KEYS));
-        let invoked = Instant::now();
-        // Half the reads linearizable: a member confirms them with its
-        // groups' leaders first (ReadIndex).
-        let linearizable = random.random_bool(0.5);
-        let options = if linearizable {
-            GetOptions::new()
-        } else {
-            GetOptions::new().with_serializable()
-        };
-        match tokio::time::timeout(CALL_LIMIT, client.get(key.as_str(), Some(options))).await {
-            Ok(Ok(response)) => {
-                let value = response
-                    .kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
-                shared.reads.lock().expect("reads").push(ReadRecord {
-                    member,
-                    key,
-                    value,
-                    revision: response.header().map_or(0, |header| header.revision()),
-                    linearizable,
-                    invoked,
-                });
-            }
-            Ok(Err(_)) | Err(_) => clients[member] = None,
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Every put in member `index`'s history, read back with a watch from
-/// revision 1 through `through`.
-async fn store_history(endpoint: &str, through: i64) -> Result<StoreHistory, String> {
-    let mut client = Client::connect([endpoint], None)
-        .await
-        .map_err(|error| error.to_string())?;
-    let options = WatchOptions::new().with_prefix().with_start_revision(1);
-    let mut stream = client
-        .watch("", Some(options))
-        .await
-        .map_err(|error| error.to_string())?;
-    let mut history = StoreHistory::new();
-    let mut seen = 0;
-    while seen < through {
-        let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .map_err(|_| format!("no history past revision {seen} from {endpoint}"))?
-            .map_err(|error| error.to_string())?
-            .ok_or("the watch ended")?;
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            seen = seen.max(kv.mod_revision());
-            history
-                .entry(String::from_utf8_lossy(kv.key()).into_owned())
-                .or_default()
-                .insert(
-                    kv.mod_revision(),
-                    Some(String::from_utf8_lossy(kv.value()).into_owned()),
-                );
-        }
-    }
-    Ok(history)
-}
-
-/// The revision member `index` serves once it serves anything.
-async fn served_revision(endpoint: &str) -> Option<i64> {
-    let mut client = Client::connect([endpoint], None).await.ok()?;
-    let options = GetOptions::new().with_serializable();
-    let response = client.get("key0", Some(options)).await.ok()?;
-    response.header().map(|header| header.revision())
-}
+use common::workload::{
+    Shared, check_histories, served_revision, start_clients, stop_clients, store_history,
+};
+use etcd_client::{Client, GetOptions, LockOptions, Txn, TxnOp};
 
 #[test]
 fn three_members_keep_a_linearizable_history_through_kills_and_pauses() {
@@ -225,34 +31,13 @@ fn three_members_keep_a_linearizable_history_through_kills_and_pauses() {
     let mut cluster = Cluster::start();
     let endpoints: Arc<Vec<String>> =
         Arc::new(cluster.members.iter().map(Member::endpoint).collect());
-    let shared = Arc::new(Shared {
-        stop: AtomicBool::new(false),
-        writes: Mutex::default(),
-        reads: Mutex::default(),
-        stale_after_write: Mutex::default(),
-        forwarded: AtomicUsize::new(0),
-    });
+    let shared = Shared::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let mut clients = Vec::new();
-    for id in 0..WRITERS {
-        clients.push(runtime.spawn(writer(id, endpoints.clone(), shared.clone(), seed)));
-    }
-    for id in 0..READERS {
-        clients.push(runtime.spawn(reader(id, endpoints.clone(), shared.clone(), seed)));
-    }
-    let acknowledged = |shared: &Shared| {
-        shared
-            .writes
-            .lock()
-            .expect("writes")
-            .iter()
-            .filter(|write| matches!(write.end, WriteEnd::Acknowledged(_)))
-            .count()
-    };
+    let clients = start_clients(&runtime, &endpoints, &shared, seed);
     let lead_now = || {
         runtime.block_on(settled_lead_member(
             endpoints.as_slice(),
@@ -262,48 +47,32 @@ fn three_members_keep_a_linearizable_history_through_kills_and_pauses() {
     std::thread::sleep(Duration::from_secs(3));
     // 1. The lead member crashes, and comes back.
     let lead = lead_now();
-    let before = acknowledged(&shared);
+    let before = shared.acknowledged();
     cluster.kill(lead);
     std::thread::sleep(Duration::from_secs(2));
     cluster.restart(lead);
     std::thread::sleep(Duration::from_secs(3));
-    let after_kill = acknowledged(&shared);
+    let after_kill = shared.acknowledged();
     // 2. The lead member stops for a while (a long GC pause, a hung VM).
     let lead = lead_now();
     cluster.signal(lead, libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(3));
     cluster.signal(lead, libc::SIGCONT);
     std::thread::sleep(Duration::from_secs(3));
-    let after_pause = acknowledged(&shared);
+    let after_pause = shared.acknowledged();
     // 3. A follower crashes and comes back.
     let follower = (lead_now() + 1) % MEMBERS;
     cluster.kill(follower);
     std::thread::sleep(Duration::from_secs(1));
     cluster.restart(follower);
     std::thread::sleep(Duration::from_secs(3));
-    shared.stop.store(true, Ordering::SeqCst);
-    runtime.block_on(async {
-        for client in clients {
-            let _ = client.await;
-        }
-    });
-    let writes = shared.writes.lock().expect("writes").clone();
-    let reads = shared.reads.lock().expect("reads").clone();
-    let count = |wanted: fn(&WriteEnd) -> bool| writes.iter().filter(|w| wanted(&w.end)).count();
-    let forwarded = shared.forwarded.load(Ordering::SeqCst);
+    let (writes, reads) = stop_clients(&runtime, clients, &shared);
     println!(
-        "{} writes: {} acknowledged ({before} before the kill, {after_kill} after it, {after_pause} after the pause; {forwarded} through a follower), {} failed, {} unknown; {} reads",
-        writes.len(),
-        count(|end| matches!(end, WriteEnd::Acknowledged(_))),
-        count(|end| *end == WriteEnd::Failed),
-        count(|end| *end == WriteEnd::Unknown),
-        reads.len()
+        "acknowledged: {before} before the kill, {after_kill} after it, {after_pause} after the pause"
     );
-    assert!(forwarded > 0, "no write went through a follower");
-    let stale = shared.stale_after_write.lock().expect("stale").clone();
     assert!(
-        stale.is_empty(),
-        "members read below writes they acknowledged (member, acknowledged, read at): {stale:?}"
+        shared.forwarded.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "no write went through a follower"
     );
     assert!(
         after_kill > before,
@@ -313,47 +82,7 @@ fn three_members_keep_a_linearizable_history_through_kills_and_pauses() {
         after_pause > after_kill,
         "no write was acknowledged after the pause"
     );
-
-    // Every member converges on one history, and the clients' history is
-    // linearizable against it.
-    let histories = runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let target = loop {
-            let mut revisions = Vec::new();
-            for endpoint in endpoints.iter() {
-                revisions.push(served_revision(endpoint).await);
-            }
-            if let Some(first) = revisions[0]
-                && revisions.iter().all(|revision| *revision == Some(first))
-            {
-                break first;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "members did not converge: {revisions:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let mut histories = Vec::new();
-        for endpoint in endpoints.iter() {
-            histories.push(store_history(endpoint, target).await.expect("history"));
-        }
-        histories
-    });
-    for (index, history) in histories.iter().enumerate().skip(1) {
-        assert!(
-            *history == histories[0],
-            "member {} holds another history than member 1",
-            index + 1
-        );
-    }
-    let violations = check(&writes, &reads, &histories[0]);
-    assert!(
-        violations.is_empty(),
-        "{} violations, the first: {:#?}",
-        violations.len(),
-        &violations[..violations.len().min(10)]
-    );
+    check_histories(&runtime, &endpoints, &writes, &reads);
 }
 
 /// The checker itself finds what it is meant to find.

@@ -3,7 +3,9 @@
 //! stays out; a member added as a learner joins a running cluster from
 //! its peers (`--initial-cluster-state existing`), catches up, is
 //! promoted, takes writes with an old member down, and restarts as a
-//! member of the cluster.
+//! member of the cluster; a member moved with MemberUpdate is reached at
+//! its new peer URLs; and the clients' history stays linearizable while
+//! members join and leave under load.
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::MetastoreServer;
 use common::cluster::{Cluster, FAST, MEMBERS, current_thread_runtime, settled_lead_member};
+use common::workload::{Shared, check_histories, start_clients, stop_clients};
 use etcd_client::{Client, GetOptions, MemberAddOptions};
 
 /// Retries `call` until it succeeds or `limit` passes (the cluster may be
@@ -377,4 +380,87 @@ fn a_member_whose_peer_urls_moved_is_reached_at_the_new_ones() {
             "the update is durable"
         );
     });
+}
+
+/// Membership changes under client load keep one linearizable history:
+/// writers and readers go through every member (the new one too, once it
+/// serves) while a learner is added, joins, is promoted, and then the
+/// lead member removes itself. The members left hold one history, and the
+/// clients' history is linearizable against it.
+#[test]
+fn membership_changes_under_load_keep_a_linearizable_history() {
+    let seed = common::test_seed("membership_changes_under_load_keep_a_linearizable_history");
+    let mut cluster = Cluster::start_with_flags(FAST, &["--snapshot-count", "200"]);
+    let joining = cluster.new_member("m3");
+    let peer_url = cluster.members[joining].peer_url();
+    let endpoints = std::sync::Arc::new(cluster.endpoints());
+    let shared = Shared::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let clients = start_clients(&runtime, &endpoints, &shared, seed);
+    std::thread::sleep(Duration::from_secs(2));
+    let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
+    let asked = endpoints[(lead + 1) % MEMBERS].clone();
+    let new_id = runtime.block_on(async {
+        let client = Client::connect([&asked], None).await.expect("connect");
+        let added = eventually("member add under load", Duration::from_secs(20), || {
+            let mut client = client.clone();
+            let url = peer_url.clone();
+            async move {
+                client
+                    .member_add([url], Some(MemberAddOptions::new().with_is_learner()))
+                    .await
+            }
+        })
+        .await;
+        added.member().expect("added").id()
+    });
+    cluster
+        .start_joining(joining)
+        .unwrap_or_else(|error| panic!("the new member did not start: {error}"));
+    runtime.block_on(async {
+        let client = Client::connect([&asked], None).await.expect("connect");
+        eventually("promotion under load", Duration::from_secs(30), || {
+            let mut client = client.clone();
+            async move { client.member_promote(new_id).await }
+        })
+        .await;
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after_join = shared.acknowledged();
+    let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
+    runtime.block_on(async {
+        let mut client = Client::connect([&endpoints[lead]], None)
+            .await
+            .expect("connect");
+        let lead_id = client
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .expect("header")
+            .member_id();
+        client
+            .member_remove(lead_id)
+            .await
+            .expect("the lead member removes itself");
+    });
+    let status = cluster.wait_for_exit(lead, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    std::thread::sleep(Duration::from_secs(3));
+    let (writes, reads) = stop_clients(&runtime, clients, &shared);
+    assert!(
+        shared.acknowledged() > after_join,
+        "no write was acknowledged after the lead member left"
+    );
+    let left: Vec<String> = endpoints
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != lead)
+        .map(|(_, endpoint)| endpoint.clone())
+        .collect();
+    check_histories(&runtime, &left, &writes, &reads);
 }

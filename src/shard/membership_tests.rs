@@ -303,3 +303,85 @@ fn a_member_added_as_a_learner_catches_up_and_is_promoted() {
         assert_eq!(hash(&joined.space), hash(lead_space), "the same history");
     });
 }
+
+/// raft-rs keeps a leader that applied its own removal as leader, with no
+/// progress of its own: the next entry it proposes and counts
+/// acknowledgements for panics it (`maybe_commit`). `RaftGroup` makes it
+/// step down when it applies the removal.
+#[test]
+fn a_leader_that_applied_its_own_removal_leads_no_more() {
+    use super::frontier::DurableFrontier;
+    use super::raft_group::{GroupConfig, RaftGroup};
+    use super::recovery::read_shard_log;
+    use super::test_worker::{OPTIONS, start_empty_group};
+    use crate::wal::MemoryDevice;
+
+    /// Hands every group's messages on (and their answers) until quiet;
+    /// applies committed conf changes as the worker does.
+    async fn settle(groups: &mut [RaftGroup<MemoryDevice>]) {
+        for _ in 0..20 {
+            let mut messages = Vec::new();
+            for group in groups.iter_mut() {
+                let persisted = group.persist().await.expect("persist");
+                for entry in &persisted.committed {
+                    if entry.entry_type == raft::eraftpb::EntryType::EntryConfChange {
+                        let change = super::conf_change::decode(entry).expect("decodes");
+                        group
+                            .apply_conf_change(entry.index, &change)
+                            .expect("apply");
+                    }
+                }
+                if let Some(last) = persisted.committed.last() {
+                    group.applied_through(last.index);
+                }
+                messages.extend(persisted.messages);
+            }
+            if messages.is_empty() {
+                return;
+            }
+            for message in messages {
+                let to = message.to as usize - 1;
+                let _ = groups[to].step(message);
+            }
+        }
+    }
+
+    let directory = tempfile::tempdir().expect("dir");
+    run(async move {
+        let frontier = std::sync::Arc::new(DurableFrontier::new(std::iter::empty()));
+        let mut groups = Vec::new();
+        for member_id in 1..=3u64 {
+            let log = read_shard_log(0, MemoryDevice::new(), 0)
+                .await
+                .expect("read");
+            let wal = log.reading.resume(OPTIONS).await.expect("resume");
+            // Member 1 times out first and leads.
+            let ticks = if member_id == 1 { 10 } else { 30 };
+            let config = GroupConfig {
+                member_id,
+                voters: vec![1, 2, 3],
+                election_ticks: ticks..ticks + 1,
+                pre_vote: true,
+            };
+            let snapshots = directory.path().join(format!("member-{member_id}"));
+            std::fs::create_dir_all(&snapshots).expect("dir");
+            groups.push(start_empty_group(wal, 0, &frontier, &snapshots, &config, None).await);
+        }
+        for _ in 0..12 {
+            groups[0].tick();
+            settle(&mut groups).await;
+        }
+        assert!(groups[0].is_leader(), "member 1 leads");
+        groups[0]
+            .propose_conf_change(super::conf_change::removal(1))
+            .expect("propose");
+        settle(&mut groups).await;
+        assert!(
+            !groups[0].is_leader(),
+            "a leader that applied its own removal steps down"
+        );
+        // A proposal is refused rather than counted without a progress.
+        assert!(groups[0].propose(b"after".to_vec()).is_err());
+        settle(&mut groups).await;
+    });
+}

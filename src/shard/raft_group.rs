@@ -423,6 +423,15 @@ impl<D: StorageDevice> RaftGroup<D> {
         change: &raft::eraftpb::ConfChange,
     ) -> Result<ConfState, GroupError> {
         let conf_state = self.node.apply_conf_change(change)?;
+        // A leader that removed itself stays leader in raft-rs, without a
+        // progress of its own: the next acknowledgement it counts would
+        // panic (`maybe_commit`). It steps down; the others elect a leader.
+        let own = self.node.raft.id;
+        let still_member = conf_state.voters.contains(&own) || conf_state.learners.contains(&own);
+        if !still_member && self.is_leader() {
+            let term = self.node.raft.term;
+            self.node.raft.become_follower(term, raft::INVALID_ID);
+        }
         self.node
             .store()
             .mirror()

@@ -27,6 +27,7 @@ pub mod orphaned_lock;
 pub mod raw_client;
 pub mod raw_h2;
 mod stream;
+pub mod workload;
 #[allow(unused_imports)] // not every test crate streams
 pub use stream::{GrpcStream, StreamItem};
 
