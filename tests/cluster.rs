@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    CALL_LIMIT, Cluster, FAST, MEMBERS, Member, Timing, current_thread_runtime, settled_lead_member,
+    CALL_LIMIT, Cluster, FAST, MEMBERS, Member, Timing, current_thread_runtime, member_id_of,
+    settled_lead_member,
 };
 use common::history::{ReadRecord, StoreHistory, WriteEnd, WriteRecord, check};
 use common::test_seed;
@@ -617,13 +618,7 @@ fn move_leader_moves_the_lead_member() {
         let mut target_client = Client::connect([&endpoints[target]], None)
             .await
             .expect("connect");
-        let target_id = target_client
-            .status()
-            .await
-            .expect("status")
-            .header()
-            .expect("header")
-            .member_id();
+        let target_id = member_id_of(&endpoints[target]).await;
         let error =
             |result: Result<etcd_client::MoveLeaderResponse, etcd_client::Error>| match result {
                 Err(etcd_client::Error::GRpcStatus(status)) => status.message().to_owned(),

@@ -12,7 +12,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::MetastoreServer;
-use common::cluster::{Cluster, FAST, MEMBERS, current_thread_runtime, settled_lead_member};
+use common::cluster::{
+    Cluster, FAST, MEMBERS, current_thread_runtime, member_id_of, settled_lead_member,
+};
 use common::workload::{Shared, check_histories, start_clients, stop_clients};
 use etcd_client::{Client, GetOptions, MemberAddOptions};
 
@@ -30,6 +32,17 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A put through `endpoint`, retried until it succeeds or `limit` passes.
+async fn put_eventually(endpoint: &str, (key, value): (&str, &str), limit: Duration) {
+    let client = Client::connect([endpoint], None).await.expect("connect");
+    eventually(&format!("a put of {key} through {endpoint}"), limit, || {
+        let mut client = client.clone();
+        let (key, value) = (key.to_owned(), value.to_owned());
+        async move { client.put(key, value, None).await }
+    })
+    .await;
 }
 
 fn status_message(result: Result<impl std::fmt::Debug, etcd_client::Error>) -> String {
@@ -167,20 +180,11 @@ fn a_learner_joins_catches_up_is_promoted_and_takes_writes() {
     // Four voters: with an old member down, three make the quorum, and
     // one of them is the new member.
     cluster.kill(follower);
-    runtime.block_on(async {
-        let client = Client::connect([&new_endpoint], None)
-            .await
-            .expect("connect");
-        eventually(
-            "a write through the new member",
-            Duration::from_secs(20),
-            || {
-                let mut client = client.clone();
-                async move { client.put("after", "joined", None).await }
-            },
-        )
-        .await;
-    });
+    runtime.block_on(put_eventually(
+        &new_endpoint,
+        ("after", "joined"),
+        Duration::from_secs(20),
+    ));
     cluster.restart(follower);
     cluster.kill(joining);
     cluster.restart(joining);
@@ -217,18 +221,7 @@ fn a_member_removed_through_a_follower_stops_and_stays_out() {
     let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
     let removed = (lead + 1) % MEMBERS;
     let asked = (lead + 2) % MEMBERS;
-    let removed_id = runtime.block_on(async {
-        let mut client = Client::connect([&endpoints[removed]], None)
-            .await
-            .expect("connect");
-        client
-            .status()
-            .await
-            .expect("status")
-            .header()
-            .expect("header")
-            .member_id()
-    });
+    let removed_id = runtime.block_on(member_id_of(&endpoints[removed]));
     runtime.block_on(async {
         let mut client = Client::connect([&endpoints[asked]], None)
             .await
@@ -318,16 +311,10 @@ fn a_member_whose_peer_urls_moved_is_reached_at_the_new_ones() {
     let new_port = common::stable_port();
     let new_url = format!("http://127.0.0.1:{new_port}");
     runtime.block_on(async {
+        let moved_id = member_id_of(&endpoints[moved]).await;
         let mut client = Client::connect([&endpoints[moved]], None)
             .await
             .expect("connect");
-        let moved_id = client
-            .status()
-            .await
-            .expect("status")
-            .header()
-            .expect("header")
-            .member_id();
         let taken = cluster.members[third].peer_url();
         assert_eq!(
             status_message(client.member_update(moved_id, [taken]).await),
@@ -352,20 +339,12 @@ fn a_member_whose_peer_urls_moved_is_reached_at_the_new_ones() {
     cluster.members[moved].peer_port = new_port;
     cluster.restart(moved);
     cluster.kill(third);
-    runtime.block_on(async {
-        let client = Client::connect([&endpoints[moved]], None)
-            .await
-            .expect("connect");
-        eventually(
-            "a write needing the moved member",
-            Duration::from_secs(20),
-            || {
-                let mut client = client.clone();
-                async move { client.put("moved", "yes", None).await }
-            },
-        )
-        .await;
-    });
+    // A write needs the moved member now.
+    runtime.block_on(put_eventually(
+        &endpoints[moved],
+        ("moved", "yes"),
+        Duration::from_secs(20),
+    ));
     cluster.restart(third);
     runtime.block_on(async {
         let mut client = Client::connect([&endpoints[third]], None)
@@ -433,16 +412,10 @@ fn membership_changes_under_load_keep_a_linearizable_history() {
     let after_join = shared.acknowledged();
     let lead = runtime.block_on(settled_lead_member(&endpoints, Duration::from_secs(20)));
     runtime.block_on(async {
+        let lead_id = member_id_of(&endpoints[lead]).await;
         let mut client = Client::connect([&endpoints[lead]], None)
             .await
             .expect("connect");
-        let lead_id = client
-            .status()
-            .await
-            .expect("status")
-            .header()
-            .expect("header")
-            .member_id();
         client
             .member_remove(lead_id)
             .await

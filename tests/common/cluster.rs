@@ -319,3 +319,15 @@ pub async fn settled_lead_member(endpoints: &[String], limit: Duration) -> usize
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The ID of the member serving `endpoint` (its `Status`).
+pub async fn member_id_of(endpoint: &str) -> u64 {
+    let mut client = Client::connect([endpoint], None).await.expect("connect");
+    client
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .member_id()
+}

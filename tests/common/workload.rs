@@ -45,18 +45,9 @@ pub async fn writer(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>,
     let mut sequence = 0;
     while !shared.stop.load(Ordering::SeqCst) {
         let member = random.random_range(0..endpoints.len());
-        if clients[member].is_none() {
-            match tokio::time::timeout(CALL_LIMIT, Client::connect([&endpoints[member]], None))
-                .await
-            {
-                Ok(Ok(client)) => clients[member] = Some(client),
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            }
-        }
-        let client = clients[member].as_mut().expect("connected");
+        let Some(client) = connected(&mut clients, &endpoints, member).await else {
+            continue;
+        };
         sequence += 1;
         let value = format!("w{id}-{sequence}");
         let mut keys: Vec<String> = (0..random.random_range(1..=2))
@@ -98,6 +89,26 @@ pub async fn writer(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>,
     }
 }
 
+/// The client of `member`, connecting first if there is none; `None`
+/// (after a pause) when the member does not answer (down, or not started
+/// yet).
+async fn connected<'a>(
+    clients: &'a mut [Option<Client>],
+    endpoints: &[String],
+    member: usize,
+) -> Option<&'a mut Client> {
+    if clients[member].is_none() {
+        match tokio::time::timeout(CALL_LIMIT, Client::connect([&endpoints[member]], None)).await {
+            Ok(Ok(client)) => clients[member] = Some(client),
+            _ => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return None;
+            }
+        }
+    }
+    clients[member].as_mut()
+}
+
 pub fn client_of(clients: &mut [Option<Client>], member: usize) -> &mut Client {
     clients[member].as_mut().expect("connected")
 }
@@ -127,15 +138,9 @@ pub async fn reader(id: usize, endpoints: Arc<Vec<String>>, shared: Arc<Shared>,
     let mut clients: Vec<Option<Client>> = endpoints.iter().map(|_| None).collect();
     while !shared.stop.load(Ordering::SeqCst) {
         let member = random.random_range(0..endpoints.len());
-        if clients[member].is_none() {
-            match tokio::time::timeout(CALL_LIMIT, Client::connect([&endpoints[member]], None))
-                .await
-            {
-                Ok(Ok(client)) => clients[member] = Some(client),
-                _ => continue,
-            }
-        }
-        let client = clients[member].as_mut().expect("connected");
+        let Some(client) = connected(&mut clients, &endpoints, member).await else {
+            continue;
+        };
         let key = format!("key{}", random.random_range(0..KEYS));
         let invoked = Instant::now();
         // Half the reads linearizable: a member confirms them with its
