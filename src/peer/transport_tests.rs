@@ -52,22 +52,24 @@ fn inbox(shard: flume::Sender<ShardCommand>) -> PeerInbox {
     }
 }
 
+/// Member 1's peer listener on a free port (its one shard's commands
+/// are dropped): where it listens.
+fn serve_member_one(acceptance: Rc<Acceptance>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (shard, _) = flume::bounded(8);
+    let identity = PeerIdentity {
+        cluster_id: CLUSTER,
+        member_id: 1,
+    };
+    monoio::spawn(serve_peers(listener, identity, acceptance, inbox(shard)));
+    address
+}
+
 #[test]
 fn handshakes_refuse_other_clusters_and_strangers() {
     run(async {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let address = listener.local_addr().expect("address");
-        let (shard, _commands) = flume::bounded(8);
-        let identity = PeerIdentity {
-            cluster_id: CLUSTER,
-            member_id: 1,
-        };
-        monoio::spawn(serve_peers(
-            listener,
-            identity,
-            acceptance(&[1, 2, 3]),
-            inbox(shard),
-        ));
+        let address = serve_member_one(acceptance(&[1, 2, 3]));
         let from = |cluster_id, member_id| PeerIdentity {
             cluster_id,
             member_id,
@@ -96,20 +98,8 @@ fn handshakes_refuse_other_clusters_and_strangers() {
 fn a_member_joining_is_told_the_cluster_and_then_accepted() {
     use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRentExt};
     run(async {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let address = listener.local_addr().expect("address");
-        let (shard, _commands) = flume::bounded(8);
-        let identity = PeerIdentity {
-            cluster_id: CLUSTER,
-            member_id: 1,
-        };
         let acceptance = acceptance(&[1, 2]);
-        monoio::spawn(serve_peers(
-            listener,
-            identity,
-            acceptance.clone(),
-            inbox(shard),
-        ));
+        let address = serve_member_one(acceptance.clone());
         let joining = PeerIdentity {
             cluster_id: CLUSTER,
             member_id: 9,
