@@ -118,6 +118,7 @@ fn a_learner_joins_catches_up_is_promoted_and_takes_writes() {
             new_id,
             "the new member took the ID MemberAdd gave it"
         );
+        assert!(status.is_learner(), "Status says it is a learner");
         let serializable = || GetOptions::new().with_prefix().with_serializable();
         let caught_up = eventually("the learner catches up", Duration::from_secs(30), || {
             let mut client = client.clone();
@@ -150,6 +151,8 @@ fn a_learner_joins_catches_up_is_promoted_and_takes_writes() {
         })
         .await;
         assert!(promoted.members().iter().all(|member| !member.is_learner()));
+        let status = client.status().await.expect("status");
+        assert!(!status.is_learner(), "a voter now");
         assert_eq!(
             status_message(client.member_promote(new_id).await),
             "etcdserver: can only promote a learner member"

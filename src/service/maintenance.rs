@@ -114,7 +114,12 @@ async fn status(context: &ServiceContext) -> Result<StatusResponse, Status> {
         raft_applied_index,
         errors: context.alarms.status_errors(),
         db_size_in_use: in_use.max(0),
-        is_learner: false,
+        // As group 0 applied the membership (etcd's `IsLearner` of itself).
+        is_learner: context
+            .identity
+            .members()
+            .iter()
+            .any(|member| member.id == context.identity.member_id && member.is_learner),
     };
     context.fill_header(&mut response.header);
     Ok(response)
