@@ -189,18 +189,19 @@ impl ClusterConfig {
     /// data directory exists the cluster's membership is what counts, so a
     /// member whose peer URLs moved (MemberUpdate) restarts with its new
     /// URLs whatever `--initial-cluster` still says.
-    pub fn verify_bootstrap(&self, name: &str) -> Result<(), String> {
+    /// Answers this member's entry in `--initial-cluster`.
+    pub fn verify_bootstrap(&self, name: &str) -> Result<&InitialMember, String> {
         verify_bootstrap(&self.members, name, &self.advertised_peer_urls)
     }
 }
 
 /// This member is in `members` under `name`, with the peer URLs it
-/// advertises.
-fn verify_bootstrap(
-    members: &[InitialMember],
+/// advertises: its entry.
+fn verify_bootstrap<'a>(
+    members: &'a [InitialMember],
     name: &str,
     advertised: &[String],
-) -> Result<(), String> {
+) -> Result<&'a InitialMember, String> {
     let Some(local) = members.iter().find(|member| member.name == name) else {
         return Err(format!(
             "couldn't find local name {name:?} in the initial cluster configuration"
@@ -221,7 +222,7 @@ fn verify_bootstrap(
             advertised,
         ));
     }
-    Ok(())
+    Ok(local)
 }
 
 #[cfg(test)]
@@ -286,6 +287,7 @@ mod tests {
                 .expect("checked at bootstrap only")
                 .expect("a cluster")
                 .verify_bootstrap(name)
+                .map(|local| local.name.clone())
         };
         let error = verified("c").unwrap_err();
         assert!(error.contains("couldn't find local name \"c\""), "{error}");

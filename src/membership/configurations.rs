@@ -202,6 +202,15 @@ impl Configurations {
         self.lock().members.clone()
     }
 
+    /// Member `id`'s record, if it is a member.
+    pub fn member(&self, id: u64) -> Option<MemberRecord> {
+        self.lock()
+            .members
+            .iter()
+            .find(|member| member.id == id)
+            .cloned()
+    }
+
     /// Whether every group has group 0's membership (no member-level
     /// change is being carried to the other groups).
     pub fn converged(&self) -> bool {

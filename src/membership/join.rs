@@ -47,12 +47,7 @@ pub fn join(
     data_dir: &Path,
     shards: Option<usize>,
 ) -> Result<Joined, String> {
-    config.verify_bootstrap(name)?;
-    let own = config
-        .members
-        .iter()
-        .find(|member| member.name == name)
-        .ok_or_else(|| format!("couldn't find local name {name:?} in --initial-cluster"))?;
+    let own = config.verify_bootstrap(name)?;
     let others: Vec<SocketAddr> = config
         .members
         .iter()

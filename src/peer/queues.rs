@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::transport::Outgoing;
+use super::transport::{Outgoing, PEER_QUEUE_CAPACITY};
 
 type QueueMap = BTreeMap<u64, flume::Sender<Outgoing>>;
 
@@ -36,6 +36,14 @@ impl PeerQueueTable {
     pub fn insert(&self, member: u64, queue: flume::Sender<Outgoing>) {
         self.lock().insert(member, queue);
         self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// A new queue for `member` (replacing its old one, whose sender stops
+    /// once no copy holds it): the receiving end, for its sender.
+    pub fn open(&self, member: u64) -> flume::Receiver<Outgoing> {
+        let (queue, receiver) = flume::bounded(PEER_QUEUE_CAPACITY);
+        self.insert(member, queue);
+        receiver
     }
 
     /// Drops `member`'s queue here; its sender stops once no copy holds it.
@@ -119,5 +127,10 @@ mod tests {
         );
         assert_eq!(from_three.len(), 1);
         assert_eq!(table.members(), vec![3]);
+        // A member that moved gets a new queue; the old one's sender stops.
+        let moved = table.open(3);
+        assert!(view.try_send(3, request(5)));
+        assert_eq!(moved.len(), 1);
+        assert!(from_three.is_disconnected());
     }
 }

@@ -89,7 +89,7 @@ pub fn prepare(
             })?;
         listeners.push(listener);
     }
-    let mut peer_queues = BTreeMap::new();
+    let peer_queues = PeerQueueTable::new(BTreeMap::new());
     let mut outgoing = Vec::new();
     // The members as this member last applied them: a member removed
     // while this one was down is not dialed again.
@@ -99,9 +99,7 @@ pub fn prepare(
         .filter(|member| member.id != meta.member_id)
     {
         let address = peer_address(member).map_err(StartError::Config)?;
-        let (queue, receiver) = flume::bounded(PEER_QUEUE_CAPACITY);
-        peer_queues.insert(member.id, queue);
-        outgoing.push((member.id, address, receiver));
+        outgoing.push((member.id, address, peer_queues.open(member.id)));
     }
     let election_ticks = config.election_ticks;
     let (calls, forwarded_calls) = (0..cores)
@@ -115,7 +113,7 @@ pub fn prepare(
             election_ticks: election_ticks..2 * election_ticks,
             pre_vote: config.pre_vote,
         },
-        peer_queues: PeerQueueTable::new(peer_queues),
+        peer_queues,
         heartbeat_interval: config.heartbeat_interval,
         forward_table: ForwardTable::new(),
         forwarded_calls,
@@ -323,10 +321,7 @@ async fn follow_membership(
                 continue;
             }
             // New, or moved: the old sender stops with its queue.
-            senders.table.remove(member.id);
-            let (queue, receiver) = flume::bounded(PEER_QUEUE_CAPACITY);
-            senders.table.insert(member.id, queue);
-            senders.spawn(member.id, address, receiver);
+            senders.spawn(member.id, address, senders.table.open(member.id));
             addresses.insert(member.id, address);
             tracing::info!(member = format!("{:x}", member.id), %address, "sending to a member");
         }

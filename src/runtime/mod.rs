@@ -259,10 +259,7 @@ pub fn start(config: &ServerConfig) -> Result<Node, StartError> {
         None => None,
     };
     if let Some(configurations) = &configurations
-        && !configurations
-            .members()
-            .iter()
-            .any(|member| member.id == data_dir.meta.member_id)
+        && configurations.member(data_dir.meta.member_id).is_none()
     {
         return Err(StartError::Removed {
             member_id: data_dir.meta.member_id,

@@ -117,9 +117,13 @@ async fn status(context: &ServiceContext) -> Result<StatusResponse, Status> {
         // As group 0 applied the membership (etcd's `IsLearner` of itself).
         is_learner: context
             .identity
-            .members()
-            .iter()
-            .any(|member| member.id == context.identity.member_id && member.is_learner),
+            .configurations
+            .as_ref()
+            .is_some_and(|configurations| {
+                configurations
+                    .member(context.identity.member_id)
+                    .is_some_and(|member| member.is_learner)
+            }),
     };
     context.fill_header(&mut response.header);
     Ok(response)

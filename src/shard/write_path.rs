@@ -218,7 +218,7 @@ impl WritePath {
         })
     }
 
-    /// etcd's MemberAdd, MemberRemove and MemberPromote, carried out by
+    /// etcd's MemberAdd, MemberRemove, MemberPromote and MemberUpdate, carried out by
     /// the lead member: answered once every group of the lead member
     /// applied the change (see `member_change` for what refuses one).
     pub async fn change_member(self: &Rc<Self>, change: MemberChange) -> Result<(), KvError> {
